@@ -1,0 +1,5 @@
+"""Tensor operations of Gradient Centralization."""
+
+from .centralize import centralize, centralize_, gc_update_directions, reduce_dims
+
+__all__ = ['centralize', 'centralize_', 'gc_update_directions', 'reduce_dims']

@@ -1,0 +1,115 @@
+r"""The Gradient Centralization operator (Yong et al., ECCV 2020, Sec. 3.3).
+
+For a weight whose output units are indexed by one axis (``out_dim``), the
+weight vector :math:`\mathbf{w}_i \in \mathbb{R}^M` of output unit :math:`i`
+collects all of that unit's inputs and kernel positions. GC removes the mean
+of the gradient over each such vector (Eq. 1):
+
+.. math::
+    \Phi_{GC}(\nabla_{\mathbf{w}_i}\mathcal{L}) = \nabla_{\mathbf{w}_i}\mathcal{L}
+        - \frac{1}{M}\sum_{j=1}^{M}\nabla_{w_{i,j}}\mathcal{L},
+
+which is the projection :math:`\mathbf{P} = \mathbf{I} - \mathbf{e}\mathbf{e}^T`,
+:math:`\mathbf{e} = \mathbf{1}/\sqrt{M}` (Eq. 2). With weight decay the paper
+projects the decayed gradient, :math:`\hat{\mathbf{g}} = \mathbf{P}(\mathbf{g} +
+\lambda\mathbf{w})` (Sec. 3.4), so that :math:`\mathbf{e}^T\mathbf{w}` (each
+output unit's weight sum) never changes under SGD (Eq. 3).
+
+Tensors with ``ndim <= 1`` (biases, norm parameters) have no input axis and are
+never centralized.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import Tensor
+
+__all__ = ['centralize', 'centralize_', 'gc_update_directions', 'reduce_dims']
+
+
+def reduce_dims(ndim: int, out_dim: int) -> tuple[int, ...]:
+    """Dims that span one output unit's weight vector: all but ``out_dim``.
+
+    Args:
+        ndim (int): Number of dims of the weight (must be > 1).
+        out_dim (int): The dim that indexes output units; negative values
+            count from the end, as in ``torch``.
+
+    Returns:
+        tuple[int, ...]: The dims to average over.
+
+    Raises:
+        ValueError: If ``out_dim`` is not a valid dim for an ``ndim``-D tensor.
+    """
+    if not -ndim <= out_dim < ndim:
+        raise ValueError(
+            f'gc_dim={out_dim} is out of range for a {ndim}-D weight; '
+            f'valid values are {-ndim}..{ndim - 1}'
+        )
+    out_dim %= ndim
+    return tuple(d for d in range(ndim) if d != out_dim)
+
+
+def centralize_(tensor: Tensor, out_dim: int = 0) -> Tensor:
+    """Centralize ``tensor`` in place per output unit; return it.
+
+    ``tensor -= tensor.mean(all dims but out_dim)``. A no-op for
+    ``ndim <= 1`` and for empty tensors. A weight with a single input per
+    output unit (``M = 1``) is zeroed, as the projection demands.
+    """
+    if tensor.ndim <= 1 or tensor.numel() == 0:
+        return tensor
+    dims = reduce_dims(tensor.ndim, out_dim)
+    return tensor.sub_(tensor.mean(dim=dims, keepdim=True))
+
+
+def centralize(tensor: Tensor, out_dim: int = 0) -> Tensor:
+    """Out-of-place :func:`centralize_`: ``P tensor`` as a new tensor."""
+    if tensor.ndim <= 1 or tensor.numel() == 0:
+        return tensor.clone()
+    dims = reduce_dims(tensor.ndim, out_dim)
+    return tensor - tensor.mean(dim=dims, keepdim=True)
+
+
+def gc_update_directions(
+    params: Sequence[Tensor],
+    grads: Sequence[Tensor],
+    out_dims: Sequence[int],
+    *,
+    weight_decay: float | Tensor,
+    maximize: bool,
+) -> list[Tensor]:
+    r"""The centralized, decayed directions :math:`\mathbf{P}(\pm\mathbf{g} +
+    \lambda\mathbf{w})` for a list of weights.
+
+    The sign is ``-`` when ``maximize`` (as ``torch.optim.SGD`` negates the
+    gradient before adding decay). Returns new tensors: ``grads`` and
+    ``params`` are never modified.
+
+    Args:
+        params (Sequence[Tensor]): The weights :math:`\mathbf{w}`.
+        grads (Sequence[Tensor]): Their gradients :math:`\mathbf{g}`.
+        out_dims (Sequence[int]): The output-unit dim of each weight.
+        weight_decay (float | Tensor): L2 decay :math:`\lambda`.
+        maximize (bool): Ascend instead of descend.
+
+    Returns:
+        list[Tensor]: One new tensor per weight.
+    """
+    directions = []
+    decayed = isinstance(weight_decay, Tensor) or weight_decay != 0
+    for param, grad, out_dim in zip(params, grads, out_dims):
+        if not decayed:
+            direction = torch.neg(grad) if maximize else grad.clone()
+        elif isinstance(weight_decay, Tensor):
+            direction = torch.add(
+                torch.neg(grad) if maximize else grad, param * weight_decay
+            )
+        elif maximize:  # -g + wd * w
+            direction = torch.add(grad, param, alpha=-weight_decay).neg_()
+        else:
+            direction = torch.add(grad, param, alpha=weight_decay)
+        directions.append(centralize_(direction, out_dim))
+    return directions

@@ -1,0 +1,309 @@
+r"""SGD (with momentum) and Gradient Centralization: the paper's Algorithm 1
+in ``torch.optim.SGD``'s convention.
+
+The class gathers parameters and state; the update is the functional
+:func:`sgd_gc`, which computes the centralized directions with
+:mod:`mmgc.ops` and hands momentum, Nesterov and the parameter update to
+``torch.optim.sgd.sgd`` (its for-loop, ``foreach`` or ``fused`` kernel).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from typing import Any
+
+import torch
+from mmengine.registry import OPTIMIZERS
+from torch import Tensor
+from torch.optim import Optimizer
+from torch.optim.sgd import sgd as torch_sgd
+
+from ..ops import gc_update_directions
+
+__all__ = ['SGDGC', 'sgd_gc', 'GC_GROUP_DEFAULTS']
+
+#: Per-parameter-group options that SGDGC adds to ``torch.optim.SGD``'s.
+#: ``gc``: centralize the group's tensors with ``ndim > 1``;
+#: ``gc_dim``: the dim of those tensors that indexes output units.
+GC_GROUP_DEFAULTS: dict[str, Any] = {'gc': True, 'gc_dim': 0}
+
+
+def _check_gc_options(group: dict) -> None:
+    """Raise if a parameter group's GC options have the wrong type."""
+    gc = group.get('gc', GC_GROUP_DEFAULTS['gc'])
+    if not isinstance(gc, bool):
+        raise TypeError(f'param group option gc must be True or False; got {gc!r}')
+    gc_dim = group.get('gc_dim', GC_GROUP_DEFAULTS['gc_dim'])
+    if isinstance(gc_dim, bool) or not isinstance(gc_dim, int):
+        raise TypeError(
+            f'param group option gc_dim must be an int (the output-unit dim, '
+            f'0 for Conv/Linear, 1 for ConvTranspose); got {gc_dim!r}'
+        )
+
+
+@OPTIMIZERS.register_module(name=['SGDGC', 'SGD_GC'])
+class SGDGC(Optimizer):
+    r"""SGD with momentum and Gradient Centralization (Yong et al., ECCV 2020).
+
+    Takes exactly ``torch.optim.SGD``'s arguments, with the same defaults;
+    with GC switched off in every group it *is* ``torch.optim.SGD``. For each
+    parameter :math:`\theta` of a group with ``gc=True`` and
+    :math:`\theta.\mathrm{ndim} > 1` (conv and fully-connected weights), the
+    gradient entering the momentum is centralized per output unit:
+
+    .. math::
+        \begin{aligned}
+            &g_t \leftarrow \pm\nabla_\theta f_t(\theta_{t-1})
+                \quad (- \text{ if maximize}) \\
+            &\hat g_t \leftarrow \mathbf{P}\,(g_t + \lambda\theta_{t-1}),
+                \qquad \mathbf{P} = \mathbf{I} - \mathbf{e}\mathbf{e}^T
+                \text{ per output unit (paper, Eq. 2 and Sec. 3.4)} \\
+            &\textbf{if } \mu \neq 0: \;
+                \mathbf{b}_t \leftarrow
+                \begin{cases} \hat g_t & t = 1 \\
+                \mu\mathbf{b}_{t-1} + (1-\tau)\hat g_t & t > 1 \end{cases},
+                \quad \hat g_t \leftarrow
+                \begin{cases} \hat g_t + \mu\mathbf{b}_t & \text{nesterov} \\
+                \mathbf{b}_t & \text{otherwise} \end{cases} \\
+            &\theta_t \leftarrow \theta_{t-1} - \gamma\,\hat g_t
+        \end{aligned}
+
+    Other tensors (biases, norm parameters, groups with ``gc=False``) follow
+    ``torch.optim.SGD`` exactly. Because decay is projected too, each output
+    unit's weight sum :math:`\mathbf{e}^T\theta` keeps its initial value
+    (the paper's Eq. 3). The momentum follows torch's convention, not the
+    :math:`(1-\beta)` form of the paper's Algorithm 1, as the authors' code
+    and MMDetection's learning-rate schedules do.
+
+    Per-group options (stored in ``param_groups``, hence in ``state_dict()``):
+
+    - ``gc`` (bool): centralize this group's ``ndim > 1`` tensors.
+      Defaults to True, i.e. without a constructor SGDGC behaves like the
+      authors' ``SGD_GC``: every tensor with ``ndim > 1``, over all dims but 0.
+    - ``gc_dim`` (int): the dim that indexes output units. Defaults to 0
+      (``Conv*d``, ``Linear``); ``ConvTranspose*d`` weights need 1.
+      :class:`~mmgc.GCOptimWrapperConstructor` sets both per tensor.
+
+    Args:
+        params (iterable): Parameters or parameter-group dicts; a group may
+            carry ``gc`` and ``gc_dim``.
+        lr (float | Tensor): Learning rate :math:`\gamma`. Defaults to 1e-3.
+        momentum (float): Momentum factor :math:`\mu`. Defaults to 0.
+        dampening (float): Dampening :math:`\tau`. Defaults to 0.
+        weight_decay (float | Tensor): L2 decay :math:`\lambda`, projected
+            with the gradient. Defaults to 0.
+        nesterov (bool): Nesterov momentum. Defaults to False.
+        maximize (bool): Maximize the objective. Defaults to False.
+        foreach (bool, optional): Use torch's multi-tensor kernels for the
+            momentum update. Defaults to None (torch's choice).
+        differentiable (bool): Let autograd run through the step.
+            Defaults to False.
+        fused (bool, optional): Use torch's fused SGD kernel for the momentum
+            update. Defaults to None.
+
+    Example:
+        >>> model = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3), torch.nn.ReLU())
+        >>> optimizer = SGDGC(model.parameters(), lr=0.02, momentum=0.9,
+        ...                   weight_decay=1e-4)
+        >>> model(torch.randn(2, 3, 8, 8)).sum().backward()
+        >>> optimizer.step()
+    """
+
+    def __init__(
+        self,
+        params: Iterable[Tensor] | Iterable[dict[str, Any]],
+        lr: float | Tensor = 1e-3,
+        momentum: float = 0,
+        dampening: float = 0,
+        weight_decay: float | Tensor = 0,
+        nesterov: bool = False,
+        *,
+        maximize: bool = False,
+        foreach: bool | None = None,
+        differentiable: bool = False,
+        fused: bool | None = None,
+    ) -> None:
+        if isinstance(lr, Tensor) and lr.numel() != 1:
+            raise ValueError(
+                f'Tensor lr must have one element; got shape {tuple(lr.shape)}'
+            )
+        if lr < 0.0:
+            raise ValueError(f'Invalid learning rate: {lr} (must be >= 0)')
+        if momentum < 0.0:
+            raise ValueError(f'Invalid momentum value: {momentum} (must be >= 0)')
+        if weight_decay < 0.0:
+            raise ValueError(
+                f'Invalid weight_decay value: {weight_decay} (must be >= 0)'
+            )
+        if nesterov and (momentum <= 0 or dampening != 0):
+            raise ValueError(
+                'Nesterov momentum requires a momentum > 0 and zero dampening; '
+                f'got momentum={momentum}, dampening={dampening}'
+            )
+        if fused and differentiable:
+            raise ValueError('fused=True does not support differentiable=True')
+        if fused and foreach:
+            raise ValueError('fused=True and foreach=True cannot be set together')
+        defaults = dict(
+            lr=lr,
+            momentum=momentum,
+            dampening=dampening,
+            weight_decay=weight_decay,
+            nesterov=nesterov,
+            maximize=maximize,
+            foreach=foreach,
+            differentiable=differentiable,
+            fused=fused,
+            **GC_GROUP_DEFAULTS,
+        )
+        super().__init__(params, defaults)
+
+    def add_param_group(self, param_group: dict[str, Any]) -> None:
+        """Add a group, checking its ``gc`` / ``gc_dim`` options first."""
+        _check_gc_options(param_group)
+        super().add_param_group(param_group)
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        super().__setstate__(state)
+        for group in self.param_groups:
+            group.setdefault('nesterov', False)
+            group.setdefault('maximize', False)
+            group.setdefault('foreach', None)
+            group.setdefault('differentiable', False)
+            group.setdefault('fused', False)
+            for key, value in GC_GROUP_DEFAULTS.items():
+                group.setdefault(key, value)
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """Load a state dict of ``SGDGC`` or of ``torch.optim.SGD``.
+
+        A ``torch.optim.SGD`` state dict has no GC options: its groups then
+        keep this optimizer's current ``gc`` / ``gc_dim`` (as built from the
+        config), so a baseline checkpoint can be fine-tuned with GC; its
+        momentum buffers are taken as they are.
+        """
+        saved_groups = state_dict['param_groups']
+        if len(saved_groups) == len(self.param_groups):
+            state_dict = dict(state_dict)
+            state_dict['param_groups'] = [
+                {**{k: group[k] for k in GC_GROUP_DEFAULTS}, **saved}
+                for group, saved in zip(self.param_groups, saved_groups)
+            ]
+        super().load_state_dict(state_dict)
+
+    def step(self, closure: Callable[[], float] | None = None) -> float | None:
+        """Perform one optimization step; ``p.grad`` is left as it was.
+
+        Args:
+            closure (Callable, optional): Re-evaluates the model and returns
+                the loss.
+        """
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        with torch.set_grad_enabled(self.defaults['differentiable']):
+            for group in self.param_groups:
+                self._step_group(group)
+        return loss
+
+    def _step_group(self, group: dict[str, Any]) -> None:
+        momentum = group['momentum']
+        params, grads, gc_dims = [], [], []
+        for p in group['params']:
+            if p.grad is None:
+                continue
+            params.append(p)
+            grads.append(p.grad)
+            centralized = group['gc'] and p.ndim > 1
+            gc_dims.append(group['gc_dim'] if centralized else None)
+            if centralized and p.grad.is_sparse:
+                raise RuntimeError(
+                    f'SGDGC cannot centralize a sparse gradient (parameter of '
+                    f'shape {tuple(p.shape)}); set gc=False for its parameter '
+                    f'group, e.g. with custom_keys in paramwise_cfg'
+                )
+        if not params:
+            return
+        buffers = [
+            self.state[p].get('momentum_buffer') if momentum != 0 else None
+            for p in params
+        ]
+        sgd_gc(
+            params,
+            grads,
+            buffers,
+            gc_dims,
+            lr=group['lr'],
+            momentum=momentum,
+            dampening=group['dampening'],
+            weight_decay=group['weight_decay'],
+            nesterov=group['nesterov'],
+            maximize=group['maximize'],
+            foreach=group['foreach'],
+            fused=group['fused'],
+        )
+        if momentum != 0:
+            for p, buffer in zip(params, buffers):
+                self.state[p]['momentum_buffer'] = buffer
+
+
+def sgd_gc(
+    params: list[Tensor],
+    grads: list[Tensor],
+    momentum_buffers: list[Tensor | None],
+    gc_dims: list[int | None],
+    *,
+    lr: float | Tensor,
+    momentum: float,
+    dampening: float,
+    weight_decay: float | Tensor,
+    nesterov: bool,
+    maximize: bool,
+    foreach: bool | None = None,
+    fused: bool | None = None,
+) -> None:
+    r"""Functional SGDGC step over lists of tensors (see :class:`SGDGC`).
+
+    ``gc_dims[i]`` is the output-unit dim of ``params[i]``, or None to leave
+    it uncentralized. Since :math:`\mathbf{P}` is linear, centralizing
+    :math:`g + \lambda\theta` once and then running torch's momentum update
+    (with its decay and sign already applied) is the whole algorithm.
+    ``momentum_buffers`` is updated in place (new buffers on the first step).
+    """
+    plain = [i for i, dim in enumerate(gc_dims) if dim is None]
+    centred = [i for i, dim in enumerate(gc_dims) if dim is not None]
+    # Directions first: a bad gc_dim raises before any parameter moves.
+    directions = gc_update_directions(
+        [params[i] for i in centred],
+        [grads[i] for i in centred],
+        [gc_dims[i] for i in centred],
+        weight_decay=weight_decay,
+        maximize=maximize,
+    )
+    subsets = (
+        # (indices, gradients, decay, maximize); decay and sign of the
+        # centred subset are already inside P(.)
+        (plain, [grads[i] for i in plain], weight_decay, maximize),
+        (centred, directions, 0.0, False),
+    )
+    for indices, sub_grads, decay, sign in subsets:
+        if not indices:
+            continue
+        sub_buffers = [momentum_buffers[i] for i in indices]
+        torch_sgd(
+            [params[i] for i in indices],
+            sub_grads,
+            sub_buffers,
+            has_sparse_grad=any(g.is_sparse for g in sub_grads),
+            weight_decay=decay,
+            maximize=sign,
+            momentum=momentum,
+            lr=lr,
+            dampening=dampening,
+            nesterov=nesterov,
+            foreach=foreach,
+            fused=fused,
+        )
+        for i, buffer in zip(indices, sub_buffers):
+            momentum_buffers[i] = buffer

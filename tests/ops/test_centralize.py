@@ -1,0 +1,79 @@
+import pytest
+import torch
+from torch.testing import assert_close
+
+from mmgc.ops import centralize, centralize_, gc_update_directions, reduce_dims
+from tests.reference import project
+
+SHAPES_AND_DIMS = [
+    ((6, 5), 0),  # Linear
+    ((4, 3, 7), 0),  # Conv1d
+    ((8, 3, 3, 3), 0),  # Conv2d
+    ((4, 2, 3, 3, 3), 0),  # Conv3d
+    ((3, 8, 4, 4), 1),  # ConvTranspose2d: (in, out, kh, kw)
+    ((8, 1, 3, 3), 0),  # depthwise
+    ((5, 1, 1, 1), 0),  # a single input per output unit
+    ((4, 3, 3, 3), -1),  # negative dim
+]
+
+
+@pytest.mark.parametrize(('shape', 'dim'), SHAPES_AND_DIMS)
+def test_centralize_matches_projection(shape, dim):
+    g = torch.Generator().manual_seed(0)
+    grad = torch.randn(shape, generator=g, dtype=torch.float64)
+    expected = project(grad, dim)
+    assert_close(centralize(grad, dim), expected)
+    inplace = grad.clone()
+    assert centralize_(inplace, dim) is inplace
+    assert_close(inplace, expected)
+    # each output unit's vector now has zero mean
+    dims = reduce_dims(grad.dim(), dim)
+    assert_close(inplace.sum(dim=dims), torch.zeros(grad.shape[dim], dtype=grad.dtype))
+
+
+def test_single_input_per_unit_is_zeroed():
+    grad = torch.randn(5, 1, 1, 1)
+    assert torch.count_nonzero(centralize(grad)) == 0
+
+
+def test_vectors_and_empty_tensors_are_untouched():
+    bias = torch.randn(7)
+    assert_close(centralize(bias), bias)
+    assert centralize(bias) is not bias
+    empty = torch.empty(0, 3, 3, 3)
+    assert centralize_(empty).shape == (0, 3, 3, 3)
+    empty_inputs = torch.empty(4, 0)
+    assert centralize(empty_inputs).shape == (4, 0)
+
+
+def test_non_contiguous_input():
+    base = torch.randn(6, 8, dtype=torch.float64)
+    grad = base.t()  # (8, 6), non-contiguous
+    assert not grad.is_contiguous()
+    assert_close(centralize(grad, 0), project(grad.contiguous(), 0))
+
+
+@pytest.mark.parametrize('dim', [2, -3])
+def test_out_of_range_dim(dim):
+    with pytest.raises(
+        ValueError, match=rf'gc_dim={dim} is out of range for a 2-D weight'
+    ):
+        centralize(torch.randn(3, 4), dim)
+
+
+@pytest.mark.parametrize('maximize', [False, True])
+@pytest.mark.parametrize('weight_decay', [0.0, 0.1, torch.tensor(0.1)])
+def test_update_directions(maximize, weight_decay):
+    g = torch.Generator().manual_seed(1)
+    params = [torch.randn(4, 3, 3, generator=g), torch.randn(3, 5, 2, generator=g)]
+    grads = [torch.randn_like(p) for p in params]
+    grads_before = [x.clone() for x in grads]
+    out = gc_update_directions(
+        params, grads, [0, 1], weight_decay=weight_decay, maximize=maximize
+    )
+    wd = float(weight_decay)
+    for p, grad, dim, d in zip(params, grads_before, [0, 1], out):
+        signed = -grad if maximize else grad
+        assert_close(d, project(signed + wd * p, dim))
+    for grad, before in zip(grads, grads_before):
+        assert torch.equal(grad, before)

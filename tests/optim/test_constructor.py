@@ -1,0 +1,276 @@
+import logging
+
+import pytest
+import torch
+from mmengine.logging import MMLogger
+from mmengine.optim import DefaultOptimWrapperConstructor, build_optim_wrapper
+from torch import nn
+
+from mmgc import SGDGC, GCOptimWrapperConstructor
+
+BASE_LR, BASE_WD = 0.01, 1e-4
+
+
+class ToyModel(nn.Module):
+    """Conv, depthwise conv, deconv, BN, GN, Linear, a bare parameter, a
+    frozen conv and a weight shared by two Linear layers."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(3, 8, 3, padding=1)
+        self.bn = nn.BatchNorm2d(8)
+        self.dwconv = nn.Conv2d(8, 8, 3, padding=1, groups=8)
+        self.gn = nn.GroupNorm(2, 8)
+        self.deconv = nn.ConvTranspose2d(8, 4, 2, stride=2)
+        self.frozen = nn.Conv2d(4, 4, 1)
+        self.frozen.requires_grad_(False)
+        self.head = nn.Linear(4, 5)
+        self.extra = nn.Parameter(torch.randn(3, 4))
+        self.shared_a = nn.Linear(5, 5, bias=False)
+        self.shared_b = nn.Linear(5, 5, bias=False)
+        self.shared_b.weight = self.shared_a.weight
+
+    def forward(self, x):
+        x = self.gn(self.dwconv(self.bn(self.conv(x)).relu()))
+        x = self.frozen(self.deconv(x)).mean((2, 3))
+        x = self.shared_b(self.shared_a(self.head(x)))
+        return x.sum() + self.extra.sum()
+
+
+def _build(paramwise_cfg=None, optimizer_type='SGDGC', model=None):
+    torch.manual_seed(0)
+    model = model or ToyModel()
+    cfg = dict(
+        type='OptimWrapper',
+        optimizer=dict(
+            type=optimizer_type, lr=BASE_LR, momentum=0.9, weight_decay=BASE_WD
+        ),
+        constructor='GCOptimWrapperConstructor',
+    )
+    if paramwise_cfg is not None:
+        cfg['paramwise_cfg'] = paramwise_cfg
+    return model, build_optim_wrapper(model, cfg)
+
+
+def _settings(model, optim_wrapper):
+    """name -> the parameter group options of that parameter."""
+    names = {id(p): n for n, p in model.named_parameters()}
+    out = {}
+    for group in optim_wrapper.optimizer.param_groups:
+        for p in group['params']:
+            out[names[id(p)]] = {k: v for k, v in group.items() if k != 'params'}
+    return out
+
+
+def _gc_map(model, optim_wrapper):
+    return {
+        n: (s['gc'], s['gc_dim'])
+        for n, s in _settings(model, optim_wrapper).items()
+        if s['gc']
+    }
+
+
+@pytest.fixture
+def log_messages():
+    logger = MMLogger.get_current_instance()
+    messages = []
+
+    class _Collect(logging.Handler):
+        def emit(self, record):
+            messages.append((record.levelno, record.getMessage()))
+
+    handler = _Collect()
+    logger.addHandler(handler)
+    yield messages
+    logger.removeHandler(handler)
+
+
+CONV = {
+    'conv.weight': (True, 0),
+    'dwconv.weight': (True, 0),
+    'deconv.weight': (True, 1),
+}
+FC = {'head.weight': (True, 0), 'shared_a.weight': (True, 0)}
+
+
+@pytest.mark.parametrize(
+    ('gc_layers', 'expected'),
+    [
+        (None, {**CONV, **FC}),
+        (('conv', 'fc'), {**CONV, **FC}),
+        (['fc', 'conv'], {**CONV, **FC}),
+        ('conv', CONV),
+        (('conv',), CONV),
+        ('fc', FC),
+    ],
+)
+def test_selection_by_module_type(gc_layers, expected):
+    paramwise = dict(bypass_duplicate=True)
+    if gc_layers is not None:
+        paramwise['gc_layers'] = gc_layers
+    model, wrapper = _build(paramwise)
+    assert isinstance(wrapper.optimizer, SGDGC)
+    assert _gc_map(model, wrapper) == expected
+    settings = _settings(model, wrapper)
+    assert 'frozen.weight' not in settings and 'frozen.bias' not in settings
+    assert settings['extra']['gc'] is False  # a bare parameter is never selected
+    # one group per distinct setting, not one per tensor
+    distinct = {tuple(sorted(s.items())) for s in settings.values()}
+    assert len(wrapper.optimizer.param_groups) == len(distinct) <= 3
+
+
+def test_paramwise_options_match_default_constructor():
+    """Every lr / decay the default constructor gives is kept, GC aside."""
+    paramwise = dict(
+        bias_lr_mult=2.0,
+        bias_decay_mult=0.0,
+        norm_decay_mult=0.0,
+        dwconv_decay_mult=0.5,
+        flat_decay_mult=0.3,
+        bypass_duplicate=True,
+        custom_keys={'head': dict(lr_mult=0.1, decay_mult=0.0)},
+    )
+    model, wrapper = _build(dict(paramwise, gc_layers=('conv', 'fc')))
+    default = DefaultOptimWrapperConstructor(
+        dict(
+            type='OptimWrapper',
+            optimizer=dict(type='SGD', lr=BASE_LR, momentum=0.9, weight_decay=BASE_WD),
+        ),
+        paramwise,
+    )
+    ref_wrapper = default(model)
+    ours, theirs = _settings(model, wrapper), _settings(model, ref_wrapper)
+    assert ours.keys() == theirs.keys()
+    for name in ours:
+        for key in ('lr', 'weight_decay', 'momentum'):
+            assert ours[name][key] == pytest.approx(theirs[name][key]), (name, key)
+    assert ours['conv.bias']['lr'] == pytest.approx(2 * BASE_LR)
+    assert ours['bn.weight']['weight_decay'] == 0.0
+    assert ours['dwconv.weight']['weight_decay'] == pytest.approx(0.5 * BASE_WD)
+    assert ours['head.weight']['lr'] == pytest.approx(0.1 * BASE_LR)
+    assert ours['head.weight']['gc'] is True  # custom lr/decay keep GC
+    assert len(wrapper.optimizer.param_groups) < len(ours)
+
+
+def test_custom_keys_switch_gc_off_and_on():
+    model, wrapper = _build(
+        dict(
+            bypass_duplicate=True,
+            custom_keys={
+                'head': dict(gc=False),
+                'deconv': dict(gc=False, lr_mult=0.5),
+                'extra': dict(gc=True),
+            },
+        )
+    )
+    gc = _gc_map(model, wrapper)
+    assert 'head.weight' not in gc and 'deconv.weight' not in gc
+    assert gc['extra'] == (True, 0)
+    assert gc['conv.weight'] == (True, 0)
+    assert _settings(model, wrapper)['deconv.weight']['lr'] == pytest.approx(
+        0.5 * BASE_LR
+    )
+
+
+def test_shared_parameter_needs_bypass_duplicate():
+    with pytest.raises(
+        ValueError,
+        match=r"'shared_a.weight' appears more than once.*bypass_duplicate=True",
+    ):
+        _build(dict(gc_layers='fc'))
+
+
+def test_logs_summary_once(log_messages):
+    _build(dict(bypass_duplicate=True))
+    summaries = [m for _, m in log_messages if 'gradient centralization on' in m]
+    assert len(summaries) == 1
+    # 5 GC tensors: conv, dwconv, deconv (3 convs), head, shared_a (2 fc)
+    assert 'gradient centralization on 5 of 14 trainable tensors' in summaries[0]
+    assert 'conv 3 tensors' in summaries[0] and 'fc 2 tensors' in summaries[0]
+    assert '3 parameter groups' in summaries[0]
+
+
+def test_warns_when_nothing_is_selected(log_messages):
+    model = nn.Sequential(nn.BatchNorm2d(3), nn.GroupNorm(1, 3))
+    _build(dict(gc_layers='conv'), model=model)
+    warnings = [m for level, m in log_messages if level == logging.WARNING]
+    assert any('no weight gets gradient centralization' in m for m in warnings)
+
+
+def test_mmcv_convolutions_are_selected():
+    from mmcv.cnn import ConvWS2d
+    from mmcv.ops import DeformConv2dPack, ModulatedDeformConv2dPack
+
+    model = nn.Sequential(
+        ConvWS2d(3, 4, 3),
+        DeformConv2dPack(4, 4, 3, padding=1),
+        ModulatedDeformConv2dPack(4, 4, 3, padding=1),
+    )
+    _, wrapper = _build(dict(gc_layers='conv'), model=model)
+    gc = _gc_map(model, wrapper)
+    assert gc['0.weight'] == (True, 0)  # ConvWS2d
+    assert gc['1.weight'] == (True, 0) and gc['1.conv_offset.weight'] == (True, 0)
+    assert gc['2.weight'] == (True, 0)
+
+
+def test_grouped_transposed_conv_is_left_out(log_messages):
+    model = nn.Sequential(nn.ConvTranspose2d(4, 6, 2, groups=2), nn.Conv2d(6, 2, 1))
+    _, wrapper = _build(dict(gc_layers='conv'), model=model)
+    assert _gc_map(model, wrapper) == {'1.weight': (True, 0)}
+    assert any('grouped transposed conv' in m for _, m in log_messages)
+
+
+def test_builds_from_config_in_mmdet_scope():
+    from mmengine.registry import DefaultScope
+
+    import mmgc  # noqa: F401
+
+    with DefaultScope.overwrite_default_scope('mmdet'):
+        model, wrapper = _build(dict(gc_layers=('conv', 'fc'), bypass_duplicate=True))
+    assert type(wrapper.optimizer) is SGDGC
+
+
+ERROR_CASES = [
+    (
+        dict(gc_layers='conv2d'),
+        ValueError,
+        r"gc_layers must be a non-empty subset of \('conv', 'fc'\); got 'conv2d'",
+    ),
+    (dict(gc_layers=()), ValueError, r'non-empty subset .*got \(\)'),
+    (dict(gc_layers=['conv', 'bn']), ValueError, r"got \['conv', 'bn'\]"),
+    (dict(gc_layers=3), ValueError, r'got 3'),
+    (
+        dict(gc_layer='conv'),
+        ValueError,
+        r"unknown paramwise_cfg key\(s\) \['gc_layer'\]; valid keys are .*'gc_layers'",
+    ),
+    (
+        dict(custom_keys={'head': dict(gc='no')}),
+        TypeError,
+        r"custom_keys\['head'\]: param group option gc must be True or False; got 'no'",
+    ),
+]
+
+
+@pytest.mark.parametrize(('paramwise', 'error', 'match'), ERROR_CASES)
+def test_invalid_config(paramwise, error, match):
+    with pytest.raises(error, match=match):
+        _build(paramwise)
+
+
+@pytest.mark.parametrize('optimizer', ['SGD', 'AdamW'])
+def test_optimizer_that_cannot_apply_gc(optimizer):
+    with pytest.raises(
+        ValueError,
+        match=rf"one of \['SGDGC', 'SGD_GC'\]; got optimizer type '{optimizer}'",
+    ):
+        _build(dict(gc_layers='conv'), optimizer_type=optimizer)
+
+
+def test_constructor_is_registered_in_root_registry():
+    from mmengine.registry import OPTIM_WRAPPER_CONSTRUCTORS
+
+    assert (
+        OPTIM_WRAPPER_CONSTRUCTORS.get('GCOptimWrapperConstructor')
+        is GCOptimWrapperConstructor
+    )

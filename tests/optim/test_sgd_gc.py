@@ -1,0 +1,412 @@
+import copy
+import inspect
+import itertools
+
+import pytest
+import torch
+from torch import nn
+from torch.testing import assert_close
+
+from mmgc import SGDGC
+from tests.reference import ReferenceSGDGC
+
+# (name, factory, out_dim); out_dim None: the tensor is 1-D and never centralized
+LAYERS = [
+    ('conv1d', lambda: nn.Conv1d(3, 4, 3), 0),
+    ('conv2d', lambda: nn.Conv2d(3, 6, 3), 0),
+    ('conv3d', lambda: nn.Conv3d(2, 4, 2), 0),
+    ('grouped', lambda: nn.Conv2d(4, 6, 3, groups=2), 0),
+    ('depthwise', lambda: nn.Conv2d(4, 4, 3, groups=4), 0),
+    ('deconv', lambda: nn.ConvTranspose2d(3, 5, 2, stride=2), 1),
+    ('linear', lambda: nn.Linear(7, 5), 0),
+]
+
+HYPER = [
+    dict(momentum=0.0, weight_decay=0.0),
+    dict(momentum=0.9, weight_decay=1e-2),
+    dict(momentum=0.9, weight_decay=1e-2, nesterov=True),
+    dict(momentum=0.9, dampening=0.3, weight_decay=1e-3),
+    dict(momentum=0.5, weight_decay=1e-2, maximize=True),
+]
+IMPLS = [dict(foreach=False), dict(foreach=True), dict(fused=True)]
+
+
+def _random_grads(params, step, dtype=torch.float64):
+    g = torch.Generator().manual_seed(1000 + step)
+    return [torch.randn(p.shape, generator=g, dtype=dtype) for p in params]
+
+
+@pytest.mark.parametrize('impl', IMPLS, ids=['for-loop', 'foreach', 'fused'])
+@pytest.mark.parametrize(
+    'hyper', HYPER, ids=lambda h: '-'.join(f'{k}={v}' for k, v in h.items())
+)
+@pytest.mark.parametrize(
+    ('name', 'factory', 'out_dim'), LAYERS, ids=[lay[0] for lay in LAYERS]
+)
+def test_matches_reference(name, factory, out_dim, hyper, impl):
+    torch.manual_seed(0)
+    layer = factory().double()
+    weight, bias = layer.weight, layer.bias
+    opt = SGDGC(
+        [dict(params=[weight], gc_dim=out_dim), dict(params=[bias])],
+        lr=0.1,
+        **hyper,
+        **impl,
+    )
+    ref = ReferenceSGDGC([weight, bias], [out_dim, None], lr=0.1, **hyper)
+    for step in range(4):
+        grads = _random_grads([weight, bias], step)
+        weight.grad, bias.grad = (g.clone() for g in grads)
+        opt.step()
+        ref.step(grads)
+        # p.grad is left exactly as it was found
+        assert torch.equal(weight.grad, grads[0]) and torch.equal(bias.grad, grads[1])
+        assert_close(weight.detach(), ref.weights[0], rtol=1e-12, atol=1e-12)
+        assert_close(bias.detach(), ref.weights[1], rtol=1e-12, atol=1e-12)
+
+
+def test_float32_matches_reference():
+    torch.manual_seed(0)
+    conv = nn.Conv2d(8, 16, 3)
+    opt = SGDGC(conv.parameters(), lr=0.05, momentum=0.9, weight_decay=1e-4)
+    ref = ReferenceSGDGC(
+        list(conv.parameters()), [0, None], lr=0.05, momentum=0.9, weight_decay=1e-4
+    )
+    for step in range(5):
+        grads = _random_grads(list(conv.parameters()), step, torch.float32)
+        for p, g in zip(conv.parameters(), grads):
+            p.grad = g.clone()
+        opt.step()
+        ref.step(grads)
+    for p, expected in zip(conv.parameters(), ref.weights):
+        assert_close(p.detach().double(), expected, rtol=1e-5, atol=1e-6)
+
+
+def test_signature_and_defaults_equal_torch_sgd():
+    ours = inspect.signature(SGDGC.__init__).parameters
+    torchs = inspect.signature(torch.optim.SGD.__init__).parameters
+    assert list(ours) == list(torchs)
+    for name, param in torchs.items():
+        assert ours[name].default == param.default, name
+        assert ours[name].kind == param.kind, name
+
+
+def test_default_is_authors_sgd_gc_every_nd_tensor_dim0():
+    torch.manual_seed(0)
+    model = nn.Sequential(
+        nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), nn.ConvTranspose2d(4, 2, 2)
+    )
+    opt = SGDGC(model.parameters(), lr=0.1)
+    assert opt.param_groups[0]['gc'] is True and opt.param_groups[0]['gc_dim'] == 0
+    params = list(model.parameters())
+    grads = _random_grads(params, 0, torch.float32)
+    for p, g in zip(params, grads):
+        p.grad = g.clone()
+    ref = ReferenceSGDGC(params, [0 if p.dim() > 1 else None for p in params], lr=0.1)
+    opt.step()
+    ref.step(grads)
+    for p, expected in zip(params, ref.weights):
+        assert_close(p.detach().double(), expected, rtol=1e-5, atol=1e-6)
+
+
+GC_OFF_HYPER = [
+    dict(lr=0.1),
+    dict(lr=0.1, momentum=0.9),
+    dict(lr=0.1, momentum=0.9, weight_decay=1e-2, nesterov=True),
+    dict(lr=0.1, momentum=0.9, dampening=0.5, weight_decay=1e-2),
+    dict(lr=0.1, momentum=0.9, weight_decay=1e-2, maximize=True),
+    dict(lr=torch.tensor(0.1), momentum=0.9),
+]
+
+
+@pytest.mark.parametrize('impl', IMPLS, ids=['for-loop', 'foreach', 'fused'])
+@pytest.mark.parametrize('hyper', GC_OFF_HYPER)
+def test_gc_off_equals_torch_sgd(hyper, impl):
+    torch.manual_seed(0)
+    model = nn.Sequential(
+        nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), nn.Flatten(), nn.Linear(4 * 6 * 6, 3)
+    )
+    twin = copy.deepcopy(model)
+    ours = SGDGC([dict(params=model.parameters(), gc=False)], **hyper, **impl)
+    theirs = torch.optim.SGD(twin.parameters(), **hyper, **impl)
+    for step in range(4):
+        x = torch.randn(2, 3, 8, 8, generator=torch.Generator().manual_seed(step))
+        for net, opt in ((model, ours), (twin, theirs)):
+            opt.zero_grad()
+            net(x).square().mean().backward()
+            opt.step()
+        for a, b in zip(model.parameters(), twin.parameters()):
+            assert_close(a, b)
+    for a, b in zip(model.parameters(), twin.parameters()):
+        if 'momentum_buffer' in theirs.state[b]:
+            assert_close(
+                ours.state[a]['momentum_buffer'], theirs.state[b]['momentum_buffer']
+            )
+
+
+def _conv_net():
+    torch.manual_seed(0)
+    return nn.Sequential(
+        nn.Conv2d(3, 8, 3),
+        nn.ReLU(),
+        nn.ConvTranspose2d(8, 4, 2),
+        nn.Flatten(),
+        nn.Linear(4 * 5 * 5, 5),
+    )
+
+
+def _train(model, opt, steps, seed=0):
+    for step in range(steps):
+        x = torch.randn(
+            4, 3, 6, 6, generator=torch.Generator().manual_seed(seed + step)
+        )
+        opt.zero_grad()
+        model(x).square().mean().backward()
+        opt.step()
+
+
+def _gc_groups(model):
+    conv, deconv, linear = model[0], model[2], model[4]
+    return [
+        dict(params=[conv.weight, linear.weight], gc=True, gc_dim=0),
+        dict(params=[deconv.weight], gc=True, gc_dim=1),
+        dict(params=[conv.bias, deconv.bias, linear.bias], gc=False),
+    ]
+
+
+def test_torch_sgd_state_dict_loads_into_sgdgc():
+    """A baseline checkpoint (torch SGD) is fine-tuned with GC."""
+    base = _conv_net()
+    sgd = torch.optim.SGD(
+        [
+            {k: v for k, v in g.items() if k not in ('gc', 'gc_dim')}
+            for g in _gc_groups(base)
+        ],
+        lr=0.05,
+        momentum=0.9,
+        weight_decay=1e-3,
+    )
+    _train(base, sgd, 3)
+    saved = sgd.state_dict()
+
+    model = _conv_net()
+    model.load_state_dict(base.state_dict())
+    opt = SGDGC(_gc_groups(model), lr=0.05, momentum=0.9, weight_decay=1e-3)
+    opt.load_state_dict(saved)
+    # the GC options come from the optimizer as built, the rest from the checkpoint
+    assert [g['gc'] for g in opt.param_groups] == [True, True, False]
+    assert [g['gc_dim'] for g in opt.param_groups] == [0, 1, 0]
+    for p_new, p_old in zip(model.parameters(), base.parameters()):
+        assert_close(
+            opt.state[p_new]['momentum_buffer'], sgd.state[p_old]['momentum_buffer']
+        )
+
+    # the next steps use those buffers: compare with the reference seeded the same way
+    params = [model[0].weight, model[2].weight]
+    ref = ReferenceSGDGC(params, [0, 1], lr=0.05, momentum=0.9, weight_decay=1e-3)
+    ref.buffers = [opt.state[p]['momentum_buffer'].double().clone() for p in params]
+    for step in range(2):
+        x = torch.randn(4, 3, 6, 6, generator=torch.Generator().manual_seed(50 + step))
+        opt.zero_grad()
+        model(x).square().mean().backward()
+        grads = [p.grad.clone() for p in params]
+        opt.step()
+        ref.step(grads)
+    for p, expected in zip(params, ref.weights):
+        assert_close(p.detach().double(), expected, rtol=1e-5, atol=1e-6)
+
+
+def test_state_dict_round_trip():
+    model_a, model_b = _conv_net(), _conv_net()
+    opt_a = SGDGC(_gc_groups(model_a), lr=0.05, momentum=0.9, weight_decay=1e-3)
+    _train(model_a, opt_a, 3)
+    state = copy.deepcopy(opt_a.state_dict())  # as if saved to disk
+    assert [g['gc_dim'] for g in state['param_groups']] == [0, 1, 0]
+    model_b.load_state_dict(model_a.state_dict())
+    opt_b = SGDGC([dict(params=g['params']) for g in _gc_groups(model_b)], lr=1.0)
+    opt_b.load_state_dict(state)
+    assert opt_b.param_groups[1]['gc_dim'] == 1 and opt_b.param_groups[0]['lr'] == 0.05
+    _train(model_a, opt_a, 2, seed=10)
+    _train(model_b, opt_b, 2, seed=10)
+    for a, b in zip(model_a.parameters(), model_b.parameters()):
+        assert torch.equal(a, b)
+
+
+def test_setstate_fills_defaults_for_old_pickles():
+    model = _conv_net()
+    opt = SGDGC(model.parameters(), lr=0.1)
+    groups = [
+        {k: v for k, v in g.items() if k not in ('gc', 'gc_dim', 'fused')}
+        for g in opt.param_groups
+    ]
+    opt.__setstate__({'state': {}, 'param_groups': groups})
+    assert opt.param_groups[0]['gc'] is True and opt.param_groups[0]['gc_dim'] == 0
+    assert opt.param_groups[0]['fused'] is False
+
+
+@pytest.mark.parametrize('out_dim', [0, 1])
+def test_invariant_weight_sums_stay_constant(out_dim):
+    """Paper Eq. (3): e^T w stays at e^T w0 for centralized weights, with decay."""
+    model = _conv_net()
+    conv, deconv, linear = model[0], model[2], model[4]
+    opt = SGDGC(
+        [
+            dict(params=[conv.weight, deconv.weight], gc_dim=0 if out_dim == 0 else 1),
+            dict(params=[linear.weight], gc=False),
+            dict(params=[conv.bias, deconv.bias, linear.bias]),
+        ],
+        lr=0.1,
+        momentum=0.9,
+        weight_decay=0.05,
+        nesterov=True,
+    )
+    target = conv if out_dim == 0 else deconv
+    dims = tuple(d for d in range(target.weight.dim()) if d != out_dim)
+    before = target.weight.detach().double().sum(dims)
+    lin_before = linear.weight.detach().double().sum(1)
+    steps = 8
+    _train(model, opt, steps)
+    after = target.weight.detach().double().sum(dims)
+    # float32 rounding of each updated element, summed over a row, per step
+    bound = (
+        steps
+        * torch.finfo(torch.float32).eps
+        * target.weight.detach().abs().double().sum(dims)
+    )
+    assert torch.all((after - before).abs() <= bound), after - before
+    drift = (linear.weight.detach().double().sum(1) - lin_before).abs()
+    assert drift.max() > 1e3 * bound.max()
+
+
+def test_single_input_per_unit_never_moves():
+    lin = nn.Linear(1, 4)
+    opt = SGDGC([lin.weight], lr=0.5, momentum=0.9, weight_decay=0.1)
+    before = lin.weight.detach().clone()
+    for _ in range(3):
+        lin.weight.grad = torch.randn(4, 1)
+        opt.step()
+    assert torch.equal(lin.weight.detach(), before)
+
+
+def test_params_without_grad_and_empty_tensors():
+    a, b = nn.Parameter(torch.randn(3, 4)), nn.Parameter(torch.randn(0, 4))
+    c = nn.Parameter(torch.randn(2, 2))
+    opt = SGDGC([a, b, c], lr=0.1, momentum=0.9)
+    a.grad, b.grad = torch.randn(3, 4), torch.randn(0, 4)
+    before_c = c.detach().clone()
+    opt.step()
+    opt.step()
+    assert torch.equal(c.detach(), before_c) and 'momentum_buffer' not in opt.state[c]
+    assert torch.isfinite(a).all()
+
+
+def test_closure_returns_loss():
+    lin = nn.Linear(3, 2)
+    opt = SGDGC(lin.parameters(), lr=0.1)
+
+    def closure():
+        opt.zero_grad()
+        loss = lin(torch.ones(1, 3)).sum()
+        loss.backward()
+        return loss
+
+    assert torch.is_tensor(opt.step(closure))
+
+
+def test_differentiable_step_matches_plain_step():
+    torch.manual_seed(0)
+    w0 = torch.randn(4, 3)
+    grad = torch.randn(4, 3)
+    plain = nn.Parameter(w0.clone())
+    plain.grad = grad.clone()
+    SGDGC([plain], lr=0.1, momentum=0.9, weight_decay=0.1).step()
+    leaf = w0.clone().requires_grad_(True)
+    param = leaf.clone()  # non-leaf: torch's differentiable mode
+    param.grad = grad.clone()
+    SGDGC([param], lr=0.1, momentum=0.9, weight_decay=0.1, differentiable=True).step()
+    assert_close(param.detach(), plain.detach())
+    param.sum().backward()
+    assert leaf.grad is not None
+
+
+ERROR_CASES = [
+    (dict(lr=-0.1), ValueError, r'Invalid learning rate: -0.1'),
+    (dict(lr=torch.tensor([0.1, 0.2])), ValueError, r'Tensor lr must have one element'),
+    (dict(lr=0.1, momentum=-0.9), ValueError, r'Invalid momentum value: -0.9'),
+    (
+        dict(lr=0.1, weight_decay=-1e-4),
+        ValueError,
+        r'Invalid weight_decay value: -0.0001',
+    ),
+    (
+        dict(lr=0.1, nesterov=True),
+        ValueError,
+        r'Nesterov momentum requires a momentum > 0',
+    ),
+    (
+        dict(lr=0.1, momentum=0.9, dampening=0.1, nesterov=True),
+        ValueError,
+        r'zero dampening; got momentum=0.9, dampening=0.1',
+    ),
+    (
+        dict(lr=0.1, fused=True, foreach=True),
+        ValueError,
+        r'fused=True and foreach=True',
+    ),
+    (
+        dict(lr=0.1, fused=True, differentiable=True),
+        ValueError,
+        r'fused=True does not support',
+    ),
+]
+
+
+@pytest.mark.parametrize(('kwargs', 'error', 'match'), ERROR_CASES)
+def test_invalid_hyper_parameters(kwargs, error, match):
+    p = nn.Parameter(torch.randn(3, 3))
+    before = p.detach().clone()
+    with pytest.raises(error, match=match):
+        SGDGC([p], **kwargs)
+    assert torch.equal(p.detach(), before)
+
+
+@pytest.mark.parametrize(
+    ('group', 'match'),
+    [
+        (dict(gc='yes'), r"gc must be True or False; got 'yes'"),
+        (dict(gc_dim=1.0), r'gc_dim must be an int .*got 1.0'),
+        (dict(gc_dim=True), r'gc_dim must be an int .*got True'),
+    ],
+)
+def test_invalid_group_options(group, match):
+    with pytest.raises(TypeError, match=match):
+        SGDGC([dict(params=[nn.Parameter(torch.randn(2, 2))], **group)], lr=0.1)
+
+
+def test_out_of_range_gc_dim_raises_before_any_update():
+    a, b = nn.Parameter(torch.randn(3, 4)), nn.Parameter(torch.randn(3, 4))
+    opt = SGDGC([dict(params=[a]), dict(params=[b], gc_dim=2)], lr=0.1)
+    opt.param_groups[0]['params'].append(nn.Parameter(torch.randn(5)))  # a bias
+    for p in itertools.chain.from_iterable(g['params'] for g in opt.param_groups):
+        p.grad = torch.ones_like(p)
+    before_b = b.detach().clone()
+    with pytest.raises(
+        ValueError,
+        match=r'gc_dim=2 is out of range for a 2-D weight; valid values are -2..1',
+    ):
+        opt.step()
+    assert torch.equal(b.detach(), before_b)
+
+
+def test_sparse_gradient():
+    emb = nn.Embedding(10, 3, sparse=True)
+    loss = emb(torch.tensor([1, 2])).sum()
+    loss.backward()
+    with pytest.raises(
+        RuntimeError, match=r'cannot centralize a sparse gradient .*shape \(10, 3\)'
+    ):
+        SGDGC(emb.parameters(), lr=0.1).step()
+    # with GC off it is torch's SGD, which handles sparse gradients
+    before = emb.weight.detach().clone()
+    SGDGC([dict(params=emb.parameters(), gc=False)], lr=0.1).step()
+    assert not torch.equal(emb.weight.detach(), before)

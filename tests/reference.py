@@ -1,0 +1,71 @@
+r"""Independent reference for GC + SGD, written from the paper's equations.
+
+Everything runs in float64 with an explicit projection matrix
+:math:`\mathbf{P} = \mathbf{I} - \mathbf{e}\mathbf{e}^T`, :math:`\mathbf{e} =
+\mathbf{1}/\sqrt{M}` (Eq. 2), applied to each output unit's weight vector, and
+a per-tensor loop of torch's SGD convention (FIELD-NOTES section 1). It shares
+no code with mmgc.
+"""
+
+from __future__ import annotations
+
+import torch
+
+
+def project(grad: torch.Tensor, out_dim: int | None) -> torch.Tensor:
+    """``P`` applied to each output unit's vector (rows of the unfolded W)."""
+    if out_dim is None or grad.dim() <= 1 or grad.numel() == 0:
+        return grad.clone()
+    moved = grad.movedim(out_dim, 0)
+    rows = moved.reshape(moved.shape[0], -1).to(torch.float64)
+    m = rows.shape[1]
+    e = torch.full((m, 1), 1.0 / m**0.5, dtype=torch.float64)
+    proj = torch.eye(m, dtype=torch.float64) - e @ e.T
+    projected = rows @ proj  # P is symmetric: row_i P == (P w_i)^T
+    return projected.reshape(moved.shape).movedim(0, out_dim).to(grad.dtype)
+
+
+class ReferenceSGDGC:
+    """Per-tensor loop: ``g_hat = P(±g + wd w)``, then torch-SGD momentum."""
+
+    def __init__(
+        self,
+        weights,
+        out_dims,
+        *,
+        lr,
+        momentum=0.0,
+        dampening=0.0,
+        weight_decay=0.0,
+        nesterov=False,
+        maximize=False,
+    ):
+        self.weights = [w.detach().clone().to(torch.float64) for w in weights]
+        self.out_dims = list(out_dims)
+        self.buffers = [None] * len(self.weights)
+        self.lr, self.momentum, self.dampening = lr, momentum, dampening
+        self.weight_decay, self.nesterov, self.maximize = (
+            weight_decay,
+            nesterov,
+            maximize,
+        )
+
+    def step(self, grads) -> None:
+        for i, (w, g) in enumerate(zip(self.weights, grads)):
+            g = g.detach().to(torch.float64)
+            if self.maximize:
+                g = -g
+            g = project(g + self.weight_decay * w, self.out_dims[i])
+            if self.momentum != 0:
+                if self.buffers[i] is None:
+                    self.buffers[i] = g.clone()
+                else:
+                    self.buffers[i] = (
+                        self.momentum * self.buffers[i] + (1 - self.dampening) * g
+                    )
+                g = (
+                    g + self.momentum * self.buffers[i]
+                    if self.nesterov
+                    else self.buffers[i]
+                )
+            self.weights[i] = w - self.lr * g
