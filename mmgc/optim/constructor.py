@@ -149,7 +149,7 @@ class GCOptimWrapperConstructor(DefaultOptimWrapperConstructor):
         for group in per_param:
             self._decide_gc(group, targets)
         merged = _merge_groups(per_param, names)
-        self._log_summary(per_param, merged, targets, names)
+        self._log_summary(per_param, merged, targets)
         params.extend(merged)
 
     def _gc_targets(self, model: nn.Module) -> dict[int, GCTarget]:
@@ -190,7 +190,6 @@ class GCOptimWrapperConstructor(DefaultOptimWrapperConstructor):
         per_param: list[dict],
         merged: list[dict],
         targets: dict[int, GCTarget],
-        names: dict[int, str],
     ) -> None:
         counts: dict[str, list[int]] = {}
         total_tensors = total_numel = 0

@@ -76,20 +76,67 @@ def _batch(seed: int, size: int = 96):
     return dict(inputs=inputs, data_samples=samples)
 
 
-@pytest.mark.slow
-def test_mask_rcnn_trains_with_gc_and_keeps_weight_sums(tmp_path):
+BASELINE_OPTIM = """
+optim_wrapper = dict(
+    _delete_=True,
+    type='OptimWrapper',
+    optimizer=dict(type='SGD', lr=0.02, momentum=0.9, weight_decay=1e-4))
+"""
+
+
+def _build(tmp_path, gc: bool):
     from mmdet.registry import MODELS
     from mmdet.utils import register_all_modules
 
     register_all_modules(init_default_scope=False)
-    path = tmp_path / 'mask_rcnn_r18_fpn_gc.py'
-    path.write_text(CONFIG)
+    path = tmp_path / 'mask_rcnn_r18_fpn.py'
+    path.write_text(CONFIG if gc else CONFIG + BASELINE_OPTIM)
     cfg = Config.fromfile(str(path))
     torch.manual_seed(0)
     with DefaultScope.overwrite_default_scope('mmdet'):
         model = MODELS.build(cfg.model)
         model.init_weights()
         wrapper = build_optim_wrapper(model, cfg.optim_wrapper)
+    return model, wrapper
+
+
+def _conv_fc_weights(model):
+    return {
+        f'{name}.weight': (
+            mod.weight,
+            1 if isinstance(mod, torch.nn.ConvTranspose2d) else 0,
+        )
+        for name, mod in model.named_modules()
+        if isinstance(mod, (torch.nn.Linear, torch.nn.modules.conv._ConvNd))
+        and mod.weight.requires_grad
+    }
+
+
+def _train_and_measure(model, wrapper, weights, steps=3):
+    """Train ``steps`` iterations; return, per weight, whether every output
+    unit's weight sum stayed within float32 rounding of its initial value,
+    and whether the weight moved at all."""
+    initial = {n: p.detach().double().sum(_dims(p, d)) for n, (p, d) in weights.items()}
+    start = {n: p.detach().clone() for n, (p, _) in weights.items()}
+    model.train()
+    for step in range(steps):
+        losses = model.train_step(_batch(step), wrapper)
+        assert all(math.isfinite(float(v)) for v in losses.values()), losses
+        assert float(losses['loss']) > 0
+    eps = torch.finfo(torch.float32).eps
+    kept, moved = {}, {}
+    for name, (p, dim) in weights.items():
+        dims = _dims(p, dim)
+        after = p.detach().double().sum(dims)
+        bound = steps * eps * p.detach().abs().double().sum(dims) + 1e-12
+        kept[name] = bool(torch.all((after - initial[name]).abs() <= bound))
+        moved[name] = not torch.equal(p.detach(), start[name])
+    return kept, moved
+
+
+@pytest.mark.slow
+def test_mask_rcnn_trains_with_gc_and_keeps_weight_sums(tmp_path):
+    model, wrapper = _build(tmp_path, gc=True)
     optimizer = wrapper.optimizer
     assert isinstance(optimizer, SGDGC)
     # lean groups: at most one per distinct setting, never one per tensor
@@ -97,38 +144,30 @@ def test_mask_rcnn_trains_with_gc_and_keeps_weight_sums(tmp_path):
 
     names = {id(p): n for n, p in model.named_parameters()}
     centred = {
-        names[id(p)]: (p, g['gc_dim'])
+        names[id(p)]: g['gc_dim']
         for g in optimizer.param_groups
         if g['gc']
         for p in g['params']
         if p.dim() > 1
     }
-    conv_fc = {
-        f'{mod_name}.weight'
-        for mod_name, mod in model.named_modules()
-        if isinstance(mod, (torch.nn.Linear, torch.nn.modules.conv._ConvNd))
-        and mod.weight.requires_grad
-    }
-    assert set(centred) == conv_fc  # every trainable conv and FC weight, nothing else
-    assert centred['roi_head.mask_head.upsample.weight'][1] == 1  # the deconv
-    initial = {n: p.detach().double().sum(_dims(p, d)) for n, (p, d) in centred.items()}
+    weights = _conv_fc_weights(model)
+    # every trainable conv and FC weight, with its output-unit dim, nothing else
+    assert centred == {n: d for n, (_, d) in weights.items()}
+    assert centred['roi_head.mask_head.upsample.weight'] == 1  # the deconv
 
-    model.train()
-    steps = 3
-    for step in range(steps):
-        losses = model.train_step(_batch(step), wrapper)
-        assert all(math.isfinite(float(v)) for v in losses.values()), losses
-        assert float(losses['loss']) > 0
+    kept, moved = _train_and_measure(model, wrapper, weights)
+    assert all(kept.values()), [n for n, ok in kept.items() if not ok]
+    assert sum(moved.values()) > 0.9 * len(moved)
 
-    eps = torch.finfo(torch.float32).eps
-    moved = 0
-    for name, (p, dim) in centred.items():
-        dims = _dims(p, dim)
-        after = p.detach().double().sum(dims)
-        bound = steps * eps * p.detach().abs().double().sum(dims) + 1e-12
-        assert torch.all((after - initial[name]).abs() <= bound), name
-        moved += int(p.grad is not None)
-    assert moved > 0.9 * len(centred)
+
+@pytest.mark.slow
+def test_mask_rcnn_baseline_drifts(tmp_path):
+    """The control: with torch's SGD the same sums leave the bound."""
+    model, wrapper = _build(tmp_path, gc=False)
+    assert type(wrapper.optimizer) is torch.optim.SGD
+    kept, moved = _train_and_measure(model, wrapper, _conv_fc_weights(model))
+    drifted = [n for n, ok in kept.items() if not ok and moved[n]]
+    assert len(drifted) > 0.8 * len(kept)
 
 
 def _dims(p, out_dim):
