@@ -60,12 +60,87 @@ class ReferenceSGDGC:
                 if self.buffers[i] is None:
                     self.buffers[i] = g.clone()
                 else:
-                    self.buffers[i] = (
-                        self.momentum * self.buffers[i] + (1 - self.dampening) * g
-                    )
-                g = (
-                    g + self.momentum * self.buffers[i]
-                    if self.nesterov
-                    else self.buffers[i]
-                )
+                    self.buffers[i] = self.momentum * self.buffers[i] + (1 - self.dampening) * g
+                g = g + self.momentum * self.buffers[i] if self.nesterov else self.buffers[i]
             self.weights[i] = w - self.lr * g
+
+
+class ReferenceAdamGC:
+    """The paper's Algorithm 2 (Adam with GC) in torch's conventions: bias
+    correction, ``eps`` outside the square root; ``decoupled`` gives AdamW
+    (decay on the weight, outside the projection); otherwise the L2 decay is
+    projected with the gradient, ``g_hat = P(g + wd w)``."""
+
+    def __init__(
+        self,
+        weights,
+        out_dims,
+        *,
+        lr,
+        betas=(0.9, 0.999),
+        eps=1e-8,
+        weight_decay=0.0,
+        decoupled=False,
+        maximize=False,
+    ):
+        self.weights = [w.detach().clone().to(torch.float64) for w in weights]
+        self.out_dims = list(out_dims)
+        self.m = [torch.zeros_like(w) for w in self.weights]
+        self.v = [torch.zeros_like(w) for w in self.weights]
+        self.t = 0
+        self.lr, self.betas, self.eps = lr, betas, eps
+        self.weight_decay, self.decoupled, self.maximize = (
+            weight_decay,
+            decoupled,
+            maximize,
+        )
+
+    def step(self, grads) -> None:
+        self.t += 1
+        b1, b2 = self.betas
+        for i, (w, g) in enumerate(zip(self.weights, grads)):
+            g = g.detach().to(torch.float64)
+            if self.maximize:
+                g = -g
+            if self.decoupled:
+                w = w * (1 - self.lr * self.weight_decay)
+                g_hat = project(g, self.out_dims[i])
+            else:
+                g_hat = project(g + self.weight_decay * w, self.out_dims[i])
+            self.m[i] = b1 * self.m[i] + (1 - b1) * g_hat
+            self.v[i] = b2 * self.v[i] + (1 - b2) * g_hat * g_hat
+            m_hat = self.m[i] / (1 - b1**self.t)
+            v_hat = self.v[i] / (1 - b2**self.t)
+            self.weights[i] = w - self.lr * m_hat / (v_hat.sqrt() + self.eps)
+
+
+class ReferenceAdagradGC:
+    """Adagrad (torch's form, no lr decay) on ``g_hat = P(g + wd w)``."""
+
+    def __init__(self, weights, out_dims, *, lr, eps=1e-10, weight_decay=0.0):
+        self.weights = [w.detach().clone().to(torch.float64) for w in weights]
+        self.out_dims = list(out_dims)
+        self.sums = [torch.zeros_like(w) for w in self.weights]
+        self.lr, self.eps, self.weight_decay = lr, eps, weight_decay
+
+    def step(self, grads) -> None:
+        for i, (w, g) in enumerate(zip(self.weights, grads)):
+            g_hat = project(g.detach().to(torch.float64) + self.weight_decay * w, self.out_dims[i])
+            self.sums[i] = self.sums[i] + g_hat * g_hat
+            self.weights[i] = w - self.lr * g_hat / (self.sums[i].sqrt() + self.eps)
+
+
+class ReferenceRMSpropGC:
+    """RMSprop (torch's form, not centred, no momentum) on ``P(g + wd w)``."""
+
+    def __init__(self, weights, out_dims, *, lr, alpha=0.99, eps=1e-8, weight_decay=0.0):
+        self.weights = [w.detach().clone().to(torch.float64) for w in weights]
+        self.out_dims = list(out_dims)
+        self.sq = [torch.zeros_like(w) for w in self.weights]
+        self.lr, self.alpha, self.eps, self.weight_decay = lr, alpha, eps, weight_decay
+
+    def step(self, grads) -> None:
+        for i, (w, g) in enumerate(zip(self.weights, grads)):
+            g_hat = project(g.detach().to(torch.float64) + self.weight_decay * w, self.out_dims[i])
+            self.sq[i] = self.alpha * self.sq[i] + (1 - self.alpha) * g_hat * g_hat
+            self.weights[i] = w - self.lr * g_hat / (self.sq[i].sqrt() + self.eps)

@@ -17,10 +17,11 @@ from typing import Any
 
 import torch
 from mmengine.logging import print_log
-from mmengine.optim import DefaultOptimWrapperConstructor
+from mmengine.optim import DefaultOptimWrapperConstructor, OptimWrapper
 from mmengine.registry import OPTIM_WRAPPER_CONSTRUCTORS, OPTIMIZERS
 from torch import nn
 
+from .gc_hooks import attach_gc_hooks, supports_gc, uses_gc_hooks
 from .selection import (
     GC_LAYER_KINDS,
     GCTarget,
@@ -28,7 +29,7 @@ from .selection import (
     is_grouped_transposed_conv,
     parse_gc_layers,
 )
-from .sgd_gc import SGDGC, _check_gc_options
+from .sgd_gc import _check_gc_options
 
 __all__ = ['GCOptimWrapperConstructor']
 
@@ -45,8 +46,15 @@ PARAMWISE_KEYS = (
     'norm_decay_mult',
 )
 
-#: Optimizer classes that read the per-group ``gc`` / ``gc_dim`` options.
-GC_OPTIMIZERS: tuple[type, ...] = (SGDGC,)
+
+def _all_registered(registry) -> dict[str, type]:
+    """Every name in ``registry`` and its parents, nearest first."""
+    found: dict[str, type] = {}
+    while registry is not None:
+        for name, cls in registry.module_dict.items():
+            found.setdefault(name, cls)
+        registry = registry.parent
+    return found
 
 
 @OPTIM_WRAPPER_CONSTRUCTORS.register_module()
@@ -74,8 +82,11 @@ class GCOptimWrapperConstructor(DefaultOptimWrapperConstructor):
     parameter group, so torch's multi-tensor kernels stay usable.
 
     Args:
-        optim_wrapper_cfg (dict): The optim wrapper config; its ``optimizer``
-            must be one that applies GC (``SGDGC`` / ``SGD_GC``).
+        optim_wrapper_cfg (dict): The optim wrapper config. Its ``optimizer``
+            may be ``SGDGC`` / ``SGD_GC`` (GC inside its step) or any
+            ``torch.optim`` optimizer that :mod:`mmgc.optim.gc_hooks` supports
+            (``SGD``, ``Adam``, ``AdamW``, ``Adagrad``, ``RMSprop``, ...),
+            which then sees centralized gradients through step hooks.
         paramwise_cfg (dict, optional): See above. Defaults to None.
 
     Raises:
@@ -83,19 +94,14 @@ class GCOptimWrapperConstructor(DefaultOptimWrapperConstructor):
             ``gc_layers`` or an optimizer that cannot apply GC.
     """
 
-    def __init__(
-        self, optim_wrapper_cfg: dict, paramwise_cfg: dict | None = None
-    ) -> None:
+    def __init__(self, optim_wrapper_cfg: dict, paramwise_cfg: dict | None = None) -> None:
         paramwise_cfg = dict(paramwise_cfg or {})
         unknown = sorted(set(paramwise_cfg) - set(PARAMWISE_KEYS))
         if unknown:
             raise ValueError(
-                f'unknown paramwise_cfg key(s) {unknown}; valid keys are '
-                f'{list(PARAMWISE_KEYS)}'
+                f'unknown paramwise_cfg key(s) {unknown}; valid keys are {list(PARAMWISE_KEYS)}'
             )
-        paramwise_cfg['gc_layers'] = parse_gc_layers(
-            paramwise_cfg.get('gc_layers', GC_LAYER_KINDS)
-        )
+        paramwise_cfg['gc_layers'] = parse_gc_layers(paramwise_cfg.get('gc_layers', GC_LAYER_KINDS))
         for key, options in (paramwise_cfg.get('custom_keys') or {}).items():
             if isinstance(options, dict):
                 try:
@@ -111,18 +117,25 @@ class GCOptimWrapperConstructor(DefaultOptimWrapperConstructor):
     def _check_optimizer(self) -> None:
         optimizer_type = self.optimizer_cfg.get('type')
         optimizer_cls = optimizer_type
-        if isinstance(optimizer_type, str):
-            with OPTIMIZERS.switch_scope_and_registry(None) as registry:
+        with OPTIMIZERS.switch_scope_and_registry(None) as registry:
+            if isinstance(optimizer_type, str):
                 optimizer_cls = registry.get(optimizer_type)
-        if not (
-            isinstance(optimizer_cls, type) and issubclass(optimizer_cls, GC_OPTIMIZERS)
-        ):
-            valid = ['SGDGC', 'SGD_GC']
-            raise ValueError(
-                f'GCOptimWrapperConstructor needs an optimizer that applies '
-                f'gradient centralization, one of {valid}; got optimizer type '
-                f'{optimizer_type!r}'
-            )
+            if not supports_gc(optimizer_cls):
+                valid = sorted(
+                    name for name, cls in _all_registered(registry).items() if supports_gc(cls)
+                )
+                raise ValueError(
+                    f'GCOptimWrapperConstructor needs an optimizer that can '
+                    f'apply gradient centralization, one of {valid}; got '
+                    f'optimizer type {optimizer_type!r}'
+                )
+
+    def __call__(self, model: nn.Module) -> OptimWrapper:
+        """Build the optim wrapper; optimizers other than SGDGC get GC hooks."""
+        optim_wrapper = super().__call__(model)
+        if uses_gc_hooks(optim_wrapper.optimizer):
+            attach_gc_hooks(optim_wrapper.optimizer)
+        return optim_wrapper
 
     def add_params(
         self,
@@ -214,8 +227,7 @@ class GCOptimWrapperConstructor(DefaultOptimWrapperConstructor):
         gc_tensors = sum(c[0] for c in counts.values())
         gc_numel = sum(c[1] for c in counts.values())
         detail = ', '.join(
-            f'{kind} {n} tensors / {numel:,} params'
-            for kind, (n, numel) in counts.items()
+            f'{kind} {n} tensors / {numel:,} params' for kind, (n, numel) in counts.items()
         )
         print_log(
             f'GCOptimWrapperConstructor: gradient centralization on {gc_tensors} '
@@ -244,9 +256,7 @@ def _merge_groups(groups: list[dict], names: dict[int, str]) -> list[dict]:
                     f'paramwise_cfg.bypass_duplicate=True to add it once'
                 )
             seen.add(id(param))
-        key = tuple(
-            sorted((k, _hashable(v)) for k, v in group.items() if k != 'params')
-        )
+        key = tuple(sorted((k, _hashable(v)) for k, v in group.items() if k != 'params'))
         if key in merged:
             merged[key]['params'].extend(group['params'])
         else:

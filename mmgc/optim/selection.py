@@ -64,12 +64,9 @@ def parse_gc_layers(gc_layers: str | Iterable[str]) -> tuple[str, ...]:
         kinds = tuple(kinds)
     except TypeError:
         kinds = ()
-    if not kinds or any(
-        not isinstance(k, str) or k not in GC_LAYER_KINDS for k in kinds
-    ):
+    if not kinds or any(not isinstance(k, str) or k not in GC_LAYER_KINDS for k in kinds):
         raise ValueError(
-            f'gc_layers must be a non-empty subset of {GC_LAYER_KINDS}; '
-            f'got {gc_layers!r}'
+            f'gc_layers must be a non-empty subset of {GC_LAYER_KINDS}; got {gc_layers!r}'
         )
     return tuple(k for k in GC_LAYER_KINDS if k in kinds)
 

@@ -42,9 +42,7 @@ def _build(paramwise_cfg=None, optimizer_type='SGDGC', model=None):
     model = model or ToyModel()
     cfg = dict(
         type='OptimWrapper',
-        optimizer=dict(
-            type=optimizer_type, lr=BASE_LR, momentum=0.9, weight_decay=BASE_WD
-        ),
+        optimizer=dict(type=optimizer_type, lr=BASE_LR, momentum=0.9, weight_decay=BASE_WD),
         constructor='GCOptimWrapperConstructor',
     )
     if paramwise_cfg is not None:
@@ -64,9 +62,7 @@ def _settings(model, optim_wrapper):
 
 def _gc_map(model, optim_wrapper):
     return {
-        n: (s['gc'], s['gc_dim'])
-        for n, s in _settings(model, optim_wrapper).items()
-        if s['gc']
+        n: (s['gc'], s['gc_dim']) for n, s in _settings(model, optim_wrapper).items() if s['gc']
     }
 
 
@@ -167,9 +163,7 @@ def test_custom_keys_switch_gc_off_and_on():
     assert 'head.weight' not in gc and 'deconv.weight' not in gc
     assert gc['extra'] == (True, 0)
     assert gc['conv.weight'] == (True, 0)
-    assert _settings(model, wrapper)['deconv.weight']['lr'] == pytest.approx(
-        0.5 * BASE_LR
-    )
+    assert _settings(model, wrapper)['deconv.weight']['lr'] == pytest.approx(0.5 * BASE_LR)
 
 
 def test_shared_parameter_needs_bypass_duplicate():
@@ -258,11 +252,11 @@ def test_invalid_config(paramwise, error, match):
         _build(paramwise)
 
 
-@pytest.mark.parametrize('optimizer', ['SGD', 'AdamW'])
+@pytest.mark.parametrize('optimizer', ['LBFGS', 'SparseAdam'])
 def test_optimizer_that_cannot_apply_gc(optimizer):
     with pytest.raises(
         ValueError,
-        match=rf"one of \['SGDGC', 'SGD_GC'\]; got optimizer type '{optimizer}'",
+        match=rf"one of \[.*'AdamW'.*'SGDGC', 'SGD_GC'.*\]; got optimizer type '{optimizer}'",
     ):
         _build(dict(gc_layers='conv'), optimizer_type=optimizer)
 
@@ -270,7 +264,4 @@ def test_optimizer_that_cannot_apply_gc(optimizer):
 def test_constructor_is_registered_in_root_registry():
     from mmengine.registry import OPTIM_WRAPPER_CONSTRUCTORS
 
-    assert (
-        OPTIM_WRAPPER_CONSTRUCTORS.get('GCOptimWrapperConstructor')
-        is GCOptimWrapperConstructor
-    )
+    assert OPTIM_WRAPPER_CONSTRUCTORS.get('GCOptimWrapperConstructor') is GCOptimWrapperConstructor
