@@ -2,15 +2,18 @@
 MMDetection.
 
 ``import mmgc`` registers, in MMEngine's root registries (visible from the
-``mmdet`` scope): the optimizer ``SGDGC`` (alias ``SGD_GC``) and the optim
-wrapper constructor ``GCOptimWrapperConstructor``.
+``mmdet`` scope): the optimizer ``SGDGC`` (alias ``SGD_GC``), the optim
+wrapper constructor ``GCOptimWrapperConstructor`` and the hook
+``GCDiagnosticsHook``.
 """
 
+from .hooks import GCDiagnosticsHook
 from .ops import centralize, centralize_
 from .optim import SGDGC, GCOptimWrapperConstructor, sgd_gc
 from .version import __version__
 
 __all__ = [
+    'GCDiagnosticsHook',
     'GCOptimWrapperConstructor',
     'SGDGC',
     '__version__',
