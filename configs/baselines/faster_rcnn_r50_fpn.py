@@ -1,0 +1,20 @@
+# Baseline twin of ../faster_rcnn_r50_fpn_gc.py: Faster R-CNN R50-FPN 1x with
+# plain SGD (paper Table 5, row "R50", without GC). MMDetection's own config,
+# unchanged: only the settings of ../_base_/settings.py (data root, images
+# per GPU, lr auto-scaling, backbone checkpoint) are applied, and their
+# defaults are MMDetection's values.
+_base_ = [
+    'mmdet::faster_rcnn/faster-rcnn_r50_fpn_1x_coco.py',
+    '../_base_/settings.py',
+]
+model = dict(
+    backbone=dict(init_cfg=dict(checkpoint=_base_.backbone_checkpoints['resnet50'])),
+)
+train_dataloader = dict(
+    batch_size=_base_.samples_per_gpu, dataset=dict(data_root=_base_.coco_data_root)
+)
+val_dataloader = dict(dataset=dict(data_root=_base_.coco_data_root))
+test_dataloader = val_dataloader
+val_evaluator = dict(ann_file=_base_.coco_data_root + 'annotations/instances_val2017.json')
+test_evaluator = val_evaluator
+auto_scale_lr = dict(enable=_base_.scale_lr_by_batch)
