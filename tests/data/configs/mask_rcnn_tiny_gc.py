@@ -1,0 +1,9 @@
+# GC twin of mask_rcnn_tiny.py: SGDGC with GC on every conv and FC weight,
+# same lr, momentum and weight decay. Nothing else differs.
+_base_ = './mask_rcnn_tiny.py'
+custom_imports = dict(imports=['mmgc'], allow_failed_imports=False)
+optim_wrapper = dict(
+    optimizer=dict(type='SGDGC'),
+    constructor='GCOptimWrapperConstructor',
+    paramwise_cfg=dict(gc_layers=('conv', 'fc')),
+)

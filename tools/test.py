@@ -1,0 +1,33 @@
+"""Test (and evaluate) a detector: MMDetection's ``tools/test.py`` with mmgc.
+
+Usage::
+
+    python tools/test.py CONFIG CHECKPOINT [--work-dir DIR] [--out FILE.pkl]
+        [--show] [--show-dir DIR] [--cfg-options KEY=VALUE ...]
+        [--launcher {none,pytorch,slurm,mpi}]
+
+Writes the metrics to ``<work_dir>/test_metrics.json`` for
+``tools/compare_ap.py``. See docs/tools.md; the logic lives in
+``mmgc.engine.cli``.
+"""
+
+from __future__ import annotations
+
+import sys
+
+from mmdet.utils import register_all_modules, setup_cache_size_limit_of_dynamo
+
+import mmgc  # noqa: F401  (registers SGDGC and GCOptimWrapperConstructor)
+from mmgc.engine.cli import parse_args, run_test, test_parser
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(test_parser(), argv)
+    # Reduce the number of repeated compilations and improve speed.
+    setup_cache_size_limit_of_dynamo()
+    register_all_modules(init_default_scope=False)
+    run_test(args)
+
+
+if __name__ == '__main__':
+    main(sys.argv[1:])

@@ -1,0 +1,31 @@
+"""Train a detector: MMDetection's ``tools/train.py`` with mmgc loaded.
+
+Usage::
+
+    python tools/train.py CONFIG [--work-dir DIR] [--resume [CKPT]] [--amp]
+        [--auto-scale-lr] [--cfg-options KEY=VALUE ...]
+        [--launcher {none,pytorch,slurm,mpi}]
+
+See docs/tools.md; the logic lives in ``mmgc.engine.cli``.
+"""
+
+from __future__ import annotations
+
+import sys
+
+from mmdet.utils import register_all_modules, setup_cache_size_limit_of_dynamo
+
+import mmgc  # noqa: F401  (registers SGDGC and GCOptimWrapperConstructor)
+from mmgc.engine.cli import parse_args, run_train, train_parser
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(train_parser(), argv)
+    # Reduce the number of repeated compilations and improve training speed.
+    setup_cache_size_limit_of_dynamo()
+    register_all_modules(init_default_scope=False)
+    run_train(args)
+
+
+if __name__ == '__main__':
+    main(sys.argv[1:])
