@@ -104,9 +104,7 @@ def gc_update_directions(
         if not decayed:
             direction = torch.neg(grad) if maximize else grad.clone()
         elif isinstance(weight_decay, Tensor):
-            direction = torch.add(
-                torch.neg(grad) if maximize else grad, param * weight_decay
-            )
+            direction = torch.add(torch.neg(grad) if maximize else grad, param * weight_decay)
         elif maximize:  # -g + wd * w
             direction = torch.add(grad, param, alpha=-weight_decay).neg_()
         else:

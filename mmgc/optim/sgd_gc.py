@@ -2,9 +2,12 @@ r"""SGD (with momentum) and Gradient Centralization: the paper's Algorithm 1
 in ``torch.optim.SGD``'s convention.
 
 The class gathers parameters and state; the update is the functional
-:func:`sgd_gc`, which computes the centralized directions with
-:mod:`mmgc.ops` and hands momentum, Nesterov and the parameter update to
-``torch.optim.sgd.sgd`` (its for-loop, ``foreach`` or ``fused`` kernel).
+:func:`sgd_gc`. By default, on the CPU, it runs mmgc's fused kernel
+(:mod:`mmgc.ops.cpu_kernel`: centralization, momentum and update in one pass
+over memory); with ``foreach`` or ``fused`` set, or where the kernel does not
+apply, it computes the centralized directions with :mod:`mmgc.ops` and hands
+momentum, Nesterov and the parameter update to ``torch.optim.sgd.sgd`` (its
+for-loop, ``foreach`` or ``fused`` kernel).
 """
 
 from __future__ import annotations
@@ -18,7 +21,12 @@ from torch import Tensor
 from torch.optim import Optimizer
 from torch.optim.sgd import sgd as torch_sgd
 
-from ..ops import gc_update_directions
+from ..ops import gc_update_directions, reduce_dims
+from ..ops.cpu_kernel import (
+    cpu_kernel_supports,
+    fused_sgd_gc_cpu_,
+    load_cpu_kernel,
+)
 
 __all__ = ['SGDGC', 'sgd_gc', 'GC_GROUP_DEFAULTS']
 
@@ -95,11 +103,13 @@ class SGDGC(Optimizer):
         nesterov (bool): Nesterov momentum. Defaults to False.
         maximize (bool): Maximize the objective. Defaults to False.
         foreach (bool, optional): Use torch's multi-tensor kernels for the
-            momentum update. Defaults to None (torch's choice).
+            momentum update (False: torch's for-loop). Defaults to None:
+            mmgc's fused CPU kernel for dense float32/float64 CPU tensors,
+            torch's choice for the others.
         differentiable (bool): Let autograd run through the step.
             Defaults to False.
         fused (bool, optional): Use torch's fused SGD kernel for the momentum
-            update. Defaults to None.
+            update. Defaults to None (see ``foreach``).
 
     Example:
         >>> model = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3), torch.nn.ReLU())
@@ -124,17 +134,13 @@ class SGDGC(Optimizer):
         fused: bool | None = None,
     ) -> None:
         if isinstance(lr, Tensor) and lr.numel() != 1:
-            raise ValueError(
-                f'Tensor lr must have one element; got shape {tuple(lr.shape)}'
-            )
+            raise ValueError(f'Tensor lr must have one element; got shape {tuple(lr.shape)}')
         if lr < 0.0:
             raise ValueError(f'Invalid learning rate: {lr} (must be >= 0)')
         if momentum < 0.0:
             raise ValueError(f'Invalid momentum value: {momentum} (must be >= 0)')
         if weight_decay < 0.0:
-            raise ValueError(
-                f'Invalid weight_decay value: {weight_decay} (must be >= 0)'
-            )
+            raise ValueError(f'Invalid weight_decay value: {weight_decay} (must be >= 0)')
         if nesterov and (momentum <= 0 or dampening != 0):
             raise ValueError(
                 'Nesterov momentum requires a momentum > 0 and zero dampening; '
@@ -225,10 +231,7 @@ class SGDGC(Optimizer):
                 )
         if not params:
             return
-        buffers = [
-            self.state[p].get('momentum_buffer') if momentum != 0 else None
-            for p in params
-        ]
+        buffers = [self.state[p].get('momentum_buffer') if momentum != 0 else None for p in params]
         sgd_gc(
             params,
             grads,
@@ -266,11 +269,115 @@ def sgd_gc(
     r"""Functional SGDGC step over lists of tensors (see :class:`SGDGC`).
 
     ``gc_dims[i]`` is the output-unit dim of ``params[i]``, or None to leave
-    it uncentralized. Since :math:`\mathbf{P}` is linear, centralizing
-    :math:`g + \lambda\theta` once and then running torch's momentum update
-    (with its decay and sign already applied) is the whole algorithm.
-    ``momentum_buffers`` is updated in place (new buffers on the first step).
+    it uncentralized. ``momentum_buffers`` is updated in place (new buffers
+    on the first step).
+
+    Paths:
+
+    - default (``foreach`` and ``fused`` both None): dense contiguous
+      float32/float64 CPU tensors go through mmgc's fused CPU kernel
+      (:mod:`mmgc.ops.cpu_kernel`: one pass over memory, no temporaries),
+      built at first use; any other tensor, or every tensor when the kernel
+      cannot be built, takes the PyTorch path below with torch's default
+      kernel choice.
+    - ``foreach=False`` / ``foreach=True`` / ``fused=True``: the PyTorch
+      path with that torch kernel. Since :math:`\mathbf{P}` is linear,
+      centralizing :math:`\pm g + \lambda\theta` once (a new tensor per
+      weight) and then running torch's momentum update with decay and sign
+      already applied is the whole algorithm.
+
+    Raises:
+        ValueError: If a ``gc_dim`` is out of range, before any tensor moves.
     """
+    for param, dim in zip(params, gc_dims):
+        if dim is not None and param.dim() > 1:
+            reduce_dims(param.dim(), dim)
+    hyper = dict(
+        lr=lr,
+        momentum=momentum,
+        dampening=dampening,
+        weight_decay=weight_decay,
+        nesterov=nesterov,
+        maximize=maximize,
+    )
+    lists = (params, grads, momentum_buffers, gc_dims)
+    rest = list(range(len(params)))
+    if foreach is None and fused is None:
+        rest = _kernel_step(*lists, **hyper)
+    if rest:
+        _on_subset(_torch_sgd_gc, rest, *lists, **hyper, foreach=foreach, fused=fused)
+
+
+def _on_subset(
+    func: Callable[..., None],
+    indices: list[int],
+    params: list[Tensor],
+    grads: list[Tensor],
+    momentum_buffers: list[Tensor | None],
+    gc_dims: list[int | None],
+    **kwargs: Any,
+) -> None:
+    """Run a list-of-tensors step on ``indices``; write new buffers back."""
+    if len(indices) == len(params):
+        func(params, grads, momentum_buffers, gc_dims, **kwargs)
+        return
+    sub_buffers = [momentum_buffers[i] for i in indices]
+    func(
+        [params[i] for i in indices],
+        [grads[i] for i in indices],
+        sub_buffers,
+        [gc_dims[i] for i in indices],
+        **kwargs,
+    )
+    for i, buffer in zip(indices, sub_buffers):
+        momentum_buffers[i] = buffer
+
+
+def _kernel_step(
+    params: list[Tensor],
+    grads: list[Tensor],
+    momentum_buffers: list[Tensor | None],
+    gc_dims: list[int | None],
+    **hyper: Any,
+) -> list[int]:
+    """Update what the CPU kernel supports; return the indices left over."""
+    everything = list(range(len(params)))
+    if any(
+        isinstance(hyper[k], Tensor) and hyper[k].device.type != 'cpu'
+        for k in ('lr', 'weight_decay')
+    ):
+        return everything
+    autograd = torch.is_grad_enabled()
+    supported, rest = [], []
+    for i, (param, grad) in enumerate(zip(params, grads)):
+        # Only centralized tensors need the kernel: the others get torch's
+        # own SGD, so that with GC off SGDGC is torch.optim.SGD exactly.
+        ok = gc_dims[i] is not None and cpu_kernel_supports(
+            param, grad, momentum_buffers[i], autograd
+        )
+        (supported if ok else rest).append(i)
+    if not supported or load_cpu_kernel() is None:
+        return everything
+    _on_subset(fused_sgd_gc_cpu_, supported, params, grads, momentum_buffers, gc_dims, **hyper)
+    return rest
+
+
+def _torch_sgd_gc(
+    params: list[Tensor],
+    grads: list[Tensor],
+    momentum_buffers: list[Tensor | None],
+    gc_dims: list[int | None],
+    *,
+    lr: float | Tensor,
+    momentum: float,
+    dampening: float,
+    weight_decay: float | Tensor,
+    nesterov: bool,
+    maximize: bool,
+    foreach: bool | None,
+    fused: bool | None,
+) -> None:
+    """The PyTorch path: centralized directions, then ``torch.optim.sgd.sgd``."""
     plain = [i for i, dim in enumerate(gc_dims) if dim is None]
     centred = [i for i, dim in enumerate(gc_dims) if dim is not None]
     # Directions first: a bad gc_dim raises before any parameter moves.

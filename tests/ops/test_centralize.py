@@ -55,9 +55,7 @@ def test_non_contiguous_input():
 
 @pytest.mark.parametrize('dim', [2, -3])
 def test_out_of_range_dim(dim):
-    with pytest.raises(
-        ValueError, match=rf'gc_dim={dim} is out of range for a 2-D weight'
-    ):
+    with pytest.raises(ValueError, match=rf'gc_dim={dim} is out of range for a 2-D weight'):
         centralize(torch.randn(3, 4), dim)
 
 
@@ -68,9 +66,7 @@ def test_update_directions(maximize, weight_decay):
     params = [torch.randn(4, 3, 3, generator=g), torch.randn(3, 5, 2, generator=g)]
     grads = [torch.randn_like(p) for p in params]
     grads_before = [x.clone() for x in grads]
-    out = gc_update_directions(
-        params, grads, [0, 1], weight_decay=weight_decay, maximize=maximize
-    )
+    out = gc_update_directions(params, grads, [0, 1], weight_decay=weight_decay, maximize=maximize)
     wd = float(weight_decay)
     for p, grad, dim, d in zip(params, grads_before, [0, 1], out):
         signed = -grad if maximize else grad

@@ -29,6 +29,11 @@ HYPER = [
     dict(momentum=0.5, weight_decay=1e-2, maximize=True),
 ]
 IMPLS = [dict(foreach=False), dict(foreach=True), dict(fused=True)]
+IMPL_IDS = ['for-loop', 'foreach', 'fused']
+# plus dict(): the default path, mmgc's CPU kernel (tests/ops/test_fast_paths.py);
+# it rounds differently (means summed in double), so it equals torch's float32
+# kernels only up to rounding; float64 runs agree to 1e-12
+ALL_IMPLS, ALL_IMPL_IDS = [*IMPLS, dict()], [*IMPL_IDS, 'default']
 
 
 def _random_grads(params, step, dtype=torch.float64):
@@ -36,13 +41,9 @@ def _random_grads(params, step, dtype=torch.float64):
     return [torch.randn(p.shape, generator=g, dtype=dtype) for p in params]
 
 
-@pytest.mark.parametrize('impl', IMPLS, ids=['for-loop', 'foreach', 'fused'])
-@pytest.mark.parametrize(
-    'hyper', HYPER, ids=lambda h: '-'.join(f'{k}={v}' for k, v in h.items())
-)
-@pytest.mark.parametrize(
-    ('name', 'factory', 'out_dim'), LAYERS, ids=[lay[0] for lay in LAYERS]
-)
+@pytest.mark.parametrize('impl', ALL_IMPLS, ids=ALL_IMPL_IDS)
+@pytest.mark.parametrize('hyper', HYPER, ids=lambda h: '-'.join(f'{k}={v}' for k, v in h.items()))
+@pytest.mark.parametrize(('name', 'factory', 'out_dim'), LAYERS, ids=[lay[0] for lay in LAYERS])
 def test_matches_reference(name, factory, out_dim, hyper, impl):
     torch.manual_seed(0)
     layer = factory().double()
@@ -93,9 +94,7 @@ def test_signature_and_defaults_equal_torch_sgd():
 
 def test_default_is_authors_sgd_gc_every_nd_tensor_dim0():
     torch.manual_seed(0)
-    model = nn.Sequential(
-        nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), nn.ConvTranspose2d(4, 2, 2)
-    )
+    model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), nn.ConvTranspose2d(4, 2, 2))
     opt = SGDGC(model.parameters(), lr=0.1)
     assert opt.param_groups[0]['gc'] is True and opt.param_groups[0]['gc_dim'] == 0
     params = list(model.parameters())
@@ -119,7 +118,7 @@ GC_OFF_HYPER = [
 ]
 
 
-@pytest.mark.parametrize('impl', IMPLS, ids=['for-loop', 'foreach', 'fused'])
+@pytest.mark.parametrize('impl', ALL_IMPLS, ids=ALL_IMPL_IDS)
 @pytest.mark.parametrize('hyper', GC_OFF_HYPER)
 def test_gc_off_equals_torch_sgd(hyper, impl):
     torch.manual_seed(0)
@@ -139,9 +138,7 @@ def test_gc_off_equals_torch_sgd(hyper, impl):
             assert_close(a, b)
     for a, b in zip(model.parameters(), twin.parameters()):
         if 'momentum_buffer' in theirs.state[b]:
-            assert_close(
-                ours.state[a]['momentum_buffer'], theirs.state[b]['momentum_buffer']
-            )
+            assert_close(ours.state[a]['momentum_buffer'], theirs.state[b]['momentum_buffer'])
 
 
 def _conv_net():
@@ -157,9 +154,7 @@ def _conv_net():
 
 def _train(model, opt, steps, seed=0):
     for step in range(steps):
-        x = torch.randn(
-            4, 3, 6, 6, generator=torch.Generator().manual_seed(seed + step)
-        )
+        x = torch.randn(4, 3, 6, 6, generator=torch.Generator().manual_seed(seed + step))
         opt.zero_grad()
         model(x).square().mean().backward()
         opt.step()
@@ -178,10 +173,7 @@ def test_torch_sgd_state_dict_loads_into_sgdgc():
     """A baseline checkpoint (torch SGD) is fine-tuned with GC."""
     base = _conv_net()
     sgd = torch.optim.SGD(
-        [
-            {k: v for k, v in g.items() if k not in ('gc', 'gc_dim')}
-            for g in _gc_groups(base)
-        ],
+        [{k: v for k, v in g.items() if k not in ('gc', 'gc_dim')} for g in _gc_groups(base)],
         lr=0.05,
         momentum=0.9,
         weight_decay=1e-3,
@@ -197,9 +189,7 @@ def test_torch_sgd_state_dict_loads_into_sgdgc():
     assert [g['gc'] for g in opt.param_groups] == [True, True, False]
     assert [g['gc_dim'] for g in opt.param_groups] == [0, 1, 0]
     for p_new, p_old in zip(model.parameters(), base.parameters()):
-        assert_close(
-            opt.state[p_new]['momentum_buffer'], sgd.state[p_old]['momentum_buffer']
-        )
+        assert_close(opt.state[p_new]['momentum_buffer'], sgd.state[p_old]['momentum_buffer'])
 
     # the next steps use those buffers: compare with the reference seeded the same way
     params = [model[0].weight, model[2].weight]
@@ -236,8 +226,7 @@ def test_setstate_fills_defaults_for_old_pickles():
     model = _conv_net()
     opt = SGDGC(model.parameters(), lr=0.1)
     groups = [
-        {k: v for k, v in g.items() if k not in ('gc', 'gc_dim', 'fused')}
-        for g in opt.param_groups
+        {k: v for k, v in g.items() if k not in ('gc', 'gc_dim', 'fused')} for g in opt.param_groups
     ]
     opt.__setstate__({'state': {}, 'param_groups': groups})
     assert opt.param_groups[0]['gc'] is True and opt.param_groups[0]['gc_dim'] == 0
@@ -268,11 +257,7 @@ def test_invariant_weight_sums_stay_constant(out_dim):
     _train(model, opt, steps)
     after = target.weight.detach().double().sum(dims)
     # float32 rounding of each updated element, summed over a row, per step
-    bound = (
-        steps
-        * torch.finfo(torch.float32).eps
-        * target.weight.detach().abs().double().sum(dims)
-    )
+    bound = steps * torch.finfo(torch.float32).eps * target.weight.detach().abs().double().sum(dims)
     assert torch.all((after - before).abs() <= bound), after - before
     drift = (linear.weight.detach().double().sum(1) - lin_before).abs()
     assert drift.max() > 1e3 * bound.max()

@@ -1,0 +1,189 @@
+// One SGD (+ momentum) step with Gradient Centralization for a list of CPU
+// tensors, in one OpenMP region and one pass over memory.
+//
+// Built and loaded at first use by mmgc/ops/cpu_kernel.py (plain C ABI, no
+// torch headers, so it compiles in about a second). Each tensor is viewed as
+// (A, O, B) with O its output-unit dim: output unit o owns the M = A * B
+// elements {a * O * B + o * B + b}. For a centralized tensor, each unit's
+// mean of d = s * g + wd * w (s = -1 when maximizing) is computed while the
+// unit's elements are in cache, and the momentum and weight update follow in
+// the same visit, so the step reads w, g, buf and writes w, buf once, as
+// torch's fused SGD does (the unit's g and w are read a second time from
+// cache). Tensors that are not centralized get torch's SGD update on chunks of
+// elements. Means are summed in double; the update is computed in the
+// tensor's type, as torch's fused SGD does. A unit with a single input
+// (M = 1) gets the exact zero direction its projection gives.
+
+#include <algorithm>
+#include <cstdint>
+#include <vector>
+
+namespace {
+
+constexpr int32_t kCenter = 1;      // centralize this tensor
+constexpr int32_t kInitBuffer = 2;  // first momentum step: buf = d
+constexpr int64_t kChunk = 1 << 15;  // elements per work item (about)
+
+struct Hyper {
+  double lr, momentum, dampening, wd, sign;
+  bool nesterov;
+};
+
+struct Item {
+  int64_t tensor;  // index into the lists
+  int64_t begin;   // first unit (centralized) or element (plain)
+  int64_t end;     // one past the last
+};
+
+// Arithmetic type of the update: the tensor's own (float32 math for float32
+// tensors, as torch's fused kernel does; double would make the step
+// compute-bound). Means are always summed in double.
+template <typename T>
+using Compute = T;
+
+// The update of n contiguous elements, d = s * g + wd * w - shift, or d = 0
+// (ZERO: a unit with one input, whose projection is exactly zero).
+template <typename T, bool ZERO>
+inline void update_span_impl(T* __restrict w, const T* __restrict g,
+                             T* __restrict buf, int64_t n, Compute<T> shift,
+                             const Hyper& h, bool init) {
+  using C = Compute<T>;
+  const C s = h.sign, wd = h.wd, lr = h.lr, mu = h.momentum;
+  const C keep = 1.0 - h.dampening;
+  const bool nesterov = h.nesterov;
+  if (h.momentum == 0.0) {
+#pragma omp simd
+    for (int64_t i = 0; i < n; ++i) {
+      const C d = ZERO ? C(0) : (s * g[i] + wd * w[i]) - shift;
+      w[i] = w[i] - lr * d;
+    }
+  } else if (init) {
+#pragma omp simd
+    for (int64_t i = 0; i < n; ++i) {
+      const C d = ZERO ? C(0) : (s * g[i] + wd * w[i]) - shift;
+      buf[i] = d;
+      w[i] = w[i] - lr * (nesterov ? d + mu * d : d);
+    }
+  } else {
+#pragma omp simd
+    for (int64_t i = 0; i < n; ++i) {
+      const C d = ZERO ? C(0) : (s * g[i] + wd * w[i]) - shift;
+      const C b = mu * buf[i] + keep * d;
+      buf[i] = b;
+      w[i] = w[i] - lr * (nesterov ? d + mu * b : b);
+    }
+  }
+}
+
+template <typename T>
+inline void update_span(T* w, const T* g, T* buf, int64_t n, Compute<T> shift,
+                        const Hyper& h, bool init, bool zero) {
+  if (zero) {
+    update_span_impl<T, true>(w, g, buf, n, shift, h, init);
+  } else {
+    update_span_impl<T, false>(w, g, buf, n, shift, h, init);
+  }
+}
+
+// Sum of s * g + wd * w over n elements, in double; prefetches the momentum
+// buffer, which the update reads next, so that all three streams are in
+// flight while the unit is summed (about 10% faster than without).
+template <typename T>
+inline double span_sum(const T* __restrict w, const T* __restrict g,
+                       const T* buf, int64_t n, const Hyper& h) {
+  if (buf != nullptr) {
+    for (int64_t i = 0; i < n; i += 64 / sizeof(T)) __builtin_prefetch(buf + i, 1, 3);
+  }
+  const double s = h.sign, wd = h.wd;
+  double acc = 0.0;
+#pragma omp simd reduction(+ : acc)
+  for (int64_t i = 0; i < n; ++i) {
+    acc += s * g[i] + wd * w[i];
+  }
+  return acc;
+}
+
+template <typename T>
+int step(int64_t n, void* const* params, void* const* grads, void* const* bufs,
+         const int64_t* shapes, const int32_t* flags, const Hyper& h,
+         int num_threads) {
+  std::vector<Item> items;
+  int64_t total = 0;
+  for (int64_t t = 0; t < n; ++t) {
+    const int64_t a = shapes[3 * t], o = shapes[3 * t + 1], b = shapes[3 * t + 2];
+    const int64_t numel = a * o * b;
+    if (numel == 0) continue;
+    total += numel;
+    if (flags[t] & kCenter) {
+      const int64_t per = std::max<int64_t>(1, kChunk / (a * b));
+      for (int64_t u = 0; u < o; u += per) items.push_back({t, u, std::min(o, u + per)});
+    } else {
+      for (int64_t e = 0; e < numel; e += kChunk)
+        items.push_back({t, e, std::min(numel, e + kChunk)});
+    }
+  }
+  const int64_t count = static_cast<int64_t>(items.size());
+  const bool parallel = num_threads > 1 && total > 4 * kChunk;
+#pragma omp parallel for schedule(dynamic, 1) num_threads(num_threads) if (parallel)
+  for (int64_t k = 0; k < count; ++k) {
+    const Item it = items[k];
+    const int64_t t = it.tensor;
+    T* w = static_cast<T*>(params[t]);
+    const T* g = static_cast<const T*>(grads[t]);
+    T* buf = h.momentum != 0.0 ? static_cast<T*>(bufs[t]) : nullptr;
+    const bool init = flags[t] & kInitBuffer;
+    if (!(flags[t] & kCenter)) {
+      const int64_t e = it.begin;
+      update_span(w + e, g + e, buf ? buf + e : nullptr, it.end - e, T(0), h, init, false);
+      continue;
+    }
+    const int64_t a_n = shapes[3 * t], o_n = shapes[3 * t + 1], b_n = shapes[3 * t + 2];
+    const bool zero = a_n * b_n == 1;
+    const double inv_m = 1.0 / static_cast<double>(a_n * b_n);
+    for (int64_t o = it.begin; o < it.end; ++o) {
+      double sum = 0.0;
+      for (int64_t a = 0; a < a_n; ++a) {
+        const int64_t off = (a * o_n + o) * b_n;
+        sum += span_sum(w + off, g + off, buf ? buf + off : nullptr, b_n, h);
+      }
+      const T mean = static_cast<T>(sum * inv_m);
+      for (int64_t a = 0; a < a_n; ++a) {
+        const int64_t off = (a * o_n + o) * b_n;
+        update_span(w + off, g + off, buf ? buf + off : nullptr, b_n, mean, h, init, zero);
+      }
+    }
+  }
+  return 0;
+}
+
+}  // namespace
+
+extern "C" {
+
+// Abi version, checked by the loader.
+int mmgc_sgd_gc_abi_version() { return 1; }
+
+// params, grads, bufs: n pointers to contiguous tensors of the same shape
+// (bufs ignored when momentum == 0); shapes: n x (A, O, B); flags: n x
+// (kCenter | kInitBuffer). Returns 0.
+int mmgc_sgd_gc_step_f32(int64_t n, void* const* params, void* const* grads,
+                         void* const* bufs, const int64_t* shapes,
+                         const int32_t* flags, double lr, double momentum,
+                         double dampening, double weight_decay, int nesterov,
+                         int maximize, int num_threads) {
+  const Hyper h{lr, momentum, dampening, weight_decay, maximize ? -1.0 : 1.0,
+                nesterov != 0};
+  return step<float>(n, params, grads, bufs, shapes, flags, h, num_threads);
+}
+
+int mmgc_sgd_gc_step_f64(int64_t n, void* const* params, void* const* grads,
+                         void* const* bufs, const int64_t* shapes,
+                         const int32_t* flags, double lr, double momentum,
+                         double dampening, double weight_decay, int nesterov,
+                         int maximize, int num_threads) {
+  const Hyper h{lr, momentum, dampening, weight_decay, maximize ? -1.0 : 1.0,
+                nesterov != 0};
+  return step<double>(n, params, grads, bufs, shapes, flags, h, num_threads);
+}
+
+}  // extern "C"

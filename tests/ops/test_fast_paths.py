@@ -1,0 +1,293 @@
+"""The fused CPU kernel (mmgc.ops.cpu_kernel) and SGDGC's default path that
+uses it, against the independent float64 reference on random shapes."""
+
+import logging
+
+import pytest
+import torch
+from mmengine.logging import MMLogger
+from torch import nn
+from torch.testing import assert_close
+
+from mmgc import SGDGC
+from mmgc.ops import cpu_kernel
+from mmgc.ops.cpu_kernel import cpu_kernel_build, fused_sgd_gc_cpu_
+from tests.reference import ReferenceSGDGC
+
+HYPER = [
+    dict(momentum=0.0, weight_decay=0.0),
+    dict(momentum=0.0, weight_decay=1e-2, maximize=True),
+    dict(momentum=0.9, weight_decay=1e-2),
+    dict(momentum=0.9, weight_decay=1e-2, nesterov=True),
+    dict(momentum=0.9, dampening=0.3, weight_decay=1e-3),
+    dict(momentum=0.5, weight_decay=1e-2, maximize=True, nesterov=True),
+]
+TOL = {torch.float64: dict(rtol=1e-12, atol=1e-12), torch.float32: dict(rtol=1e-5, atol=1e-6)}
+
+
+def _hyper_id(hyper):
+    return '-'.join(f'{k}={v}' for k, v in hyper.items())
+
+
+@pytest.fixture
+def kernel():
+    build = cpu_kernel_build()
+    if build.library is None:
+        pytest.skip(f'the CPU kernel cannot be built here: {build.error}')
+    return build.library
+
+
+@pytest.fixture
+def fresh_kernel_state(monkeypatch):
+    """Forget the loaded kernel before and after (environment restored)."""
+    cpu_kernel._reset_for_tests()
+    yield monkeypatch
+    monkeypatch.undo()
+    cpu_kernel._reset_for_tests()
+
+
+def _random_case(seed, dtype):
+    """Random shapes and output dims, covering the kernel's corner cases."""
+    g = torch.Generator().manual_seed(seed)
+
+    def r(lo, hi):
+        return int(torch.randint(lo, hi + 1, (1,), generator=g))
+
+    cases = [
+        ((r(1, 9), r(1, 9)), 0),  # Linear
+        ((r(1, 6), r(1, 5), r(1, 4), r(1, 4)), 0),  # Conv2d
+        ((r(1, 5), r(1, 6), r(1, 3), r(1, 3)), 1),  # ConvTranspose2d
+        ((r(1, 4), r(1, 4), r(1, 3), r(1, 3), r(1, 3)), 2),  # a middle dim
+        ((r(2, 5), r(2, 5), r(2, 4)), -1),  # the last dim
+        ((r(1, 8), 1, 1, 1), 0),  # one input per unit: never moves
+        ((r(2, 3), 700), 0),  # long units
+        ((1500, r(2, 30)), 0),  # many units per work item, several items
+        ((r(1, 50),), None),  # a bias
+        ((40000,), None),  # a long uncentralized vector: several chunks
+        ((r(2, 6), r(2, 6)), None),  # a weight with GC off
+        ((0, 3, 3, 3), 0),  # empty
+        ((4, 0), 0),  # empty units
+    ]
+    weights = [torch.randn(s, generator=g, dtype=dtype) for s, _ in cases]
+    dims = [d for _, d in cases]
+    grads = [[torch.randn(s, generator=g, dtype=dtype) for s, _ in cases] for _ in range(3)]
+    return weights, dims, grads
+
+
+@pytest.mark.parametrize('dtype', [torch.float64, torch.float32], ids=str)
+@pytest.mark.parametrize('hyper', HYPER, ids=_hyper_id)
+def test_kernel_matches_reference(kernel, hyper, dtype):
+    weights, dims, grads = _random_case(seed=len(_hyper_id(hyper)), dtype=dtype)
+    ref = ReferenceSGDGC(weights, dims, lr=0.1, **hyper)
+    buffers = [None] * len(weights)
+    options = {**dict(dampening=0.0, nesterov=False, maximize=False), **hyper}
+    for step_grads in grads:
+        fused_sgd_gc_cpu_(weights, step_grads, buffers, dims, lr=0.1, **options)
+        ref.step(step_grads)
+    for w, expected in zip(weights, ref.weights):
+        assert_close(w.double(), expected, **TOL[dtype])
+    # units with a single input have a zero centralized gradient: bitwise still
+    assert torch.equal(weights[5].double(), ref.weights[5])
+    if hyper['momentum']:
+        assert all(b is not None and b.shape == w.shape for b, w in zip(buffers, weights))
+    else:
+        assert buffers == [None] * len(weights)
+
+
+@pytest.mark.parametrize('hyper', [HYPER[0], HYPER[3], HYPER[5]], ids=_hyper_id)
+def test_default_path_uses_kernel_and_matches_reference(kernel, hyper):
+    """SGDGC() with foreach/fused unset runs the kernel on centralized
+    tensors (bitwise its result) and torch's SGD on the others."""
+    weights, dims, grads = _random_case(seed=7, dtype=torch.float32)
+    ref = ReferenceSGDGC(weights, dims, lr=0.05, **hyper)
+    params = [nn.Parameter(w.clone()) for w in weights]
+    twins = [w.clone() for w in weights]
+    groups = [dict(params=[p], gc=d is not None, gc_dim=d or 0) for p, d in zip(params, dims)]
+    opt = SGDGC(groups, lr=0.05, **hyper)
+    buffers = [None] * len(twins)
+    options = {**dict(dampening=0.0, nesterov=False, maximize=False), **hyper}
+    for step_grads in grads:
+        for p, g in zip(params, step_grads):
+            p.grad = g.clone()
+        opt.step()
+        fused_sgd_gc_cpu_(twins, step_grads, buffers, dims, lr=0.05, **options)
+        ref.step(step_grads)
+        for p, g in zip(params, step_grads):
+            assert torch.equal(p.grad, g)  # gradients are left as they were
+    for p, twin, dim, expected in zip(params, twins, dims, ref.weights):
+        if dim is not None and p.dim() > 1:  # centralized: the kernel, bitwise
+            assert torch.equal(p.detach(), twin)
+        assert_close(p.detach().double(), expected, rtol=1e-5, atol=1e-6)
+
+
+def test_unsupported_tensors_take_the_torch_path(kernel):
+    """Half precision, a non-contiguous gradient and a channels-last weight
+    mixed with kernel tensors: every tensor still gets the reference update."""
+    torch.manual_seed(0)
+    shapes = [(6, 4, 3, 3), (5, 7), (8, 3, 2, 2), (6, 4, 3, 3)]
+    weights = [torch.randn(s) for s in shapes]
+    params = [nn.Parameter(w.clone()) for w in weights]
+    params[1] = nn.Parameter(weights[1].to(torch.bfloat16))
+    params[2] = nn.Parameter(weights[2].to(memory_format=torch.channels_last))
+    opt = SGDGC(params, lr=0.1, momentum=0.9, weight_decay=1e-2, nesterov=True)
+    ref = ReferenceSGDGC(
+        [p.detach() for p in params],
+        [0] * 4,
+        lr=0.1,
+        momentum=0.9,
+        weight_decay=1e-2,
+        nesterov=True,
+    )
+    for step in range(3):
+        gen = torch.Generator().manual_seed(step)
+        grads = [torch.randn(s, generator=gen) for s in shapes]
+        grads[1] = grads[1].to(torch.bfloat16)
+        for i, p in enumerate(params):
+            p.grad = grads[i].clone()
+        strided = torch.empty((2 * shapes[3][0], *shapes[3][1:]))[::2]
+        params[3].grad = strided.copy_(grads[3])  # not contiguous
+        opt.step()
+        ref.step(grads)
+    assert not params[3].grad.is_contiguous()
+    for i, (p, expected) in enumerate(zip(params, ref.weights)):
+        tol = dict(rtol=2e-2, atol=2e-2) if i == 1 else dict(rtol=1e-5, atol=1e-6)
+        assert_close(p.detach().double(), expected, **tol)
+
+
+def test_kernel_result_does_not_depend_on_thread_count(kernel):
+    weights, dims, grads = _random_case(seed=3, dtype=torch.float32)
+    results = []
+    threads = torch.get_num_threads()
+    try:
+        for n in (1, 3):
+            torch.set_num_threads(n)
+            ws = [w.clone() for w in weights]
+            buffers = [None] * len(ws)
+            for step_grads in grads:
+                fused_sgd_gc_cpu_(
+                    ws, step_grads, buffers, dims, lr=0.1, momentum=0.9,
+                    dampening=0.0, weight_decay=1e-3, nesterov=False, maximize=False,
+                )  # fmt: skip
+            results.append(ws)
+    finally:
+        torch.set_num_threads(threads)
+    for a, b in zip(*results):
+        assert torch.equal(a, b)
+
+
+def test_tensor_lr_and_weight_decay(kernel):
+    torch.manual_seed(0)
+    conv = nn.Conv2d(3, 8, 3)
+    twin = [p.detach().clone() for p in conv.parameters()]
+    opt = SGDGC(
+        conv.parameters(),
+        lr=torch.tensor(0.05),
+        momentum=0.9,
+        weight_decay=torch.tensor(1e-2),
+    )
+    ref = ReferenceSGDGC(twin, [0, None], lr=0.05, momentum=0.9, weight_decay=1e-2)
+    for _ in range(2):
+        grads = [torch.randn_like(p) for p in conv.parameters()]
+        for p, g in zip(conv.parameters(), grads):
+            p.grad = g
+        opt.step()
+        ref.step(grads)
+    for p, expected in zip(conv.parameters(), ref.weights):
+        assert_close(p.detach().double(), expected, rtol=1e-5, atol=1e-6)
+
+
+def test_explicit_torch_paths_do_not_use_the_kernel(kernel):
+    """foreach=False is torch's for-loop: bitwise equal to _torch_sgd_gc,
+    which rounding tells apart from the kernel (mean summed in double)."""
+    torch.manual_seed(0)
+    w0, grad = torch.randn(64, 300), torch.randn(64, 300)
+    out = {}
+    for name, kwargs in (('loop', dict(foreach=False)), ('default', {})):
+        p = nn.Parameter(w0.clone())
+        opt = SGDGC([p], lr=0.3, momentum=0.9, weight_decay=0.1, **kwargs)
+        for _ in range(3):
+            p.grad = grad.clone()
+            opt.step()
+        out[name] = p.detach()
+    assert_close(out['loop'], out['default'])
+    assert not torch.equal(out['loop'], out['default'])
+
+
+def _capture_warnings():
+    records = []
+
+    class Handler(logging.Handler):
+        def emit(self, record):
+            records.append(record)
+
+    handler = Handler(level=logging.WARNING)
+    logger = MMLogger.get_current_instance()
+    logger.addHandler(handler)
+    return records, lambda: logger.removeHandler(handler)
+
+
+def _step_matches_reference():
+    torch.manual_seed(0)
+    conv = nn.Conv2d(4, 6, 3)
+    ref = ReferenceSGDGC(
+        list(conv.parameters()), [0, None], lr=0.1, momentum=0.9, weight_decay=1e-2
+    )
+    opt = SGDGC(conv.parameters(), lr=0.1, momentum=0.9, weight_decay=1e-2)
+    for _ in range(2):
+        grads = [torch.randn_like(p) for p in conv.parameters()]
+        for p, g in zip(conv.parameters(), grads):
+            p.grad = g
+        opt.step()
+        ref.step(grads)
+    for p, expected in zip(conv.parameters(), ref.weights):
+        assert_close(p.detach().double(), expected, rtol=1e-5, atol=1e-6)
+
+
+def test_build_failure_warns_once_and_falls_back(fresh_kernel_state, tmp_path):
+    monkeypatch = fresh_kernel_state
+    monkeypatch.setenv('MMGC_CACHE_DIR', str(tmp_path))
+    monkeypatch.setenv('CXX', str(tmp_path / 'no-such-compiler'))
+    records, remove = _capture_warnings()
+    try:
+        _step_matches_reference()
+        _step_matches_reference()
+    finally:
+        remove()
+    build = cpu_kernel_build()
+    assert build.library is None and 'no-such-compiler' in build.error
+    messages = [r.getMessage() for r in records]
+    assert len(messages) == 1, messages
+    assert 'falls back to PyTorch ops' in messages[0]
+    assert 'no-such-compiler' in messages[0]
+    assert list(tmp_path.iterdir()) == []  # no half-written library left
+    with pytest.raises(RuntimeError, match='CPU SGD-GC kernel is unavailable'):
+        fused_sgd_gc_cpu_(
+            [torch.zeros(2, 2)], [torch.zeros(2, 2)], [None], [0], lr=0.1,
+            momentum=0.0, dampening=0.0, weight_decay=0.0, nesterov=False,
+            maximize=False,
+        )  # fmt: skip
+
+
+def test_disabled_by_environment_without_warning(fresh_kernel_state):
+    fresh_kernel_state.setenv('MMGC_CPU_KERNEL', '0')
+    records, remove = _capture_warnings()
+    try:
+        _step_matches_reference()
+    finally:
+        remove()
+    assert records == []
+    assert cpu_kernel_build().error == 'disabled by MMGC_CPU_KERNEL=0'
+
+
+def test_build_is_cached_on_disk(fresh_kernel_state, tmp_path):
+    if cpu_kernel_build().library is None:
+        pytest.skip('no compiler here')
+    cpu_kernel._reset_for_tests()
+    fresh_kernel_state.setenv('MMGC_CACHE_DIR', str(tmp_path))
+    first = cpu_kernel_build()
+    assert first.library is not None and first.compile_seconds > 0
+    assert first.path.parent == tmp_path and first.path.exists()
+    cpu_kernel._reset_for_tests()
+    second = cpu_kernel_build()
+    assert second.path == first.path and second.compile_seconds == 0
+    _step_matches_reference()
