@@ -165,8 +165,26 @@ class SGDGC(Optimizer):
         super().__init__(params, defaults)
 
     def add_param_group(self, param_group: dict[str, Any]) -> None:
-        """Add a group, checking its ``gc`` / ``gc_dim`` options first."""
+        """Add a group, checking its ``gc`` / ``gc_dim`` options first.
+
+        Raises:
+            TypeError: If ``gc`` / ``gc_dim`` have the wrong type.
+            ValueError: If the group lists the same tensor twice (torch only
+                warns, then updates it twice per step).
+        """
         _check_gc_options(param_group)
+        params = param_group['params']
+        if not isinstance(params, set):  # torch's own error for sets
+            params = [params] if isinstance(params, Tensor) else list(params)
+            seen: set[int] = set()
+            for p in params:
+                if id(p) in seen:
+                    raise ValueError(
+                        f'a parameter group lists the same tensor (shape '
+                        f'{tuple(p.shape)}) more than once; list each tensor once'
+                    )
+                seen.add(id(p))
+            param_group = {**param_group, 'params': params}
         super().add_param_group(param_group)
 
     def __setstate__(self, state: dict[str, Any]) -> None:

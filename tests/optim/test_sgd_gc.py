@@ -395,3 +395,16 @@ def test_sparse_gradient():
     before = emb.weight.detach().clone()
     SGDGC([dict(params=emb.parameters(), gc=False)], lr=0.1).step()
     assert not torch.equal(emb.weight.detach(), before)
+
+
+def test_same_tensor_twice_in_a_group_is_refused():
+    p = nn.Parameter(torch.randn(3, 4))
+    with pytest.raises(
+        ValueError, match=r'lists the same tensor \(shape \(3, 4\)\) more than once'
+    ):
+        SGDGC([p, p], lr=0.1)
+    with pytest.raises(ValueError, match='some parameters appear in more than one parameter group'):
+        SGDGC([dict(params=[p]), dict(params=[p])], lr=0.1)  # torch's own check
+    # a generator of parameters is still accepted
+    opt = SGDGC((q for q in [p]), lr=0.1)
+    assert opt.param_groups[0]['params'] == [p]
