@@ -19,6 +19,7 @@ MASTER_ADDR=${MASTER_ADDR:-"127.0.0.1"}
 PYTHON=${PYTHON:-python}
 
 ROOT="$(cd "$(dirname "$0")/.." && pwd)"
+status=0
 PYTHONPATH="$ROOT${PYTHONPATH:+:$PYTHONPATH}" \
 "$PYTHON" -m torch.distributed.run \
     --nnodes="$NNODES" \
@@ -29,4 +30,8 @@ PYTHONPATH="$ROOT${PYTHONPATH:+:$PYTHONPATH}" \
     "$ROOT/tools/test.py" \
     "$CONFIG" \
     "$CHECKPOINT" \
-    --launcher pytorch "${@:4}"
+    --launcher pytorch "${@:4}" || status=$?
+if [ "$status" -ne 0 ]; then
+  echo "$(basename "$0"): the distributed run failed (torchrun exit status $status): a process ended abnormally or lost the others; torchrun's 'Root Cause' above names the first one. Bound the wait for a hung process with --dist-timeout SECONDS or MMGC_DIST_TIMEOUT." >&2
+  exit "$status"
+fi

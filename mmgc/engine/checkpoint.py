@@ -25,6 +25,10 @@ which every local load goes through: ``Runner.resume`` (``--resume``),
 ``load_from`` and ``tools/test.py``'s checkpoint, and
 ``mmengine.runner.load_checkpoint``. MMEngine's other schemes (http,
 ``open-mmlab://``, ...) fetch plain state dicts and are left as they are.
+
+Before unpickling, every member of a zip checkpoint is read and its CRC-32
+checked (``torch.load`` does not): a flipped bit in a stored tensor is a
+``CheckpointLoadError``, not wrong weights.
 """
 
 from __future__ import annotations
@@ -34,6 +38,7 @@ import logging
 import os
 import os.path as osp
 import pickle
+import zipfile
 from typing import Any, Callable, Union
 
 import numpy as np
@@ -186,7 +191,7 @@ def _unsafe_error(filename: str, what: str) -> UnsafeCheckpointError:
 
 
 def _corrupt_error(
-    filename: str, err: BaseException, detail: str | None = None
+    filename: str, err: BaseException | None, detail: str | None = None
 ) -> CheckpointLoadError:
     return CheckpointLoadError(
         f"Cannot read checkpoint '{filename}': the file is truncated or "
@@ -217,6 +222,22 @@ def _is_environment_error(err: BaseException) -> bool:
     return 'deserialize object on' in str(err)
 
 
+def _crc_mismatch(filename: str) -> str | None:
+    """The first member of a zip checkpoint whose CRC-32 is wrong, or None.
+
+    ``torch.load`` does not check the CRCs that ``torch.save`` writes, so a
+    flipped bit in a stored tensor would load silently. Files that are not
+    zip archives (legacy format, or truncated) are left to ``torch.load``.
+    """
+    if not zipfile.is_zipfile(filename):
+        return None
+    try:
+        with zipfile.ZipFile(filename) as archive:
+            return archive.testzip()
+    except (zipfile.BadZipFile, EOFError, ValueError):
+        return None  # torch.load reports it
+
+
 def safe_torch_load(filename: str, map_location: MapLocation = None) -> Any:
     """``torch.load`` in weights-only mode with MMEngine's types allowed.
 
@@ -231,7 +252,8 @@ def safe_torch_load(filename: str, map_location: MapLocation = None) -> Any:
         FileNotFoundError: If ``filename`` is not a file.
         UnsafeCheckpointError: If the file holds any other pickled global;
             it is refused before anything in it is called.
-        CheckpointLoadError: If the file is truncated or corrupt.
+        CheckpointLoadError: If the file is truncated or corrupt (a member
+            of a zip checkpoint whose CRC-32 does not match included).
         RuntimeError: If this torch has no ``safe_globals`` (torch < 2.5).
     """
     if not osp.isfile(filename):
@@ -241,6 +263,9 @@ def safe_torch_load(filename: str, map_location: MapLocation = None) -> Any:
             'Weights-only checkpoint loading needs torch >= 2.5 '
             f'(torch.serialization.safe_globals); found torch {torch.__version__}.'
         )
+    bad_member = _crc_mismatch(filename)
+    if bad_member is not None:
+        raise _corrupt_error(filename, None, f'CRC mismatch in {bad_member!r}')
     with torch.serialization.safe_globals(mmengine_safe_globals()):
         unsafe = _unsafe_globals(filename)
         if unsafe:

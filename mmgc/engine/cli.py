@@ -11,6 +11,11 @@ The command lines are MMDetection 3.3's (``tools/train.py``,
 - a seeded training run re-seeds its random generators from
   ``(seed, epoch, iter)`` (:class:`mmgc.engine.hooks.StepSeedHook`), so a
   resumed run draws the same numbers as one that never stopped;
+- checkpoints are saved atomically (:mod:`mmgc.engine.atomic_checkpoint`),
+  ``--resume`` (auto) skips a truncated or corrupt checkpoint and a GC run
+  resumes from a plain-SGD checkpoint (:mod:`mmgc.engine.resume`);
+- ``--dist-timeout`` bounds how long a rank waits for a dead or hung peer,
+  and such a failure ends in one sentence (:mod:`mmgc.engine.distributed`);
 - the test tool writes its metrics to ``<work_dir>/test_metrics.json``
   (:mod:`mmgc.engine.metrics`), which ``tools/compare_ap.py`` reads.
 """
@@ -28,11 +33,20 @@ from mmengine.config import Config, DictAction
 from mmengine.device import is_cuda_available, is_mlu_available, is_npu_available
 from mmengine.logging import print_log
 
+from .atomic_checkpoint import use_atomic_checkpoints
 from .checkpoint import install_safe_checkpoint_loader
 from .data_check import check_data_paths
-from .distributed import LAUNCHERS, setup_cpu_distributed
+from .distributed import (
+    DIST_TIMEOUT_ENV,
+    LAUNCHERS,
+    DistributedRunError,
+    describe_dist_failure,
+    set_dist_timeout,
+    setup_cpu_distributed,
+)
 from .hooks import StepSeedHook
 from .metrics import METRICS_FILENAME, write_metrics_file
+from .resume import PlainOptimizerStateHook, find_resume_checkpoint
 
 __all__ = [
     'build_runner',
@@ -57,6 +71,15 @@ _CFG_OPTIONS_HELP = (
 def _add_common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument('--cfg-options', nargs='+', action=DictAction, help=_CFG_OPTIONS_HELP)
     parser.add_argument('--launcher', choices=list(LAUNCHERS), default='none', help='job launcher')
+    parser.add_argument(
+        '--dist-timeout',
+        metavar='SECONDS',
+        default=None,
+        help='how long a process of a distributed run waits for the others in a '
+        'collective before it gives up (a dead or hung process); default: '
+        f"${DIST_TIMEOUT_ENV}, else the config's env_cfg.dist_cfg.timeout, else "
+        "torch's 30 minutes",
+    )
     # torch.distributed.launch passes --local-rank (older: --local_rank).
     parser.add_argument('--local_rank', '--local-rank', type=int, default=0)
 
@@ -155,11 +178,12 @@ def train_config(args: argparse.Namespace) -> Config:
     Raises:
         FileNotFoundError: If the config file does not exist.
         ValueError: If ``--amp`` is asked for an optim wrapper other than
-            ``OptimWrapper``.
+            ``OptimWrapper``, or ``--dist-timeout`` is not a positive number.
         RuntimeError: If ``--amp`` is asked on a machine without a GPU, or
             ``--auto-scale-lr`` for a config without ``auto_scale_lr``.
     """
     cfg = _load(args)
+    set_dist_timeout(cfg, getattr(args, 'dist_timeout', None))
     if args.amp:
         if not _accelerator_available():
             raise RuntimeError(
@@ -210,11 +234,13 @@ def test_config(args: argparse.Namespace) -> Config:
 
     Raises:
         FileNotFoundError: If the config or the checkpoint does not exist.
-        ValueError: If ``--out`` does not end in ``.pkl`` / ``.pickle``.
+        ValueError: If ``--out`` does not end in ``.pkl`` / ``.pickle``, or
+            ``--dist-timeout`` is not a positive number.
         RuntimeError: If ``--show`` / ``--show-dir`` is given for a config
             without a visualization hook.
     """
     cfg = _load(args)
+    set_dist_timeout(cfg, getattr(args, 'dist_timeout', None))
     if '://' not in args.checkpoint and not osp.isfile(args.checkpoint):
         raise FileNotFoundError(f"Checkpoint file '{args.checkpoint}' does not exist.")
     cfg.load_from = args.checkpoint
@@ -247,22 +273,52 @@ def build_runner(cfg: Config) -> Any:
     return Runner.from_cfg(cfg)
 
 
+def _guarded(run: Any, cfg: Config) -> Any:
+    """Call ``run()``; a lost peer of a distributed run ends in one sentence."""
+    try:
+        return run()
+    except Exception as err:
+        timeout = ((cfg.get('env_cfg') or {}).get('dist_cfg') or {}).get('timeout')
+        message = describe_dist_failure(err, timeout)
+        if message is None:
+            raise
+        raise DistributedRunError(message) from err
+
+
 def run_train(args: argparse.Namespace) -> Any:
     """Train as ``tools/train.py`` does, after its module registration.
+
+    Besides MMEngine's ``Runner``: the checkpoint hook saves atomically, an
+    automatic ``--resume`` takes the newest complete checkpoint
+    (:func:`~mmgc.engine.resume.find_resume_checkpoint`), and the hooks
+    :class:`~mmgc.engine.hooks.StepSeedHook` and
+    :class:`~mmgc.engine.resume.PlainOptimizerStateHook` are registered.
 
     Args:
         args (argparse.Namespace): From :func:`train_parser`.
 
     Returns:
         The trained model (``Runner.train()``'s result).
+
+    Raises:
+        CheckpointLoadError: If ``--resume`` (auto) finds checkpoints but
+            none is complete.
+        DistributedRunError: If a distributed run lost a process.
     """
     install_safe_checkpoint_loader()
     cfg = train_config(args)
+    use_atomic_checkpoints(cfg)
+    point = find_resume_checkpoint(cfg.work_dir) if args.resume == 'auto' else None
+    if point is not None:
+        cfg.load_from = point.path
     check_data_paths(cfg, 'train')
     setup_cpu_distributed(cfg)
     runner = build_runner(cfg)
+    for note in point.notes if point is not None else []:
+        print_log(note, logger='current', level=point.level)  # into the run's log file
     runner.register_hook(StepSeedHook())
-    return runner.train()
+    runner.register_hook(PlainOptimizerStateHook())
+    return _guarded(runner.train, cfg)
 
 
 def run_test(args: argparse.Namespace) -> dict[str, Any]:
@@ -285,7 +341,7 @@ def run_test(args: argparse.Namespace) -> dict[str, Any]:
         from mmdet.evaluation import DumpDetResults
 
         runner.test_evaluator.metrics.append(DumpDetResults(out_file_path=args.out))
-    metrics = runner.test()
+    metrics = _guarded(runner.test, cfg)
     if runner.rank == 0:
         path = write_metrics_file(
             osp.join(cfg.work_dir, METRICS_FILENAME),

@@ -16,14 +16,24 @@ therefore
    drops ``device_ids``.
 
 With CUDA it does nothing: MMEngine's own path (NCCL by default) runs.
+
+A process of a distributed run that dies or hangs leaves the others waiting
+in a collective (gradient all-reduce, barrier) until the process group's
+timeout, 30 minutes by default. :func:`set_dist_timeout` sets it from
+``--dist-timeout SECONDS`` or the environment variable ``MMGC_DIST_TIMEOUT``
+(recorded as ``env_cfg.dist_cfg.timeout``, which both MMEngine's NCCL path
+and the gloo path here pass to ``init_process_group``), and
+:func:`describe_dist_failure` turns the error a surviving rank then gets
+into one sentence (:class:`DistributedRunError`).
 """
 
 from __future__ import annotations
 
 import datetime
 import os
+import re
 import subprocess
-from typing import Any
+from typing import Any, Optional
 
 import torch
 import torch.distributed as torch_dist
@@ -34,7 +44,12 @@ from torch import nn
 
 __all__ = [
     'CPUDistributedDataParallel',
+    'DIST_TIMEOUT_ENV',
+    'DistributedRunError',
     'LAUNCHERS',
+    'describe_dist_failure',
+    'parse_dist_timeout',
+    'set_dist_timeout',
     'setup_cpu_distributed',
 ]
 
@@ -43,6 +58,126 @@ LAUNCHERS = ('none', 'pytorch', 'slurm', 'mpi')
 
 #: MMEngine's default port for torch.distributed.
 _DEFAULT_PORT = '29500'
+
+#: Environment variable with the default of ``--dist-timeout`` (seconds).
+DIST_TIMEOUT_ENV = 'MMGC_DIST_TIMEOUT'
+
+#: Words in the errors that gloo / NCCL / c10d raise when a peer is gone.
+_PEER_LOST_MARKS = (
+    'connection closed by peer',
+    'connection reset by peer',
+    'broken pipe',
+    'timed out',
+    'timeout',
+    'socket closed',
+    'connection refused',
+    'nccl communicator was aborted',
+)
+
+#: ... and the words that say the error came from a collective's backend.
+_BACKEND_MARKS = ('gloo', 'nccl', 'c10d', 'processgroup', 'process group')
+
+
+class DistributedRunError(RuntimeError):
+    """A rank of a distributed run lost its peers (one died or hung)."""
+
+
+def parse_dist_timeout(value: Any, source: str = '--dist-timeout') -> float:
+    """Seconds of a process-group timeout, checked.
+
+    Args:
+        value: A number or a string holding one.
+        source (str): Where it came from, for the error message.
+
+    Returns:
+        float: The timeout in seconds (> 0).
+
+    Raises:
+        ValueError: If ``value`` is not a positive finite number.
+    """
+    try:
+        seconds = float(value)
+    except (TypeError, ValueError):
+        seconds = float('nan')
+    if not (0 < seconds < float('inf')):
+        raise ValueError(f'{source} must be a positive number of seconds; got {value!r}')
+    return seconds
+
+
+def set_dist_timeout(cfg: Any, seconds: Any = None) -> Optional[float]:
+    """Record the process-group timeout in ``cfg.env_cfg.dist_cfg.timeout``.
+
+    ``seconds`` (from ``--dist-timeout``) wins over the environment variable
+    ``MMGC_DIST_TIMEOUT``, which wins over the config's own value.
+
+    Args:
+        cfg (mmengine.Config): The run's config, changed in place.
+        seconds: The timeout, or None to take it from the environment.
+
+    Returns:
+        float | None: The timeout now in the config (None: torch's default,
+        30 minutes).
+
+    Raises:
+        ValueError: If the given timeout is not a positive number.
+    """
+    if seconds is not None:
+        value = parse_dist_timeout(seconds)
+    elif os.environ.get(DIST_TIMEOUT_ENV):
+        value = parse_dist_timeout(os.environ[DIST_TIMEOUT_ENV], DIST_TIMEOUT_ENV)
+    else:
+        current = ((cfg.get('env_cfg') or {}).get('dist_cfg') or {}).get('timeout')
+        return None if current is None else float(current)
+    env_cfg = cfg.setdefault('env_cfg', {})
+    env_cfg.setdefault('dist_cfg', {})['timeout'] = value
+    return value
+
+
+def describe_dist_failure(err: BaseException, timeout: Optional[float]) -> Optional[str]:
+    """One sentence for a rank whose collective failed, or None.
+
+    Returns None unless a process group is initialised and ``err`` (or an
+    error it was raised from) is a ``torch.distributed`` error, or names a
+    backend (gloo, NCCL, c10d) and says that a peer's connection closed or
+    timed out; other errors (e.g. a DataLoader timeout) are left alone.
+
+    Args:
+        err (BaseException): What ``Runner.train()`` raised.
+        timeout (float, optional): The process group's timeout in seconds.
+    """
+    if not (torch_dist.is_available() and torch_dist.is_initialized()):
+        return None
+    dist_error = getattr(torch_dist, 'DistError', ())
+    chain: list[BaseException] = []
+    current: Optional[BaseException] = err
+    while current is not None and len(chain) < 8:
+        chain.append(current)
+        current = current.__cause__ or current.__context__
+    for item in chain:
+        text = str(item).strip()
+        lowered = text.lower()
+        if not (
+            (dist_error and isinstance(item, dist_error))
+            or (
+                any(mark in lowered for mark in _PEER_LOST_MARKS)
+                and any(mark in lowered for mark in _BACKEND_MARKS)
+            )
+        ):
+            continue
+        detail = next((line.strip() for line in text.splitlines() if line.strip()), '')
+        detail = re.sub(r'^\[[^\]]*\]\s*', '', detail)  # gloo's "[file.cc:129] "
+        detail = detail.split('. ')[0].rstrip('.')  # its first sentence
+        if len(detail) > 160:
+            detail = detail[:157] + '...'
+        limit = f'{timeout:g} s' if timeout is not None else "torch's default of 30 min"
+        return (
+            f'Rank {torch_dist.get_rank()} of {torch_dist.get_world_size()} lost '
+            f'the other processes of the distributed run ({detail}): one of them '
+            f'died, or did not answer within the timeout of {limit} (set it with '
+            f'--dist-timeout SECONDS or {DIST_TIMEOUT_ENV}); this process stops '
+            'too, and the run can be resumed with --resume.'
+        )
+    return None
 
 
 @MODEL_WRAPPERS.register_module()
