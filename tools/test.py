@@ -19,11 +19,12 @@ from mmdet.utils import register_all_modules, setup_cache_size_limit_of_dynamo
 from torch.distributed.elastic.multiprocessing.errors import record
 
 import mmgc  # noqa: F401  (registers SGDGC and GCOptimWrapperConstructor)
-from mmgc.engine.cli import parse_args, run_test, test_parser
+from mmgc.engine.cli import exit_on_user_error, parse_args, run_test, test_parser
 
 
 # @record: under torchrun, the error that ends a rank is shown in torchrun's
 # summary ("Root Cause"); without torchrun it only re-raises.
+@exit_on_user_error
 @record
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(test_parser(), argv)

@@ -23,10 +23,12 @@ The command lines are MMDetection 3.3's (``tools/train.py``,
 from __future__ import annotations
 
 import argparse
+import functools
 import logging
 import os
 import os.path as osp
-from collections.abc import Sequence
+import sys
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from mmengine.config import Config, DictAction
@@ -34,8 +36,8 @@ from mmengine.device import is_cuda_available, is_mlu_available, is_npu_availabl
 from mmengine.logging import print_log
 
 from .atomic_checkpoint import use_atomic_checkpoints
-from .checkpoint import install_safe_checkpoint_loader
-from .data_check import check_data_paths
+from .checkpoint import CheckpointLoadError, UnsafeCheckpointError, install_safe_checkpoint_loader
+from .data_check import MissingDataError, check_data_paths
 from .distributed import (
     DIST_TIMEOUT_ENV,
     LAUNCHERS,
@@ -49,7 +51,9 @@ from .metrics import METRICS_FILENAME, write_metrics_file
 from .resume import PlainOptimizerStateHook, find_resume_checkpoint
 
 __all__ = [
+    'USER_ERRORS',
     'build_runner',
+    'exit_on_user_error',
     'parse_args',
     'run_test',
     'run_train',
@@ -58,6 +62,47 @@ __all__ = [
     'train_config',
     'train_parser',
 ]
+
+#: Errors a user causes (a bad config value, a missing file, a bad checkpoint):
+#: the tools end them in one line instead of a traceback.
+USER_ERRORS: tuple[type[BaseException], ...] = (
+    MissingDataError,
+    CheckpointLoadError,
+    UnsafeCheckpointError,
+    FileNotFoundError,
+    ValueError,
+    TypeError,
+    KeyError,
+)
+
+
+def exit_on_user_error(main: Callable[..., Any]) -> Callable[..., Any]:
+    """Run a tool's ``main``; a :data:`USER_ERRORS` error ends it with one
+    line on stderr, ``<ErrorType>: <message>``, and exit status 2.
+
+    ``MMGC_DEBUG=1`` lets the error propagate with its traceback. Errors of
+    distributed runs (``DistributedRunError``) are not caught: torchrun's
+    ``@record`` reports them as the run's root cause.
+    """
+
+    @functools.wraps(main)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return main(*args, **kwargs)
+        except USER_ERRORS as err:
+            if os.environ.get('MMGC_DEBUG', '') not in ('', '0'):
+                raise
+            message = ' '.join(
+                str(err.args[0] if isinstance(err, KeyError) and err.args else err).split()
+            )
+            print(
+                f'{type(err).__name__}: {message} (MMGC_DEBUG=1 shows the traceback)',
+                file=sys.stderr,
+            )
+            sys.exit(2)
+
+    return wrapper
+
 
 _CFG_OPTIONS_HELP = (
     'override some settings in the used config, the key-value pair in '
