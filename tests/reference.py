@@ -52,6 +52,8 @@ class ReferenceSGDGC:
 
     def step(self, grads) -> None:
         for i, (w, g) in enumerate(zip(self.weights, grads)):
+            if g is None:  # no gradient: the tensor is skipped, as torch does
+                continue
             g = g.detach().to(torch.float64)
             if self.maximize:
                 g = -g

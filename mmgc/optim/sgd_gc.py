@@ -77,9 +77,10 @@ class SGDGC(Optimizer):
         \end{aligned}
 
     Other tensors (biases, norm parameters, groups with ``gc=False``) follow
-    ``torch.optim.SGD`` exactly. Because decay is projected too, each output
-    unit's weight sum :math:`\mathbf{e}^T\theta` keeps its initial value
-    (the paper's Eq. 3). The momentum follows torch's convention, not the
+    ``torch.optim.SGD`` (by default, on the CPU, its fused kernel). Because
+    decay is projected too, each output unit's weight sum
+    :math:`\mathbf{e}^T\theta` keeps its initial value (the paper's Eq. 3).
+    The momentum follows torch's convention, not the
     :math:`(1-\beta)` form of the paper's Algorithm 1, as the authors' code
     and MMDetection's learning-rate schedules do.
 
@@ -293,11 +294,11 @@ def sgd_gc(
     Paths:
 
     - default (``foreach`` and ``fused`` both None): dense contiguous
-      float32/float64 CPU tensors go through mmgc's fused CPU kernel
-      (:mod:`mmgc.ops.cpu_kernel`: one pass over memory, no temporaries),
-      built at first use; any other tensor, or every tensor when the kernel
-      cannot be built, takes the PyTorch path below with torch's default
-      kernel choice.
+      float32/float64 CPU tensors go through mmgc's fused CPU kernel if
+      centralized (:mod:`mmgc.ops.cpu_kernel`: one pass over memory, no
+      temporaries, built at first use; if it cannot be built, the PyTorch
+      path below) and through torch's fused SGD if not; any other tensor
+      takes the PyTorch path below with torch's default kernel choice.
     - ``foreach=False`` / ``foreach=True`` / ``fused=True``: the PyTorch
       path with that torch kernel. Since :math:`\mathbf{P}` is linear,
       centralizing :math:`\pm g + \lambda\theta` once (a new tensor per
@@ -358,7 +359,13 @@ def _kernel_step(
     gc_dims: list[int | None],
     **hyper: Any,
 ) -> list[int]:
-    """Update what the CPU kernel supports; return the indices left over."""
+    """Update what the CPU fast paths support; return the indices left over.
+
+    Centralized dense CPU tensors go through mmgc's kernel; the others
+    (biases, norm parameters, ``gc=False`` groups) through torch's fused SGD,
+    one call instead of a Python loop over many small tensors (1.3 ms a step
+    on Mask R-CNN R50's 106 of them, against 0.16 ms fused).
+    """
     everything = list(range(len(params)))
     if any(
         isinstance(hyper[k], Tensor) and hyper[k].device.type != 'cpu'
@@ -366,17 +373,30 @@ def _kernel_step(
     ):
         return everything
     autograd = torch.is_grad_enabled()
-    supported, rest = [], []
+    centred, plain, rest = [], [], []
     for i, (param, grad) in enumerate(zip(params, grads)):
-        # Only centralized tensors need the kernel: the others get torch's
-        # own SGD, so that with GC off SGDGC is torch.optim.SGD exactly.
-        ok = gc_dims[i] is not None and cpu_kernel_supports(
-            param, grad, momentum_buffers[i], autograd
+        if not cpu_kernel_supports(param, grad, momentum_buffers[i], autograd):
+            rest.append(i)
+        elif gc_dims[i] is not None:
+            centred.append(i)
+        else:
+            plain.append(i)
+    if centred and load_cpu_kernel() is None:
+        rest += centred
+    elif centred:
+        _on_subset(fused_sgd_gc_cpu_, centred, params, grads, momentum_buffers, gc_dims, **hyper)
+    if plain:
+        _on_subset(
+            _torch_sgd_gc,
+            plain,
+            params,
+            grads,
+            momentum_buffers,
+            gc_dims,
+            **hyper,
+            foreach=None,
+            fused=True,
         )
-        (supported if ok else rest).append(i)
-    if not supported or load_cpu_kernel() is None:
-        return everything
-    _on_subset(fused_sgd_gc_cpu_, supported, params, grads, momentum_buffers, gc_dims, **hyper)
     return rest
 
 
@@ -412,7 +432,7 @@ def _torch_sgd_gc(
         (plain, [grads[i] for i in plain], weight_decay, maximize),
         (centred, directions, 0.0, False),
     )
-    for indices, sub_grads, decay, sign in subsets:
+    for indices, sub_grads, decay, sign in _split_first_steps(subsets, momentum_buffers, fused):
         if not indices:
             continue
         sub_buffers = [momentum_buffers[i] for i in indices]
@@ -432,3 +452,22 @@ def _torch_sgd_gc(
         )
         for i, buffer in zip(indices, sub_buffers):
             momentum_buffers[i] = buffer
+
+
+def _split_first_steps(
+    subsets: tuple[tuple[list[int], list[Tensor], Any, bool], ...],
+    momentum_buffers: list[Tensor | None],
+    fused: bool | None,
+) -> list[tuple[list[int], list[Tensor], Any, bool]]:
+    """For torch's fused SGD, split each subset into the tensors without a
+    momentum buffer (first step) and those with one: it takes only lists
+    where all or none have one (``torch.optim.SGD(fused=True)`` itself fails
+    when a tensor gets its first gradient after the others did)."""
+    if not fused:
+        return list(subsets)
+    split = []
+    for indices, grads, decay, sign in subsets:
+        for first in (True, False):
+            keep = [k for k, i in enumerate(indices) if (momentum_buffers[i] is None) == first]
+            split.append(([indices[k] for k in keep], [grads[k] for k in keep], decay, sign))
+    return split

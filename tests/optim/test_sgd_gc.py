@@ -118,6 +118,15 @@ GC_OFF_HYPER = [
 ]
 
 
+def _step_each(nets_and_optimizers, step):
+    """One step of each (net, optimizer) pair on the same seeded batch."""
+    x = torch.randn(2, 3, 8, 8, generator=torch.Generator().manual_seed(step))
+    for net, opt in nets_and_optimizers:
+        opt.zero_grad()
+        net(x).square().mean().backward()
+        opt.step()
+
+
 @pytest.mark.parametrize('impl', ALL_IMPLS, ids=ALL_IMPL_IDS)
 @pytest.mark.parametrize('hyper', GC_OFF_HYPER)
 def test_gc_off_equals_torch_sgd(hyper, impl):
@@ -129,16 +138,51 @@ def test_gc_off_equals_torch_sgd(hyper, impl):
     ours = SGDGC([dict(params=model.parameters(), gc=False)], **hyper, **impl)
     theirs = torch.optim.SGD(twin.parameters(), **hyper, **impl)
     for step in range(4):
-        x = torch.randn(2, 3, 8, 8, generator=torch.Generator().manual_seed(step))
-        for net, opt in ((model, ours), (twin, theirs)):
-            opt.zero_grad()
-            net(x).square().mean().backward()
-            opt.step()
+        _step_each(((model, ours), (twin, theirs)), step)
         for a, b in zip(model.parameters(), twin.parameters()):
             assert_close(a, b)
     for a, b in zip(model.parameters(), twin.parameters()):
         if 'momentum_buffer' in theirs.state[b]:
             assert_close(ours.state[a]['momentum_buffer'], theirs.state[b]['momentum_buffer'])
+
+
+def test_default_path_gc_off_is_torch_fused_sgd_bit_for_bit():
+    # on the CPU the default path hands tensors it does not centralize to
+    # torch's fused SGD (one call, not a Python loop)
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), nn.Flatten(), nn.Linear(144, 3))
+    twin = copy.deepcopy(model)
+    hyper = dict(lr=0.1, momentum=0.9, weight_decay=1e-2)
+    ours = SGDGC([dict(params=model.parameters(), gc=False)], **hyper)
+    theirs = torch.optim.SGD(twin.parameters(), **hyper, fused=True)
+    for step in range(3):
+        _step_each(((model, ours), (twin, theirs)), step)
+    for a, b in zip(model.parameters(), twin.parameters()):
+        assert torch.equal(a, b)
+        assert torch.equal(ours.state[a]['momentum_buffer'], theirs.state[b]['momentum_buffer'])
+
+
+@pytest.mark.parametrize('impl', ALL_IMPLS, ids=ALL_IMPL_IDS)
+def test_tensor_whose_first_gradient_comes_later(impl):
+    # a momentum buffer is born on a tensor's first gradient: one step holds
+    # tensors with and without buffers (torch's fused SGD takes only lists
+    # where all or none have one)
+    torch.manual_seed(0)
+    weights = [torch.randn(4, 3, dtype=torch.float64, requires_grad=True) for _ in range(2)]
+    biases = [torch.randn(4, dtype=torch.float64, requires_grad=True) for _ in range(2)]
+    params = [*weights, *biases]
+    hyper = dict(lr=0.1, momentum=0.9, weight_decay=1e-2)
+    opt = SGDGC(params, **hyper, **impl)
+    ref = ReferenceSGDGC(params, [0, 0, None, None], **hyper)
+    for step in range(3):
+        grads = _random_grads(params, step)
+        late = step == 0  # the second weight and bias get no gradient at first
+        for i, (p, g) in enumerate(zip(params, grads)):
+            p.grad = None if late and i in (1, 3) else g.clone()
+        opt.step()
+        ref.step([None if p.grad is None else g for p, g in zip(params, grads)])
+        for p, expected in zip(params, ref.weights):
+            assert_close(p.detach(), expected, rtol=1e-12, atol=1e-12)
 
 
 def _conv_net():
