@@ -62,7 +62,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         '--iters',
         type=_positive,
         default=None,
-        help="training iterations of each run (default: the configs', 300)",
+        help='training iterations of each run (default: max_iters of the demo configs)',
     )
     parser.add_argument(
         '--seed', type=_non_negative, default=0, help='training seed of both runs (default: 0)'
@@ -76,8 +76,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         '--num-train',
         type=_positive,
-        default=400,
-        help='training images to generate (default: 400)',
+        default=800,
+        help='training images to generate (default: 800)',
     )
     parser.add_argument(
         '--num-val', type=_positive, default=50, help='val images to generate (default: 50)'

@@ -437,7 +437,7 @@ def run_demo(
     iters: Optional[int] = None,
     seed: int = 0,
     data_seed: int = 0,
-    num_train: int = 400,
+    num_train: int = 800,
     num_val: int = 50,
     command: Optional[str] = None,
     compare_tool: Optional[PathLike] = None,
@@ -456,10 +456,10 @@ def run_demo(
         report_dir (str | os.PathLike): Where the report is written.
             Defaults to ``'reports/demo'``.
         iters (int, optional): Training iterations of each run. Defaults to
-            the configs' (400).
+            the configs' ``max_iters`` (700).
         seed (int): Training seed of both runs. Defaults to 0.
         data_seed (int): Seed of the generated dataset. Defaults to 0.
-        num_train (int): Generated training images. Defaults to 400.
+        num_train (int): Generated training images. Defaults to 800.
         num_val (int): Generated val images. Defaults to 50.
         command (str, optional): The command line, quoted in the report.
         compare_tool (str | os.PathLike, optional): ``tools/compare_ap.py``:

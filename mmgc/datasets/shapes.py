@@ -2,10 +2,11 @@
 
 The demo and the tests need a dataset that the package can make by itself, on
 any machine, in seconds: COCO cannot be downloaded everywhere. This module
-draws coloured geometric shapes (circles, triangles, squares and stars) of
-varied sizes, rotations and colours (one hue per class), which may overlap, on varied backgrounds
-(two-colour gradients, checkerboards, pixel noise), and writes a train and a
-val split as PNG images plus COCO ``instances_*.json`` annotation files.
+draws two to six coloured geometric shapes per image (circles, triangles,
+squares and stars) of varied sizes, rotations and colours (one hue per class),
+which may overlap, on varied backgrounds (two-colour gradients,
+checkerboards, pixel noise), and writes a train and a val split as PNG images
+plus COCO ``instances_*.json`` annotation files.
 
 The masks are exact. Every shape is a polygon, rasterized with pycocotools'
 own polygon rasterizer (the one MMDetection's ``LoadAnnotations`` and
@@ -51,20 +52,22 @@ MANIFEST_NAME = 'shapes_manifest.json'
 _GENERATOR = 'mmgc.datasets.shapes'
 # Bump when the drawing changes, so that folders made by an older version are
 # regenerated instead of silently reused.
-_VERSION = 2
+_VERSION = 3
 _SPLIT_CODES = {'train': 0, 'val': 1}
 _MIN_IMAGE_SIZE = 32
-_MAX_OBJECTS = 4
+# objects per image: uniform in [_MIN_OBJECTS, _MAX_OBJECTS] (fewer when no room is left)
+_MIN_OBJECTS = 2
+_MAX_OBJECTS = 6
 # hue (HSV, 0..1) of each class, in SHAPES_CLASSES order, and its jitter
 _CLASS_HUES = (0.0, 0.33, 0.62, 0.14)
 _HUE_JITTER = 0.04
 # A covered shape keeps at least this share of its pixels (and this many
 # pixels): heavily hidden shapes make poor, ambiguous targets.
-_MIN_VISIBLE_FRACTION = 0.5
+_MIN_VISIBLE_FRACTION = 0.7
 _MIN_VISIBLE_PIXELS = 20
 _PLACEMENT_TRIES = 30
 # Shapes are drawn inside a circle whose diameter is this share of the image.
-_SIZE_RANGE = (0.14, 0.46)
+_SIZE_RANGE = (0.2, 0.5)
 _CIRCLE_VERTICES = 32
 _STAR_INNER_RATIO = 0.45
 
@@ -74,7 +77,7 @@ PathLike = Union[str, os.PathLike]
 def make_shapes_dataset(
     data_root: PathLike,
     *,
-    num_train: int = 400,
+    num_train: int = 800,
     num_val: int = 50,
     image_size: int = 128,
     seed: int = 0,
@@ -95,7 +98,7 @@ def make_shapes_dataset(
             If it holds a complete dataset made with the same parameters, the
             files are reused; if it holds one made with other parameters
             (or an interrupted one), that one is deleted and regenerated.
-        num_train (int): Number of training images. Defaults to 400.
+        num_train (int): Number of training images. Defaults to 800.
         num_val (int): Number of validation images. Defaults to 50.
         image_size (int): Width and height of the square images, in pixels,
             at least 32. Defaults to 128.
@@ -270,7 +273,7 @@ def _draw_image(rng: np.random.Generator, size: int) -> tuple[np.ndarray, list[d
     background = _background(rng, size)
     pixels = background.copy()
     placed: list[dict[str, Any]] = []  # polygon, full mask, visible mask, ...
-    for _ in range(int(rng.integers(1, _MAX_OBJECTS + 1))):
+    for _ in range(int(rng.integers(_MIN_OBJECTS, _MAX_OBJECTS + 1))):
         for _ in range(_PLACEMENT_TRIES):
             candidate = _sample_shape(rng, size)
             if candidate is not None and _fits(candidate['full'], placed):
