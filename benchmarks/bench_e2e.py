@@ -45,7 +45,7 @@ from mmengine.utils import ProgressBar
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import mmgc  # noqa: E402,F401  (registers SGDGC)
-from mmgc.datasets import make_shapes_dataset  # noqa: E402
+from mmgc.runtime.shapes import make_shapes_dataset  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 GC_CONFIG = ROOT / 'configs/demo/mask_rcnn_r18_fpn_shapes_gc.py'

@@ -55,7 +55,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import mmgc  # noqa: E402,F401  (registers SGDGC)
 from mmgc.ops import cpu_kernel  # noqa: E402
-from mmgc.optim import GCOptimWrapperConstructor  # noqa: E402
+from mmgc.engine.optimizers import GCOptimWrapperConstructor  # noqa: E402
 
 MODEL_CONFIGS = {
     'mask_rcnn_r50': 'mmdet::mask_rcnn/mask-rcnn_r50_fpn_1x_coco.py',

@@ -1,18 +1,25 @@
 """mmgc: Gradient Centralization (Yong et al., ECCV 2020) for MMEngine and
 MMDetection.
 
-``import mmgc`` registers, in MMEngine's root registries (visible from the
-``mmdet`` scope): the optimizer ``SGDGC`` (alias ``SGD_GC``), the optim
-wrapper constructor ``GCOptimWrapperConstructor``, the hook
-``GCDiagnosticsHook`` and the tools' hooks of :mod:`mmgc.engine`
-(``StepSeedHook``, ``AtomicCheckpointHook``, ``PlainOptimizerStateHook``).
+``import mmgc`` (what ``custom_imports`` does in a config) loads the GC core
+and registers, in MMEngine's root registries (visible from the ``mmdet``
+scope), what configs name: the optimizer ``SGDGC`` (alias ``SGD_GC``), the
+optim-wrapper constructor ``GCOptimWrapperConstructor`` and the hook
+``GCDiagnosticsHook``. It first checks that torch and MMEngine are versions
+mmgc is tested with. Nothing else happens on import: the tools' runtime
+(:mod:`mmgc.runtime`) is imported by the tools that use it.
 """
 
-from . import engine  # noqa: F401  (registers StepSeedHook, AtomicCheckpointHook, ...)
-from .hooks import GCDiagnosticsHook
-from .ops import centralize, centralize_
-from .optim import SGDGC, GCOptimWrapperConstructor, sgd_gc
-from .version import __version__
+import mmengine
+import torch
+
+from .version import __version__, check_version
+
+check_version('torch', torch.__version__)
+check_version('mmengine', mmengine.__version__)
+
+from .engine import SGDGC, GCDiagnosticsHook, GCOptimWrapperConstructor, sgd_gc  # noqa: E402
+from .ops import centralize, centralize_  # noqa: E402
 
 __all__ = [
     'GCDiagnosticsHook',

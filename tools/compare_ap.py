@@ -11,7 +11,7 @@ training run's validation logs) or test_metrics.json files. Prints one table
 per task (bbox, segm) and writes ap_comparison.md, ap_comparison.csv and
 ap_deltas.png to --out-dir. Exits with status 2, naming the keys, when the
 two configs differ in more than the optimizer (1 when a run cannot be
-read). See docs/tools.md; the logic lives in ``mmgc.evaluation.compare``.
+read). See docs/tools.md; the logic lives in ``mmgc.runtime.compare``.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ import argparse
 import os.path as osp
 import sys
 
-from mmgc.evaluation import compare
+from mmgc.runtime.compare import compare
 
 ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
 DEFAULT_METAFILE = osp.join(ROOT, 'configs', 'metafile.yml')

@@ -15,7 +15,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from mmgc.analysis import load_gc_stats, plot_gc_stats  # noqa: E402
+from mmgc.runtime.gc_stats import load_gc_stats, plot_gc_stats  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -101,7 +101,7 @@ def main(argv: list[str] | None = None) -> int:
     if str(ROOT) not in sys.path:  # run from a checkout without installing mmgc
         sys.path.append(str(ROOT))
     import mmgc  # noqa: F401  (registers SGDGC and its constructor)
-    from mmgc.apis import run_demo
+    from mmgc.runtime.demo import run_demo
 
     result = run_demo(
         args.gc_config,

@@ -8,7 +8,7 @@ Usage::
 
 Writes the metrics to ``<work_dir>/test_metrics.json`` for
 ``tools/compare_ap.py``. See docs/tools.md; the logic lives in
-``mmgc.engine.cli``.
+``mmgc.runtime.cli``.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from mmdet.utils import register_all_modules, setup_cache_size_limit_of_dynamo
 from torch.distributed.elastic.multiprocessing.errors import record
 
 import mmgc  # noqa: F401  (registers SGDGC and GCOptimWrapperConstructor)
-from mmgc.engine.cli import exit_on_user_error, parse_args, run_test, test_parser
+from mmgc.runtime.cli import exit_on_user_error, parse_args, run_test, test_parser
 
 
 # @record: under torchrun, the error that ends a rank is shown in torchrun's

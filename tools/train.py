@@ -6,7 +6,7 @@ Usage::
         [--auto-scale-lr] [--cfg-options KEY=VALUE ...]
         [--launcher {none,pytorch,slurm,mpi}]
 
-See docs/tools.md; the logic lives in ``mmgc.engine.cli``.
+See docs/tools.md; the logic lives in ``mmgc.runtime.cli``.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from mmdet.utils import register_all_modules, setup_cache_size_limit_of_dynamo
 from torch.distributed.elastic.multiprocessing.errors import record
 
 import mmgc  # noqa: F401  (registers SGDGC and GCOptimWrapperConstructor)
-from mmgc.engine.cli import exit_on_user_error, parse_args, run_train, train_parser
+from mmgc.runtime.cli import exit_on_user_error, parse_args, run_train, train_parser
 
 
 # @record: under torchrun, the error that ends a rank is shown in torchrun's

@@ -25,8 +25,8 @@ import mmengine
 import pytest
 import torch
 
-from mmgc.datasets import make_shapes_dataset
-from mmgc.engine.checkpoint import safe_torch_load
+from mmgc.runtime.shapes import make_shapes_dataset
+from mmgc.runtime.checkpoint import safe_torch_load
 
 pytestmark = pytest.mark.slow
 

@@ -1,7 +1,7 @@
 # Shared settings of the demo twins (../mask_rcnn_r18_fpn_shapes_gc.py and
 # ../baselines/mask_rcnn_r18_fpn_shapes.py): MMDetection's own Mask R-CNN
 # R50-FPN 1x config, shrunk to what the synthetic shapes data
-# (mmgc.datasets.make_shapes_dataset: 128x128 images, 4 classes) and a 2-core
+# (mmgc.runtime.shapes.make_shapes_dataset: 128x128 images, 4 classes) and a 2-core
 # CPU require, measured in docs/demo.md:
 #   - ResNet-18 trained from scratch (no pretrained weights offline:
 #     init_cfg=None), so its BN layers train (norm_eval=False) and no stage

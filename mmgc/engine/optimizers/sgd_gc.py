@@ -1,0 +1,472 @@
+r"""SGD (with momentum) and Gradient Centralization: the paper's Algorithm 1
+in ``torch.optim.SGD``'s convention.
+
+The class gathers parameters and state; the update is the functional
+:func:`sgd_gc`. By default, on the CPU, it runs mmgc's fused kernel
+(:mod:`mmgc.ops.cpu_kernel`: centralization, momentum and update in one pass
+over memory); with ``foreach`` or ``fused`` set, or where the kernel does not
+apply, it computes the centralized directions with :mod:`mmgc.ops` and hands
+momentum, Nesterov and the parameter update to ``torch.optim.sgd.sgd`` (its
+for-loop, ``foreach`` or ``fused`` kernel).
+"""
+
+from __future__ import annotations
+
+import functools
+import inspect
+from collections.abc import Callable, Iterable
+from typing import Any, NamedTuple
+
+import torch
+from mmengine.registry import OPTIMIZERS
+from torch import Tensor
+from torch.optim import Optimizer
+from torch.optim.sgd import sgd as torch_sgd
+
+from ...ops import gc_update_directions, reduce_dims
+from ...ops.cpu_kernel import (
+    cpu_kernel_supports,
+    fused_sgd_gc_cpu_,
+    load_cpu_kernel,
+)
+
+__all__ = ['SGDGC', 'sgd_gc', 'GC_GROUP_DEFAULTS', 'torch_has_fused_sgd', 'torch_fused_sgd_on_cpu']
+
+#: Per-parameter-group options that SGDGC adds to ``torch.optim.SGD``'s.
+#: ``gc``: centralize the group's tensors with ``ndim > 1``;
+#: ``gc_dim``: the dim of those tensors that indexes output units.
+GC_GROUP_DEFAULTS: dict[str, Any] = {'gc': True, 'gc_dim': 0}
+
+
+def torch_has_fused_sgd() -> bool:
+    """Whether this torch's ``torch.optim.sgd.sgd`` has a fused kernel (it
+    takes ``fused``; torch 2.1's does not)."""
+    return 'fused' in inspect.signature(torch_sgd).parameters
+
+
+@functools.lru_cache(maxsize=None)
+def torch_fused_sgd_on_cpu() -> bool:
+    """Whether this torch's fused SGD runs on CPU tensors (tried once on a
+    one-element tensor: the first torches with a fused SGD had it for CUDA
+    only)."""
+    if not torch_has_fused_sgd():
+        return False
+    param = torch.zeros(1)
+    try:
+        torch_sgd(
+            [param],
+            [torch.ones(1)],
+            [None],
+            weight_decay=0.0,
+            momentum=0.0,
+            lr=1.0,
+            dampening=0.0,
+            nesterov=False,
+            maximize=False,
+            fused=True,
+        )
+    except RuntimeError:
+        return False
+    return bool(param.item() == -1.0)
+
+
+def _check_fused_supported(params: Iterable[Tensor]) -> None:
+    """Raise, in one sentence, where ``fused=True`` cannot run here."""
+    if not torch_has_fused_sgd():
+        raise ValueError(
+            f'fused=True needs a torch with a fused SGD kernel; torch '
+            f'{torch.__version__} has none: use the default (fused=None) or '
+            f'foreach=True/False'
+        )
+    if any(p.device.type == 'cpu' for p in params) and not torch_fused_sgd_on_cpu():
+        raise ValueError(
+            f'fused=True on CPU tensors needs a torch whose fused SGD runs on the '
+            f'CPU; torch {torch.__version__} has it for GPUs only: use the '
+            f'default (fused=None) or foreach=True/False'
+        )
+
+
+def _check_gc_options(group: dict) -> None:
+    """Raise if a parameter group's GC options have the wrong type."""
+    gc = group.get('gc', GC_GROUP_DEFAULTS['gc'])
+    if not isinstance(gc, bool):
+        raise TypeError(f'param group option gc must be True or False; got {gc!r}')
+    gc_dim = group.get('gc_dim', GC_GROUP_DEFAULTS['gc_dim'])
+    if isinstance(gc_dim, bool) or not isinstance(gc_dim, int):
+        raise TypeError(
+            f'param group option gc_dim must be an int (the output-unit dim, '
+            f'0 for Conv/Linear, 1 for ConvTranspose); got {gc_dim!r}'
+        )
+
+
+@OPTIMIZERS.register_module(name=['SGDGC', 'SGD_GC'])
+class SGDGC(Optimizer):
+    r"""SGD with momentum and Gradient Centralization (Yong et al., ECCV 2020).
+
+    Takes exactly ``torch.optim.SGD``'s arguments, with the same defaults;
+    with GC switched off in every group it *is* ``torch.optim.SGD``. For each
+    parameter :math:`\theta` of a group with ``gc=True`` and
+    :math:`\theta.\mathrm{ndim} > 1` (conv and fully-connected weights), the
+    gradient entering the momentum is centralized per output unit:
+
+    .. math::
+        \begin{aligned}
+            &g_t \leftarrow \pm\nabla_\theta f_t(\theta_{t-1})
+                \quad (- \text{ if maximize}) \\
+            &\hat g_t \leftarrow \mathbf{P}\,(g_t + \lambda\theta_{t-1}),
+                \qquad \mathbf{P} = \mathbf{I} - \mathbf{e}\mathbf{e}^T
+                \text{ per output unit (paper, Eq. 2 and Sec. 3.4)} \\
+            &\textbf{if } \mu \neq 0: \;
+                \mathbf{b}_t \leftarrow
+                \begin{cases} \hat g_t & t = 1 \\
+                \mu\mathbf{b}_{t-1} + (1-\tau)\hat g_t & t > 1 \end{cases},
+                \quad \hat g_t \leftarrow
+                \begin{cases} \hat g_t + \mu\mathbf{b}_t & \text{nesterov} \\
+                \mathbf{b}_t & \text{otherwise} \end{cases} \\
+            &\theta_t \leftarrow \theta_{t-1} - \gamma\,\hat g_t
+        \end{aligned}
+
+    Other tensors (biases, norm parameters, groups with ``gc=False``) follow
+    ``torch.optim.SGD`` (by default, on the CPU, its fused kernel). Because
+    decay is projected too, each output unit's weight sum
+    :math:`\mathbf{e}^T\theta` keeps its initial value (the paper's Eq. 3).
+    The momentum follows torch's convention, not the
+    :math:`(1-\beta)` form of the paper's Algorithm 1, as the authors' code
+    and MMDetection's learning-rate schedules do.
+
+    Per-group options (stored in ``param_groups``, hence in ``state_dict()``):
+
+    - ``gc`` (bool): centralize this group's ``ndim > 1`` tensors.
+      Defaults to True, i.e. without a constructor SGDGC behaves like the
+      authors' ``SGD_GC``: every tensor with ``ndim > 1``, over all dims but 0.
+    - ``gc_dim`` (int): the dim that indexes output units. Defaults to 0
+      (``Conv*d``, ``Linear``); ``ConvTranspose*d`` weights need 1.
+      :class:`~mmgc.GCOptimWrapperConstructor` sets both per tensor.
+
+    Args:
+        params (iterable): Parameters or parameter-group dicts; a group may
+            carry ``gc`` and ``gc_dim``.
+        lr (float | Tensor): Learning rate :math:`\gamma`. Defaults to 1e-3.
+        momentum (float): Momentum factor :math:`\mu`. Defaults to 0.
+        dampening (float): Dampening :math:`\tau`. Defaults to 0.
+        weight_decay (float | Tensor): L2 decay :math:`\lambda`, projected
+            with the gradient. Defaults to 0.
+        nesterov (bool): Nesterov momentum. Defaults to False.
+        maximize (bool): Maximize the objective. Defaults to False.
+        foreach (bool, optional): Use torch's multi-tensor kernels for the
+            momentum update (False: torch's for-loop). Defaults to None:
+            mmgc's fused CPU kernel for dense float32/float64 CPU tensors,
+            torch's choice for the others.
+        differentiable (bool): Let autograd run through the step.
+            Defaults to False.
+        fused (bool, optional): Use torch's fused SGD kernel for the momentum
+            update. Defaults to None (see ``foreach``).
+
+    Example:
+        >>> model = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3), torch.nn.ReLU())
+        >>> optimizer = SGDGC(model.parameters(), lr=0.02, momentum=0.9,
+        ...                   weight_decay=1e-4)
+        >>> model(torch.randn(2, 3, 8, 8)).sum().backward()
+        >>> optimizer.step()
+    """
+
+    def __init__(
+        self,
+        params: Iterable[Tensor] | Iterable[dict[str, Any]],
+        lr: float | Tensor = 1e-3,
+        momentum: float = 0,
+        dampening: float = 0,
+        weight_decay: float | Tensor = 0,
+        nesterov: bool = False,
+        *,
+        maximize: bool = False,
+        foreach: bool | None = None,
+        differentiable: bool = False,
+        fused: bool | None = None,
+    ) -> None:
+        if isinstance(lr, Tensor) and lr.numel() != 1:
+            raise ValueError(f'Tensor lr must have one element; got shape {tuple(lr.shape)}')
+        if lr < 0.0:
+            raise ValueError(f'Invalid learning rate: {lr} (must be >= 0)')
+        if momentum < 0.0:
+            raise ValueError(f'Invalid momentum value: {momentum} (must be >= 0)')
+        if weight_decay < 0.0:
+            raise ValueError(f'Invalid weight_decay value: {weight_decay} (must be >= 0)')
+        if nesterov and (momentum <= 0 or dampening != 0):
+            raise ValueError(
+                'Nesterov momentum requires a momentum > 0 and zero dampening; '
+                f'got momentum={momentum}, dampening={dampening}'
+            )
+        if fused and differentiable:
+            raise ValueError('fused=True does not support differentiable=True')
+        if fused and foreach:
+            raise ValueError('fused=True and foreach=True cannot be set together')
+        defaults = dict(
+            lr=lr,
+            momentum=momentum,
+            dampening=dampening,
+            weight_decay=weight_decay,
+            nesterov=nesterov,
+            maximize=maximize,
+            foreach=foreach,
+            differentiable=differentiable,
+            fused=fused,
+            **GC_GROUP_DEFAULTS,
+        )
+        super().__init__(params, defaults)
+        if fused:
+            _check_fused_supported(p for group in self.param_groups for p in group['params'])
+
+    def add_param_group(self, param_group: dict[str, Any]) -> None:
+        """Add a group, checking its ``gc`` / ``gc_dim`` options first.
+
+        Raises:
+            TypeError: If ``gc`` / ``gc_dim`` have the wrong type.
+            ValueError: If the group lists the same tensor twice (torch only
+                warns, then updates it twice per step).
+        """
+        _check_gc_options(param_group)
+        params = param_group['params']
+        if not isinstance(params, set):  # torch's own error for sets
+            params = [params] if isinstance(params, Tensor) else list(params)
+            seen: set[int] = set()
+            for p in params:
+                if id(p) in seen:
+                    raise ValueError(
+                        f'a parameter group lists the same tensor (shape '
+                        f'{tuple(p.shape)}) more than once; list each tensor once'
+                    )
+                seen.add(id(p))
+            param_group = {**param_group, 'params': params}
+        super().add_param_group(param_group)
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        super().__setstate__(state)
+        for group in self.param_groups:
+            group.setdefault('nesterov', False)
+            group.setdefault('maximize', False)
+            group.setdefault('foreach', None)
+            group.setdefault('differentiable', False)
+            group.setdefault('fused', False)
+            for key, value in GC_GROUP_DEFAULTS.items():
+                group.setdefault(key, value)
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """Load a state dict of ``SGDGC`` or of ``torch.optim.SGD``.
+
+        A ``torch.optim.SGD`` state dict has no GC options: its groups then
+        keep this optimizer's current ``gc`` / ``gc_dim`` (as built from the
+        config), so a baseline checkpoint can be fine-tuned with GC; its
+        momentum buffers are taken as they are.
+        """
+        saved_groups = state_dict['param_groups']
+        if len(saved_groups) == len(self.param_groups):
+            state_dict = dict(state_dict)
+            state_dict['param_groups'] = [
+                {**{k: group[k] for k in GC_GROUP_DEFAULTS}, **saved}
+                for group, saved in zip(self.param_groups, saved_groups)
+            ]
+        super().load_state_dict(state_dict)
+
+    def step(self, closure: Callable[[], float] | None = None) -> float | None:
+        """Perform one optimization step; ``p.grad`` is left as it was.
+
+        Args:
+            closure (Callable, optional): Re-evaluates the model and returns
+                the loss.
+        """
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        with torch.set_grad_enabled(self.defaults['differentiable']):
+            for group in self.param_groups:
+                self._step_group(group)
+        return loss
+
+    def _step_group(self, group: dict[str, Any]) -> None:
+        """Gather the group's tensors and state (torch's ``_init_group``)."""
+        momentum = group['momentum']
+        params, grads, gc_dims, buffers = [], [], [], []
+        for p in group['params']:
+            if p.grad is None:
+                continue
+            centralized = group['gc'] and p.ndim > 1
+            if centralized and p.grad.is_sparse:
+                raise RuntimeError(
+                    f'SGDGC cannot centralize a sparse gradient (parameter of '
+                    f'shape {tuple(p.shape)}); set gc=False for its parameter '
+                    f'group, e.g. with custom_keys in paramwise_cfg'
+                )
+            params.append(p)
+            grads.append(p.grad)
+            gc_dims.append(group['gc_dim'] if centralized else None)
+            buffers.append(self.state[p].get('momentum_buffer') if momentum != 0 else None)
+        if not params:
+            return
+        sgd_gc(
+            params,
+            grads,
+            buffers,
+            gc_dims,
+            lr=group['lr'],
+            momentum=momentum,
+            dampening=group['dampening'],
+            weight_decay=group['weight_decay'],
+            nesterov=group['nesterov'],
+            maximize=group['maximize'],
+            foreach=group['foreach'],
+            fused=group['fused'],
+        )
+        if momentum != 0:
+            for p, buffer in zip(params, buffers):
+                self.state[p]['momentum_buffer'] = buffer
+
+
+def sgd_gc(
+    params: list[Tensor],
+    grads: list[Tensor],
+    momentum_buffers: list[Tensor | None],
+    gc_dims: list[int | None],
+    *,
+    lr: float | Tensor,
+    momentum: float,
+    dampening: float,
+    weight_decay: float | Tensor,
+    nesterov: bool,
+    maximize: bool,
+    foreach: bool | None = None,
+    fused: bool | None = None,
+) -> None:
+    r"""Functional :class:`SGDGC` step over lists of tensors (the update rule
+    is in :class:`SGDGC`'s docstring).
+
+    ``gc_dims[i]`` is the output-unit dim of ``params[i]``, or None to leave
+    it uncentralized. ``momentum_buffers`` is updated in place (new buffers
+    on the first step).
+
+    The tensors are sorted once into kernels, and each kernel is called once:
+
+    - default (``foreach`` and ``fused`` both None), dense contiguous
+      float32/float64 CPU tensors: centralized ones go to mmgc's CPU kernel
+      (:mod:`mmgc.ops.cpu_kernel`: one pass over memory, no temporaries);
+      the others to torch's fused SGD where this torch has one for the CPU,
+      else to mmgc's kernel too;
+    - everything else (``foreach`` / ``fused`` set, other devices or dtypes,
+      or no kernel could be built): the PyTorch path. Since
+      :math:`\mathbf{P}` is linear, centralizing :math:`\pm g + \lambda\theta`
+      once (a new tensor per weight) and then running ``torch.optim.sgd.sgd``
+      with decay and sign already applied is the whole algorithm.
+
+    Raises:
+        ValueError: If a ``gc_dim`` is out of range, before any tensor moves.
+    """
+    for param, dim in zip(params, gc_dims):
+        if dim is not None and param.dim() > 1:
+            reduce_dims(param.dim(), dim)
+    hyper = dict(lr=lr, momentum=momentum, dampening=dampening, nesterov=nesterov)
+    for kernel, indices in _partition(
+        params, grads, momentum_buffers, gc_dims, lr, weight_decay, foreach, fused
+    ).items():
+        sub_params = [params[i] for i in indices]
+        sub_grads = [grads[i] for i in indices]
+        sub_buffers = [momentum_buffers[i] for i in indices]
+        if kernel.mmgc:
+            sub_dims = [gc_dims[i] for i in indices]
+            fused_sgd_gc_cpu_(
+                sub_params,
+                sub_grads,
+                sub_buffers,
+                sub_dims,
+                weight_decay=weight_decay,
+                maximize=maximize,
+                **hyper,
+            )
+        elif kernel.centralized:
+            directions = gc_update_directions(
+                sub_params,
+                sub_grads,
+                [gc_dims[i] for i in indices],
+                weight_decay=weight_decay,
+                maximize=maximize,
+            )
+            _torch_sgd(sub_params, directions, sub_buffers, kernel, 0.0, False, **hyper)
+        else:
+            _torch_sgd(sub_params, sub_grads, sub_buffers, kernel, weight_decay, maximize, **hyper)
+        for i, buffer in zip(indices, sub_buffers):
+            momentum_buffers[i] = buffer
+
+
+class _Kernel(NamedTuple):
+    """Which call updates a tensor (the key :func:`_partition` sorts by)."""
+
+    mmgc: bool  # mmgc's CPU kernel; the rest: torch.optim.sgd.sgd
+    centralized: bool = False  # torch: the gradient is replaced by P(+-g + wd w)
+    foreach: bool | None = None
+    fused: bool | None = None
+    first_step: bool = False  # torch fused: lists where all or none have a buffer
+
+
+_MMGC_KERNEL = _Kernel(mmgc=True)
+
+
+def _partition(
+    params: list[Tensor],
+    grads: list[Tensor],
+    momentum_buffers: list[Tensor | None],
+    gc_dims: list[int | None],
+    lr: float | Tensor,
+    weight_decay: float | Tensor,
+    foreach: bool | None,
+    fused: bool | None,
+) -> dict[_Kernel, list[int]]:
+    """Sort tensor indices by the kernel that updates them, in one pass."""
+    default = foreach is None and fused is None
+    hyper_on_cpu = not any(
+        isinstance(value, Tensor) and value.device.type != 'cpu' for value in (lr, weight_decay)
+    )
+    autograd = torch.is_grad_enabled()
+    kernels: dict[_Kernel, list[int]] = {}
+    for i, (param, grad) in enumerate(zip(params, grads)):
+        centralized = gc_dims[i] is not None and param.dim() > 1
+        kernel = None
+        if default and hyper_on_cpu and cpu_kernel_supports(
+            param, grad, momentum_buffers[i], autograd
+        ):
+            if not centralized and torch_fused_sgd_on_cpu():
+                kernel = _Kernel(mmgc=False, fused=True)
+            elif load_cpu_kernel() is not None:
+                kernel = _MMGC_KERNEL
+        if kernel is None:
+            kernel = _Kernel(mmgc=False, foreach=foreach, fused=fused)
+        if kernel.fused:
+            kernel = kernel._replace(first_step=momentum_buffers[i] is None)
+        if centralized and not kernel.mmgc:
+            kernel = kernel._replace(centralized=True)
+        kernels.setdefault(kernel, []).append(i)
+    return kernels
+
+
+def _torch_sgd(
+    params: list[Tensor],
+    grads: list[Tensor],
+    momentum_buffers: list[Tensor | None],
+    kernel: _Kernel,
+    weight_decay: float | Tensor,
+    maximize: bool,
+    **hyper: Any,
+) -> None:
+    """``torch.optim.sgd.sgd`` with the kernel's ``foreach`` / ``fused``."""
+    options = dict(foreach=kernel.foreach)
+    if kernel.fused:  # only passed where torch has it (SGDGC checks fused=True)
+        options['fused'] = True
+    torch_sgd(
+        params,
+        grads,
+        momentum_buffers,
+        has_sparse_grad=any(g.is_sparse for g in grads),
+        weight_decay=weight_decay,
+        maximize=maximize,
+        **options,
+        **hyper,
+    )

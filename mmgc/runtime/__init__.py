@@ -1,0 +1,20 @@
+"""The tools' runtime: what ``tools/*.py`` import on top of the GC core.
+
+Nothing here is loaded by ``import mmgc``; each tool imports the modules it
+uses, and a config that wants one of the hooks below names its module in
+``custom_imports`` (e.g. ``imports=['mmgc', 'mmgc.runtime.hooks']``).
+
+- :mod:`~mmgc.runtime.cli`: ``tools/train.py`` and ``tools/test.py``;
+- :mod:`~mmgc.runtime.checkpoint`: weights-only checkpoint loading;
+- :mod:`~mmgc.runtime.resume`: the checkpoint ``--resume`` picks, and GC
+  runs resumed from plain-SGD checkpoints;
+- :mod:`~mmgc.runtime.atomic_checkpoint`: saves a kill never leaves
+  half-written;
+- :mod:`~mmgc.runtime.hooks`: ``StepSeedHook`` for exact resumes;
+- :mod:`~mmgc.runtime.distributed`: distributed runs on CPU-only machines;
+- :mod:`~mmgc.runtime.data_check`: stop before model building on missing data;
+- :mod:`~mmgc.runtime.compare`: GC-vs-baseline AP comparison;
+- :mod:`~mmgc.runtime.demo`, :mod:`~mmgc.runtime.shapes`: the demo and its
+  synthetic dataset;
+- :mod:`~mmgc.runtime.gc_stats`: reading and plotting the diagnostics.
+"""

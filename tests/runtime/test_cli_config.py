@@ -1,0 +1,113 @@
+"""Command lines and configs of tools/train.py and tools/test.py (mmgc.runtime.cli)."""
+
+from __future__ import annotations
+
+import os.path as osp
+from pathlib import Path
+
+import pytest
+import torch
+from mmengine.config import Config
+
+from mmgc.runtime import cli
+from mmgc.runtime.distributed import setup_cpu_distributed
+
+ROOT = Path(__file__).resolve().parents[2]
+TINY = str(ROOT / 'tests' / 'data' / 'configs' / 'mask_rcnn_tiny_gc.py')
+
+
+def _train_args(*argv: str):
+    return cli.train_parser().parse_args([TINY, *argv])
+
+
+def test_resume_forms():
+    assert _train_args().resume is None
+    assert _train_args('--resume').resume == 'auto'
+    assert _train_args('--resume', 'a.pth').resume == 'a.pth'
+    cfg = cli.train_config(_train_args('--resume'))
+    assert cfg.resume is True and cfg.load_from is None
+    cfg = cli.train_config(_train_args('--resume', 'x/epoch_3.pth'))
+    assert cfg.resume is True and cfg.load_from == 'x/epoch_3.pth'
+
+
+def test_work_dir_launcher_and_cfg_options():
+    cfg = cli.train_config(_train_args())
+    assert cfg.work_dir == osp.join('./work_dirs', 'mask_rcnn_tiny_gc')
+    assert cfg.launcher == 'none'
+    cfg = cli.train_config(
+        _train_args(
+            '--work-dir',
+            'w',
+            '--launcher',
+            'pytorch',
+            '--cfg-options',
+            'train_dataloader.batch_size=3',
+        )
+    )
+    assert (cfg.work_dir, cfg.launcher, cfg.train_dataloader.batch_size) == (
+        'w',
+        'pytorch',
+        3,
+    )
+
+
+def test_bad_launcher_is_refused_by_argparse(capsys):
+    with pytest.raises(SystemExit):
+        cli.train_parser().parse_args([TINY, '--launcher', 'torchrun'])
+    assert "invalid choice: 'torchrun'" in capsys.readouterr().err
+
+
+def test_auto_scale_lr():
+    cfg = cli.train_config(_train_args('--auto-scale-lr'))
+    assert cfg.auto_scale_lr.enable is True
+    assert cfg.auto_scale_lr.base_batch_size == 16
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason='checks the CPU-only path')
+def test_amp_without_gpu_is_refused_clearly():
+    with pytest.raises(RuntimeError, match='--amp needs a CUDA'):
+        cli.train_config(_train_args('--amp'))
+
+
+def test_missing_config_file(tmp_path):
+    args = cli.train_parser().parse_args([str(tmp_path / 'nope.py')])
+    with pytest.raises(FileNotFoundError, match='nope.py'):
+        cli.train_config(args)
+
+
+def test_test_config(tmp_path):
+    ckpt = tmp_path / 'epoch_1.pth'
+    ckpt.write_bytes(b'')
+    args = cli.test_parser().parse_args([TINY, str(ckpt), '--show-dir', 'vis'])
+    cfg = cli.test_config(args)
+    assert cfg.load_from == str(ckpt)
+    assert cfg.default_hooks.visualization.draw is True
+    assert cfg.default_hooks.visualization.test_out_dir == 'vis'
+    with pytest.raises(FileNotFoundError, match='missing.pth'):
+        cli.test_config(cli.test_parser().parse_args([TINY, str(tmp_path / 'missing.pth')]))
+    with pytest.raises(ValueError, match=r'--out must name a \.pkl'):
+        cli.test_config(cli.test_parser().parse_args([TINY, str(ckpt), '--out', 'r.json']))
+
+
+def test_cpu_distributed_setup_is_a_no_op_without_launcher():
+    cfg = Config.fromfile(TINY)
+    cfg.launcher = 'none'
+    assert setup_cpu_distributed(cfg) is False
+    assert 'model_wrapper_cfg' not in cfg
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason='checks the CPU-only path')
+def test_cpu_distributed_needs_the_launcher_environment(monkeypatch):
+    for name in ('RANK', 'WORLD_SIZE', 'MASTER_ADDR', 'MASTER_PORT'):
+        monkeypatch.delenv(name, raising=False)
+    cfg = Config.fromfile(TINY)
+    cfg.launcher = 'pytorch'
+    with pytest.raises(RuntimeError, match='needs the environment variable RANK'):
+        setup_cpu_distributed(cfg)
+    cfg.launcher = 'mpi'
+    monkeypatch.delenv('OMPI_COMM_WORLD_RANK', raising=False)
+    with pytest.raises(RuntimeError, match='OMPI_COMM_WORLD_RANK'):
+        setup_cpu_distributed(cfg)
+    cfg.launcher = 'spark'
+    with pytest.raises(ValueError, match='launcher must be one of'):
+        setup_cpu_distributed(cfg)

@@ -1,0 +1,227 @@
+"""Weights-only checkpoint loading (mmgc.runtime.checkpoint).
+
+A real MMEngine ``Runner`` (a toy model, SGDGC, a message hub with logged
+scalars, two lr schedulers) writes the checkpoints these tests load.
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+
+import numpy as np
+import pytest
+import torch
+from mmengine.logging import HistoryBuffer
+from mmengine.model import BaseModel
+from mmengine.runner import Runner, load_checkpoint
+from mmengine.runner.checkpoint import CheckpointLoader
+from torch import nn
+from torch.utils.data import Dataset
+
+import mmgc  # noqa: F401  (registers SGDGC)
+from mmgc.runtime.checkpoint import (
+    CheckpointLoadError,
+    UnsafeCheckpointError,
+    install_safe_checkpoint_loader,
+    load_from_local_safe,
+    mmengine_safe_globals,
+    safe_torch_load,
+)
+
+
+class _Points(Dataset):
+    metainfo = dict(classes=('a', 'b'), palette=[(1, 2, 3), (4, 5, 6)])
+
+    def __len__(self) -> int:
+        return 8
+
+    def __getitem__(self, i: int) -> dict:
+        gen = torch.Generator().manual_seed(i)
+        return dict(inputs=torch.randn(4, generator=gen), target=torch.randn(1, generator=gen))
+
+
+class _Regressor(BaseModel):
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv1d(1, 3, 2)
+        self.fc = nn.Linear(9, 1)
+
+    def forward(self, inputs, target=None, mode='tensor'):
+        out = self.fc(self.conv(inputs.unsqueeze(1)).flatten(1))
+        if mode == 'loss':
+            return dict(loss=((out - target) ** 2).mean())
+        return out
+
+
+@pytest.fixture(scope='module')
+def runner_checkpoint(tmp_path_factory) -> str:
+    """A checkpoint written by a real Runner after one epoch."""
+    work_dir = tmp_path_factory.mktemp('toy_runner')
+    runner = Runner(
+        model=_Regressor(),
+        work_dir=str(work_dir),
+        train_dataloader=dict(
+            dataset=_Points(),
+            sampler=dict(type='DefaultSampler', shuffle=True),
+            batch_size=2,
+            collate_fn=dict(type='default_collate'),
+        ),
+        optim_wrapper=dict(optimizer=dict(type='SGDGC', lr=0.1, momentum=0.9, weight_decay=1e-4)),
+        param_scheduler=[
+            dict(type='LinearLR', start_factor=0.1, by_epoch=False, begin=0, end=2),
+            dict(type='MultiStepLR', milestones=[1], by_epoch=True),
+        ],
+        train_cfg=dict(by_epoch=True, max_epochs=1),
+        default_hooks=dict(checkpoint=dict(type='CheckpointHook', interval=1)),
+        randomness=dict(seed=0),
+        default_scope='mmengine',
+    )
+    runner.train()
+    _SAVED_STATE.update(
+        model=runner.model.state_dict(),
+        optimizer=runner.optim_wrapper.state_dict(),
+        log_scalars=dict(runner.message_hub.log_scalars),
+    )
+    return str(work_dir / 'epoch_1.pth')
+
+
+#: The runner's state when it wrote the checkpoint (the end of training).
+_SAVED_STATE: dict = {}
+
+
+def _assert_same(a, b) -> None:
+    if isinstance(a, torch.Tensor):
+        torch.testing.assert_close(b, a, rtol=0, atol=0)
+    elif isinstance(a, np.ndarray):
+        np.testing.assert_array_equal(b, a)
+    elif isinstance(a, dict):
+        assert a.keys() == b.keys()
+        for key in a:
+            _assert_same(a[key], b[key])
+    elif isinstance(a, (list, tuple)):
+        assert type(a) is type(b) and len(a) == len(b)
+        for x, y in zip(a, b):
+            _assert_same(x, y)
+    elif isinstance(a, HistoryBuffer):
+        _assert_same(a.data, b.data)
+        assert a.mean() == b.mean() and a.current() == b.current()
+        assert a._statistics_methods == b._statistics_methods
+    else:
+        assert a == b
+
+
+def test_runner_checkpoint_needs_exactly_the_allowed_globals(runner_checkpoint):
+    found = set(torch.serialization.get_unsafe_globals_in_checkpoint(runner_checkpoint))
+    allowed = {name for _, name in mmengine_safe_globals()}
+    assert found, 'torch now allows these by default; revisit the allow list'
+    assert found <= allowed
+    with torch.serialization.safe_globals(mmengine_safe_globals()):
+        assert torch.serialization.get_unsafe_globals_in_checkpoint(runner_checkpoint) == []
+
+
+def test_safe_load_gives_back_what_the_runner_saved(runner_checkpoint):
+    safe = safe_torch_load(runner_checkpoint, map_location='cpu')
+    _assert_same(_SAVED_STATE['model'], safe['state_dict'])
+    _assert_same(_SAVED_STATE['optimizer'], safe['optimizer'])
+    hub = safe['message_hub']['log_scalars']
+    assert hub.keys() == _SAVED_STATE['log_scalars'].keys()
+    for key, buffer in _SAVED_STATE['log_scalars'].items():
+        _assert_same(buffer, hub[key])
+    assert {'meta', 'state_dict', 'message_hub', 'optimizer', 'param_schedulers'} <= set(safe)
+    groups = safe['optimizer']['param_groups']
+    assert all('gc' in g and 'gc_dim' in g for g in groups)
+
+
+def test_plain_torch_load_fails_without_the_allow_list(runner_checkpoint):
+    """The failure this module fixes (torch >= 2.6 default)."""
+    with pytest.raises(pickle.UnpicklingError):
+        torch.load(runner_checkpoint, weights_only=True)
+
+
+def test_installed_loader_serves_mmengine_load_checkpoint(runner_checkpoint):
+    assert install_safe_checkpoint_loader() is True
+    assert install_safe_checkpoint_loader() is True  # idempotent
+    assert CheckpointLoader._get_checkpoint_loader('/any/local.pth') is load_from_local_safe
+    # Remote schemes stay MMEngine's.
+    assert CheckpointLoader._get_checkpoint_loader('https://x/y.pth') is not (load_from_local_safe)
+    model = _Regressor()
+    ckpt = load_checkpoint(model, runner_checkpoint, map_location='cpu')
+    torch.testing.assert_close(model.fc.weight, ckpt['state_dict']['fc.weight'])
+
+
+class _RunsCode:
+    def __init__(self, marker: str) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        return (os.system, (f'touch {self.marker}',))
+
+
+class _LooksUpInit:
+    def __reduce__(self):
+        return (getattr, (HistoryBuffer, '__init__'))
+
+
+def test_refuses_code_and_runs_nothing(runner_checkpoint, tmp_path):
+    marker = tmp_path / 'code_ran'
+    ckpt = safe_torch_load(runner_checkpoint)
+    ckpt['meta']['payload'] = _RunsCode(str(marker))
+    path = str(tmp_path / 'evil.pth')
+    torch.save(ckpt, path)
+    with pytest.raises(UnsafeCheckpointError) as info:
+        safe_torch_load(path)
+    message = str(info.value)
+    assert message.startswith(f"Refusing to load checkpoint '{path}'")
+    assert "'posix.system'" in message or "'nt.system'" in message
+    assert message.count('. ') == 0 and message.endswith('.')  # one sentence
+    assert not marker.exists()
+
+
+def test_refuses_getattr_beyond_history_buffer_statistics(tmp_path):
+    path = str(tmp_path / 'getattr.pth')
+    torch.save({'x': _LooksUpInit()}, path)
+    with pytest.raises(UnsafeCheckpointError, match=r"getattr\(HistoryBuffer, '__init__'\)"):
+        safe_torch_load(path)
+
+
+def test_refuses_an_unknown_class(tmp_path):
+    path = str(tmp_path / 'class.pth')
+    torch.save({'weird': _LooksUpInit}, path)  # a class object, pickled by name
+    with pytest.raises(UnsafeCheckpointError, match='_LooksUpInit'):
+        safe_torch_load(path)
+
+
+@pytest.mark.parametrize(
+    'corrupt',
+    [
+        pytest.param(lambda data: data[: len(data) // 2], id='truncated'),
+        pytest.param(lambda data: b'', id='empty'),
+        pytest.param(lambda data: b'not a checkpoint at all' * 4, id='garbage'),
+        pytest.param(lambda data: data[:200] + bytes(64) + data[264:], id='overwritten-bytes'),
+    ],
+)
+def test_corrupt_file_names_the_file(runner_checkpoint, tmp_path, corrupt):
+    with open(runner_checkpoint, 'rb') as f:
+        data = f.read()
+    path = str(tmp_path / 'broken.pth')
+    with open(path, 'wb') as f:
+        f.write(corrupt(data))
+    with pytest.raises(CheckpointLoadError) as info:
+        safe_torch_load(path)
+    assert not isinstance(info.value, UnsafeCheckpointError)
+    assert str(info.value).startswith(f"Cannot read checkpoint '{path}'")
+    assert 'truncated or corrupt' in str(info.value)
+
+
+def test_missing_file(tmp_path):
+    path = str(tmp_path / 'nope.pth')
+    with pytest.raises(FileNotFoundError, match='nope.pth'):
+        safe_torch_load(path)
+
+
+def test_legacy_format_loads(runner_checkpoint, tmp_path):
+    ckpt = safe_torch_load(runner_checkpoint)
+    path = str(tmp_path / 'legacy.pth')
+    torch.save(ckpt, path, _use_new_zipfile_serialization=False)
+    _assert_same(ckpt, safe_torch_load(path))
