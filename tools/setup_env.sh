@@ -1,29 +1,44 @@
 #!/usr/bin/env bash
-# Install mmgc and its pinned OpenMMLab stack into a project-local virtualenv.
+# Install mmgc and a pinned OpenMMLab stack into a project-local virtualenv.
 #
 # Usage: bash tools/setup_env.sh            (idempotent; a second run is quick)
 #
+# Two stacks are tested (MMGC_STACK picks one; default: newest):
+#   newest  torch 2.13.0 (CPU wheel), NumPy 2             -> <repo>/.venv
+#   oldest  torch 2.1.2, numpy<2: the newest torch with     -> <repo>/.venv-torch2.1
+#           OpenMMLab's prebuilt MMCV 2.1 wheels, i.e. what MMDetection 3.3
+#           GPU users run (PyPI's torch 2.1.2 is the CUDA 12.1 build; it runs
+#           on a CPU)
+# Both get MMEngine 0.10.7, MMCV 2.1.0 built from source with its ops against
+# that torch, MMDetection 3.3.0, pycocotools and mmgc (editable, test extras).
+#
 # Environment knobs:
-#   MMGC_VENV           where the virtualenv lives        (default: <repo>/.venv)
-#   MMGC_PYTHON         interpreter that creates it        (default: python3)
-#   MMGC_TORCH_VERSION  torch pinned before anything else  (default: 2.13.0)
+#   MMGC_STACK          newest | oldest                     (default: newest)
+#   MMGC_VENV           where the virtualenv lives          (default: per stack, above)
+#   MMGC_PYTHON         interpreter that creates it         (default: python3)
+#   MMGC_TORCH_VERSION  torch pinned before anything else   (default: per stack)
+#   MMGC_WHEELHOUSE     where built MMCV wheels are kept    (default: ~/.cache/mmgc/wheelhouse)
 #
 # Order matters on a CPU-only machine: torch is installed first and pinned, so
-# that no later package pulls a CUDA build; MMCV 2.1.0 has no wheel for recent
-# torch and is built from source with its ops (MMCV_WITH_OPS=1) against the
-# torch already present (--no-build-isolation), with setuptools<81 because
-# MMCV's setup.py and MMEngine 0.10.7 import pkg_resources. pip keeps the built
-# MMCV wheel in its cache, so only the first install pays the ~8 min build.
+# that no later package pulls another build. MMCV 2.1.0 has no wheel for these
+# torch/CPU pairs and is built from source (MMCV_WITH_OPS=1) against the torch
+# already present (--no-build-isolation), with setuptools<81 because MMCV's
+# setup.py and MMEngine 0.10.7 import pkg_resources. The built wheel is kept in
+# a wheelhouse folder named by torch version, outside the clone, and built with
+# pip's cache off: pip's cache keys the build by MMCV's source, not by the torch
+# it was compiled against, so a wheel built for one torch would install into
+# another and fail at import. Only the first install per torch version pays the
+# build (8 to 30 minutes on 2 cores, depending on the machine).
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
-VENV=${MMGC_VENV:-$ROOT/.venv}
+source "$ROOT/tools/_stack.sh" || exit 2
 PYTHON=${MMGC_PYTHON:-python3}
-TORCH_VERSION=${MMGC_TORCH_VERSION:-2.13.0}
+WHEELHOUSE=${MMGC_WHEELHOUSE:-${XDG_CACHE_HOME:-$HOME/.cache}/mmgc/wheelhouse}/torch-$TORCH_VERSION
 STAMP="$VENV/.mmgc-stack"
-WANT="torch=$TORCH_VERSION mmengine=0.10.7 mmcv=2.1.0 mmdet=3.3.0 $(cat "$ROOT/pyproject.toml" | sha1sum | cut -c1-12)"
+WANT="torch=$TORCH_VERSION ${PINS[*]:-} mmengine=0.10.7 mmcv=2.1.0 mmdet=3.3.0 $(sha1sum < "$ROOT/pyproject.toml" | cut -c1-12)"
 
-log() { printf '[setup_env] %s\n' "$*"; }
+log() { printf '[setup_env:%s] %s\n' "$STACK" "$*"; }
 
 if [ ! -x "$VENV/bin/python" ]; then
   log "creating virtualenv $VENV"
@@ -37,21 +52,28 @@ if [ -f "$STAMP" ] && [ "$(cat "$STAMP")" = "$WANT" ]; then
   exit 0
 fi
 
-log "1/5 torch==$TORCH_VERSION (pinned first)"
-"${PIP[@]}" "torch==$TORCH_VERSION"
+log "1/5 torch==$TORCH_VERSION ${PINS[*]:-} (pinned first)"
+"${PIP[@]}" "torch==$TORCH_VERSION" "${PINS[@]}"
 log "2/5 build tools and MMEngine"
-"${PIP[@]}" "setuptools<81" wheel ninja "mmengine==0.10.7"
+"${PIP[@]}" "torch==$TORCH_VERSION" "${PINS[@]}" "setuptools<81" wheel ninja "mmengine==0.10.7"
 if "$PY" -c "import mmcv, mmcv.ops; assert mmcv.__version__ == '2.1.0'" >/dev/null 2>&1; then
   log "3/5 mmcv 2.1.0 with ops already installed"
 else
-  log "3/5 mmcv==2.1.0 from source with ops (about 8 minutes on 2 cores the first time; cached after)"
-  MMCV_WITH_OPS=1 MAX_JOBS=${MAX_JOBS:-$(nproc)} FORCE_CUDA=${FORCE_CUDA:-0} \
-    "${PIP[@]}" --no-build-isolation "mmcv==2.1.0"
+  if ! compgen -G "$WHEELHOUSE/mmcv-2.1.0-*.whl" >/dev/null; then
+    log "3/5 building mmcv==2.1.0 with ops against torch $TORCH_VERSION into $WHEELHOUSE (8-30 minutes on 2 cores, once per torch version)"
+    mkdir -p "$WHEELHOUSE"
+    MMCV_WITH_OPS=1 MAX_JOBS=${MAX_JOBS:-$(nproc)} FORCE_CUDA=${FORCE_CUDA:-0} \
+      "$PY" -m pip wheel --progress-bar off --no-cache-dir --no-build-isolation --no-deps \
+      -w "$WHEELHOUSE" "mmcv==2.1.0"
+  fi
+  WHEEL=$(compgen -G "$WHEELHOUSE/mmcv-2.1.0-*.whl" | head -n 1)
+  log "3/5 mmcv 2.1.0 from $WHEEL"
+  "${PIP[@]}" "torch==$TORCH_VERSION" "${PINS[@]}" "$WHEEL"
 fi
 log "4/5 mmdet==3.3.0, pycocotools"
-"${PIP[@]}" "mmdet==3.3.0" pycocotools
+"${PIP[@]}" "torch==$TORCH_VERSION" "${PINS[@]}" "mmdet==3.3.0" pycocotools
 log "5/5 mmgc (editable) with test extras"
-"${PIP[@]}" --no-build-isolation -e "$ROOT[tests]"
+"${PIP[@]}" "torch==$TORCH_VERSION" "${PINS[@]}" --no-build-isolation -e "$ROOT[tests]"
 "$PY" - <<'PY'
 import torch, mmengine, mmcv, mmcv.ops, mmdet, mmgc  # noqa: F401
 print(f"[setup_env] torch {torch.__version__}, mmengine {mmengine.__version__}, "

@@ -3,6 +3,8 @@
 Nothing here is loaded by ``import mmgc``; each tool imports the modules it
 uses, and a config that wants one of the hooks below names its module in
 ``custom_imports`` (e.g. ``imports=['mmgc', 'mmgc.runtime.hooks']``).
+Importing any of them first checks that the installed MMCV and MMDetection
+are versions mmgc is tested with (:mod:`mmgc.version`).
 
 - :mod:`~mmgc.runtime.cli`: ``tools/train.py`` and ``tools/test.py``;
 - :mod:`~mmgc.runtime.checkpoint`: weights-only checkpoint loading;
@@ -18,3 +20,11 @@ uses, and a config that wants one of the hooks below names its module in
   synthetic dataset;
 - :mod:`~mmgc.runtime.gc_stats`: reading and plotting the diagnostics.
 """
+
+import mmcv
+import mmdet
+
+from ..version import check_version
+
+check_version('mmcv', mmcv.__version__)
+check_version('mmdet', mmdet.__version__)

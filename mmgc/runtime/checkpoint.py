@@ -1,54 +1,63 @@
-"""Weights-only checkpoint loading for MMEngine runners.
+"""Checkpoint loading that never runs code, on every supported torch.
 
-MMEngine 0.10 calls ``torch.load(filename, map_location=...)`` without
-``weights_only``. Since torch 2.6 that defaults to ``weights_only=True`` and
-fails on the numpy arrays and ``HistoryBuffer`` objects every MMEngine
-checkpoint holds, so ``--resume`` breaks; passing ``weights_only=False``
-would let any checkpoint run arbitrary code. This module keeps torch's
-weights-only unpickler and allows exactly the extra types found in
-checkpoints that MMEngine's ``Runner`` writes (found by saving real
-checkpoints and listing them with
-``torch.serialization.get_unsafe_globals_in_checkpoint``):
+MMEngine 0.10 loads checkpoints with ``torch.load(filename, map_location=...)``
+and no ``weights_only``. Under torch >= 2.6 that means weights-only, which
+refuses the numpy arrays and ``HistoryBuffer`` objects every MMEngine
+checkpoint holds, so ``--resume`` fails; under older torch it means a full
+unpickle, so a checkpoint can run any code. :func:`safe_torch_load` loads
+genuine MMEngine checkpoints on every torch from 2.1 on and refuses anything
+else, with two guards:
 
-- ``mmengine.logging.history_buffer.HistoryBuffer`` (the message hub's
-  logged scalars), and the lookup ``getattr(HistoryBuffer, <statistic>)``
-  that pickles its statistics methods (``min``, ``max``, ``mean``,
-  ``current``); ``getattr`` on anything else is refused;
-- numpy arrays, scalars and numeric dtypes (``numpy.ndarray``,
-  ``numpy.dtype``, ``numpy._core.multiarray._reconstruct`` / ``scalar``,
-  also under their numpy 1.x names ``numpy.core.multiarray.*``, and the
-  bool / integer / float / complex dtype classes).
+1. **Before anything is unpickled**, every global that the checkpoint's
+   pickles name is read with :mod:`pickletools` (:func:`checkpoint_globals`)
+   and checked against an allow list: torch's own tensor and storage types,
+   and the types MMEngine checkpoints hold (:func:`mmengine_safe_globals`:
+   ``HistoryBuffer``, numpy arrays, scalars and dtypes). A checkpoint that
+   names anything else is refused with :class:`UnsafeCheckpointError`.
+   This works the same on every torch.
+2. **The load itself** resolves only the allow list: where torch has
+   ``torch.serialization.safe_globals`` (2.5 and later), torch's
+   weights-only unpickler with the MMEngine types added; on older torch
+   (no ``safe_globals``, so ``weights_only=True`` cannot take them) an
+   unpickler whose ``find_class`` returns allowed objects and refuses every
+   other name, handed to ``torch.load`` as its ``pickle_module``.
 
-:func:`install_safe_checkpoint_loader` registers :func:`load_from_local_safe`
-as MMEngine's loader for local paths (``CheckpointLoader`` scheme ``''``),
-which every local load goes through: ``Runner.resume`` (``--resume``),
-``load_from`` and ``tools/test.py``'s checkpoint, and
-``mmengine.runner.load_checkpoint``. MMEngine's other schemes (http,
-``open-mmlab://``, ...) fetch plain state dicts and are left as they are.
+``HistoryBuffer`` pickles its statistics methods as
+``getattr(HistoryBuffer, 'mean')``: ``builtins.getattr`` is allowed only as
+a stand-in that resolves exactly those statistics.
 
-Before unpickling, every member of a zip checkpoint is read and its CRC-32
-checked (``torch.load`` does not): a flipped bit in a stored tensor is a
-``CheckpointLoadError``, not wrong weights.
+:func:`install_safe_checkpoint_loader` makes :func:`safe_torch_load`
+MMEngine's loader for local paths, which every local load goes through
+(``Runner.resume``, ``load_from``, ``tools/test.py``'s checkpoint,
+``mmengine.runner.load_checkpoint``). Before unpickling, every member of a
+zip checkpoint is CRC-checked (``torch.load`` does not), so a flipped bit is
+a :class:`CheckpointLoadError`, not wrong weights.
 """
 
 from __future__ import annotations
 
+import collections
+import functools
 import inspect
-import logging
+import io
 import os
 import os.path as osp
 import pickle
+import pickletools
+import types
 import zipfile
 from typing import Any, Callable, Union
 
 import numpy as np
 import torch
-from mmengine.logging import HistoryBuffer, print_log
+from mmengine.logging import HistoryBuffer
 from mmengine.runner.checkpoint import CheckpointLoader
 
 __all__ = [
     'CheckpointLoadError',
     'UnsafeCheckpointError',
+    'checkpoint_globals',
+    'crc_problem',
     'install_safe_checkpoint_loader',
     'load_from_local_safe',
     'mmengine_safe_globals',
@@ -79,35 +88,55 @@ _NUMPY_DTYPES = (
 #: ``HistoryBuffer`` statistics registered by its constructor.
 _DEFAULT_STATISTICS = frozenset({'min', 'max', 'current', 'mean'})
 
-#: How the weights-only unpickler's refusals start (anything else it raises
-#: means bytes that are not a pickle: a corrupt file).
-_REFUSAL_PREFIXES = (
-    'Unsupported call: ',  # raised by _history_buffer_getattr
-    'Unsupported global',
-    'Trying to',  # "... call reduce for unrecognized function", "... blocked"
-    'Can only',  # build / create / append / extend / set on other types
+#: torch's functions that rebuild tensors and parameters from a checkpoint.
+_TORCH_REBUILDERS = (
+    '_rebuild_tensor',
+    '_rebuild_tensor_v2',
+    '_rebuild_tensor_v3',
+    '_rebuild_parameter',
+    '_rebuild_parameter_with_state',
 )
 
-_REFUSED = "pickled object that torch's weights-only unpickler refused"
+#: The number of pickles a legacy (non-zip) checkpoint starts with: magic
+#: number, protocol, system info, the object, the storage keys.
+_LEGACY_PICKLES = 5
+
+#: Opcodes that name a global. STACK_GLOBAL takes its names from the stack.
+_GLOBAL_OPCODES = frozenset({'GLOBAL', 'INST'})
+_STRING_OPCODES = frozenset(
+    {
+        'SHORT_BINUNICODE',
+        'BINUNICODE',
+        'BINUNICODE8',
+        'UNICODE',
+        'SHORT_BINSTRING',
+        'BINSTRING',
+        'STRING',
+    }
+)
+_EXTENSION_OPCODES = frozenset({'EXT1', 'EXT2', 'EXT4'})
 
 
 class CheckpointLoadError(RuntimeError):
-    """A checkpoint file cannot be read (missing, truncated or corrupt)."""
+    """A checkpoint file cannot be read (truncated or corrupt)."""
 
 
 class UnsafeCheckpointError(CheckpointLoadError):
     """A checkpoint holds a pickled object outside the allowed types."""
 
 
+class _RefusedCall(Exception):
+    """Raised while unpickling by the ``getattr`` stand-in; never escapes."""
+
+
 def _history_buffer_getattr(obj: Any, name: Any) -> Any:
     """Stand-in for ``builtins.getattr`` while unpickling.
 
-    ``HistoryBuffer`` keeps its statistics methods in a dict, which pickles
-    them as ``getattr(HistoryBuffer, 'mean')``. Only that lookup is allowed:
-    one of its statistics methods, defined on ``HistoryBuffer`` itself.
+    Only ``getattr(HistoryBuffer, <statistic>)`` is allowed: one of its
+    statistics methods, defined on ``HistoryBuffer`` itself.
 
     Raises:
-        pickle.UnpicklingError: For any other object or attribute.
+        _RefusedCall: For any other object or attribute.
     """
     statistics = _DEFAULT_STATISTICS.union(HistoryBuffer._statistics_methods)
     if (
@@ -118,20 +147,20 @@ def _history_buffer_getattr(obj: Any, name: Any) -> Any:
     ):
         return vars(HistoryBuffer)[name]
     owner = getattr(obj, '__qualname__', type(obj).__qualname__)
-    raise pickle.UnpicklingError(f'Unsupported call: getattr({owner}, {name!r})')
+    raise _RefusedCall(f'getattr({owner}, {name!r})')
 
 
 def _numpy_multiarray() -> Any:
     """numpy's ``multiarray`` module (``numpy._core`` in numpy 2)."""
     try:
         from numpy._core import multiarray  # numpy >= 2
-    except ImportError:  # pragma: no cover - numpy 1.x
+    except ImportError:  # numpy 1.x
         from numpy.core import multiarray
     return multiarray
 
 
 def mmengine_safe_globals() -> list[tuple[Any, str]]:
-    """The globals, beyond torch's defaults, that MMEngine checkpoints hold.
+    """The globals, beyond torch's own, that MMEngine checkpoints hold.
 
     Returns:
         list[tuple[Any, str]]: ``(object, 'module.qualname')`` pairs in the
@@ -154,24 +183,135 @@ def mmengine_safe_globals() -> list[tuple[Any, str]]:
     return allowed
 
 
-def _safe_globals_supported() -> bool:
-    return hasattr(torch.serialization, 'safe_globals') and hasattr(
-        torch.serialization, 'get_unsafe_globals_in_checkpoint'
-    )
+def _torch_globals() -> dict[str, Any]:
+    """torch's own globals in checkpoints: tensor rebuilders, storage types,
+    dtypes, ``OrderedDict`` (module states) and ``_codecs.encode`` (bytes
+    under pickle protocol 2)."""
+    import _codecs
+
+    allowed: dict[str, Any] = {
+        'collections.OrderedDict': collections.OrderedDict,
+        'collections.Counter': collections.Counter,  # MultiStepLR's milestones
+        '_codecs.encode': _codecs.encode,
+        'torch.device': torch.device,
+        'torch.Size': torch.Size,
+    }
+    for name in _TORCH_REBUILDERS:
+        if hasattr(torch._utils, name):
+            allowed[f'torch._utils.{name}'] = getattr(torch._utils, name)
+    for name in dir(torch):
+        value = getattr(torch, name, None)
+        if isinstance(value, torch.dtype) or (name.endswith('Storage') and isinstance(value, type)):
+            allowed[f'torch.{name}'] = value
+    return allowed
 
 
-def _unsafe_globals(filename: str) -> list[str] | None:
-    """Globals in ``filename`` outside the allow list, read without loading.
+@functools.cache
+def allowed_globals() -> dict[str, Any]:
+    """Every global a checkpoint may name: ``{'module.qualname': object}``."""
+    allowed = _torch_globals()
+    allowed.update({name: obj for obj, name in mmengine_safe_globals()})
+    return allowed
 
-    Must be called inside the ``safe_globals`` context. Returns None when
-    the file cannot be scanned (not a zip checkpoint, or an opcode the
-    static scanner does not know); the weights-only unpickler still guards
-    the load then.
+
+def _global_name(module: str, qualname: str) -> str:
+    """``'module.qualname'``, with Python 2's ``__builtin__`` read as
+    ``builtins`` (pickle protocol 2, torch.save's, writes the old name; the
+    unpickler maps it back)."""
+    return f'{"builtins" if module == "__builtin__" else module}.{qualname}'
+
+
+def _pickle_globals(stream: io.BufferedIOBase) -> set[str]:
+    """The globals one pickle in ``stream`` names, read without unpickling.
+
+    Raises:
+        UnsafeCheckpointError: For globals the scan cannot name (``STACK_GLOBAL``
+            with computed names, copyreg extensions).
+        ValueError: If the bytes are not a pickle (from :mod:`pickletools`).
     """
+    found: set[str] = set()
+    memo: dict[Any, Any] = {}
+    pushed: list[Any] = []  # recent values pushed by string opcodes and memo gets
+    for opcode, arg, _ in pickletools.genops(stream):
+        name = opcode.name
+        if name in _GLOBAL_OPCODES:
+            found.add(_global_name(*arg.split(' ', 1)))
+        elif name in _STRING_OPCODES:
+            pushed.append(arg)
+        elif name in ('BINGET', 'LONG_BINGET', 'GET'):
+            pushed.append(memo.get(arg))
+        elif name in ('BINPUT', 'LONG_BINPUT', 'PUT'):
+            memo[arg] = pushed[-1] if pushed else None
+        elif name == 'MEMOIZE':
+            memo[len(memo)] = pushed[-1] if pushed else None
+        elif name == 'STACK_GLOBAL':
+            module, qualname = pushed[-2:] if len(pushed) >= 2 else (None, None)
+            if not (isinstance(module, str) and isinstance(qualname, str)):
+                raise UnsafeCheckpointError('a pickled global whose name is computed')
+            found.add(_global_name(module, qualname))
+        elif name in _EXTENSION_OPCODES:
+            raise UnsafeCheckpointError('a pickled copyreg extension')
+        else:
+            pushed.append(None)
+        if name == 'STOP':
+            break
+    return found
+
+
+def checkpoint_globals(filename: str) -> set[str]:
+    """Every global named by the pickles in a checkpoint, read with
+    :mod:`pickletools`: nothing is unpickled or imported.
+
+    Reads each ``*.pkl`` member of a zip checkpoint, or the five pickles a
+    legacy (non-zip) checkpoint starts with.
+
+    Args:
+        filename (str): The checkpoint file.
+
+    Returns:
+        set[str]: ``'module.qualname'`` of each global.
+
+    Raises:
+        UnsafeCheckpointError: For a global whose name cannot be read.
+        CheckpointLoadError: If the file is no readable checkpoint.
+    """
+    found: set[str] = set()
     try:
-        return sorted(torch.serialization.get_unsafe_globals_in_checkpoint(filename))
-    except Exception:  # noqa: BLE001 - any failure means "could not scan"
-        return None
+        if zipfile.is_zipfile(filename):
+            with zipfile.ZipFile(filename) as archive:
+                for member in archive.namelist():
+                    if member.endswith('.pkl'):
+                        found |= _pickle_globals(io.BytesIO(archive.read(member)))
+        else:
+            with open(filename, 'rb') as stream:
+                for _ in range(_LEGACY_PICKLES):
+                    found |= _pickle_globals(stream)
+    except (ValueError, EOFError, zipfile.BadZipFile, pickle.UnpicklingError) as err:
+        raise _corrupt_error(filename, err) from None
+    return found
+
+
+def crc_problem(filename: str) -> str | None:
+    """What is wrong with a zip checkpoint's CRC-32s, or None if they match.
+
+    ``torch.load`` does not check the CRCs ``torch.save`` writes, so a
+    flipped bit in a stored tensor would load silently. Nothing is
+    unpickled. Files that are not zip archives (legacy format, or cut off
+    before the zip directory) are reported as not zip checkpoints only by
+    the caller's next step.
+
+    Returns:
+        str | None: e.g. ``"CRC mismatch in 'epoch_1/data/0'"``, or
+        ``'not a zip archive'``, or None.
+    """
+    if not zipfile.is_zipfile(filename):
+        return 'not a zip archive'
+    try:
+        with zipfile.ZipFile(filename) as archive:
+            bad = archive.testzip()
+    except (zipfile.BadZipFile, OSError, EOFError, ValueError) as err:
+        return f'{type(err).__name__}: {err}'
+    return None if bad is None else f'CRC mismatch in {bad!r}'
 
 
 def _first_sentence(err: BaseException) -> str:
@@ -199,47 +339,47 @@ def _corrupt_error(
     )
 
 
-def _unpickler_detail(err: BaseException) -> str:
-    """The weights-only unpickler's own line out of torch's long message."""
-    lines = [line.strip() for line in str(err).splitlines() if line.strip()]
-    for i, line in enumerate(lines):
-        if line.startswith(_REFUSAL_PREFIXES):
-            return line
-        if line.startswith('WeightsUnpickler error:'):
-            rest = line[len('WeightsUnpickler error:') :].strip()
-            if rest:
-                return rest
-            if i + 1 < len(lines):
-                return lines[i + 1]
-    return _first_sentence(err)
+class _AllowListUnpickler(pickle.Unpickler):
+    """An unpickler that resolves the allow list and nothing else."""
+
+    def find_class(self, module: str, name: str) -> Any:
+        qualified = _global_name(module, name)
+        allowed = allowed_globals().get(qualified)
+        if allowed is None:
+            raise _RefusedCall(qualified)
+        return allowed
 
 
-def _is_environment_error(err: BaseException) -> bool:
-    """Errors about this machine, not the file: re-raised unchanged."""
-    if isinstance(err, (PermissionError, IsADirectoryError, MemoryError)):
-        return True
-    # e.g. "Attempting to deserialize object on a CUDA device but ..."
-    return 'deserialize object on' in str(err)
+def _allow_list_pickle_module() -> types.SimpleNamespace:
+    """A ``pickle_module`` for ``torch.load`` that unpickles with
+    :class:`_AllowListUnpickler` (torch < 2.5)."""
+
+    def load(stream: Any, **kwargs: Any) -> Any:
+        return _AllowListUnpickler(stream, **kwargs).load()
+
+    return types.SimpleNamespace(
+        __name__='mmgc_allow_list_pickle', Unpickler=_AllowListUnpickler, load=load
+    )
 
 
-def _crc_mismatch(filename: str) -> str | None:
-    """The first member of a zip checkpoint whose CRC-32 is wrong, or None.
-
-    ``torch.load`` does not check the CRCs that ``torch.save`` writes, so a
-    flipped bit in a stored tensor would load silently. Files that are not
-    zip archives (legacy format, or truncated) are left to ``torch.load``.
-    """
-    if not zipfile.is_zipfile(filename):
-        return None
-    try:
-        with zipfile.ZipFile(filename) as archive:
-            return archive.testzip()
-    except (zipfile.BadZipFile, EOFError, ValueError):
-        return None  # torch.load reports it
+def _load_allow_listed(filename: str, map_location: MapLocation) -> Any:
+    """``torch.load`` resolving only the allow list (see the module doc)."""
+    if hasattr(torch.serialization, 'safe_globals'):
+        with torch.serialization.safe_globals(mmengine_safe_globals()):
+            return torch.load(filename, map_location=map_location, weights_only=True)
+    # torch < 2.5 cannot add types to weights_only=True; an explicit
+    # pickle_module needs weights_only=False, and this one refuses every
+    # global outside the allow list that the scan already checked.
+    return torch.load(
+        filename,
+        map_location=map_location,
+        pickle_module=_allow_list_pickle_module(),
+        weights_only=False,
+    )
 
 
 def safe_torch_load(filename: str, map_location: MapLocation = None) -> Any:
-    """``torch.load`` in weights-only mode with MMEngine's types allowed.
+    """Load a local checkpoint, allowing only the types MMEngine writes.
 
     Args:
         filename (str): Path of a local checkpoint file.
@@ -250,53 +390,34 @@ def safe_torch_load(filename: str, map_location: MapLocation = None) -> Any:
 
     Raises:
         FileNotFoundError: If ``filename`` is not a file.
-        UnsafeCheckpointError: If the file holds any other pickled global;
-            it is refused before anything in it is called.
+        UnsafeCheckpointError: If the file names any other pickled global or
+            call; it is refused before anything in it is called.
         CheckpointLoadError: If the file is truncated or corrupt (a member
             of a zip checkpoint whose CRC-32 does not match included).
-        RuntimeError: If this torch has no ``safe_globals`` (torch < 2.5).
     """
     if not osp.isfile(filename):
         raise FileNotFoundError(f"Checkpoint file '{filename}' does not exist.")
-    if not _safe_globals_supported():
-        raise RuntimeError(
-            'Weights-only checkpoint loading needs torch >= 2.5 '
-            f'(torch.serialization.safe_globals); found torch {torch.__version__}.'
-        )
-    bad_member = _crc_mismatch(filename)
-    if bad_member is not None:
-        raise _corrupt_error(filename, None, f'CRC mismatch in {bad_member!r}')
-    with torch.serialization.safe_globals(mmengine_safe_globals()):
-        unsafe = _unsafe_globals(filename)
-        if unsafe:
-            names = ', '.join(f"'{name}'" for name in unsafe)
-            plural = 's' if len(unsafe) > 1 else ''
-            raise _unsafe_error(filename, f'pickled global{plural} {names}')
-        try:
-            return torch.load(filename, map_location=map_location, weights_only=True)
-        except pickle.UnpicklingError as err:
-            detail = _unpickler_detail(err)
-            if not detail.startswith(_REFUSAL_PREFIXES):
-                # e.g. "Unsupported operand 110": bytes that are no pickle
-                raise _corrupt_error(filename, err, detail) from err
-            # The static scan found nothing, yet the weights-only unpickler
-            # refused: a forbidden getattr or call. Its message names it.
-            raise _unsafe_error(filename, _unpickler_reason(detail)) from None
-        except Exception as err:
-            if _is_environment_error(err):
-                raise
-            raise _corrupt_error(filename, err) from err
-
-
-def _unpickler_reason(detail: str) -> str:
-    """What the weights-only unpickler refused, for the error sentence."""
-    if detail.startswith('Unsupported call: '):
-        return 'pickled call ' + detail[len('Unsupported call: ') :]
-    return f'{_REFUSED} ({detail.rstrip(".")})'
+    problem = crc_problem(filename)
+    if problem is not None and problem != 'not a zip archive':
+        raise _corrupt_error(filename, None, problem)
+    try:
+        unsafe = sorted(set(checkpoint_globals(filename)) - set(allowed_globals()))
+    except UnsafeCheckpointError as err:
+        raise _unsafe_error(filename, str(err)) from None
+    if unsafe:
+        names = ', '.join(f"'{name}'" for name in unsafe)
+        plural = 's' if len(unsafe) > 1 else ''
+        raise _unsafe_error(filename, f'pickled global{plural} {names}')
+    try:
+        return _load_allow_listed(filename, map_location)
+    except _RefusedCall as err:
+        raise _unsafe_error(filename, f'pickled call {err}') from None
+    except (pickle.UnpicklingError, EOFError, ValueError, zipfile.BadZipFile) as err:
+        raise _corrupt_error(filename, err) from None
 
 
 def load_from_local_safe(filename: str, map_location: MapLocation) -> Any:
-    """MMEngine ``CheckpointLoader`` scheme for local paths, weights-only.
+    """MMEngine ``CheckpointLoader`` scheme for local paths.
 
     Drop-in for ``mmengine.runner.checkpoint.load_from_local``.
 
@@ -310,25 +431,11 @@ def load_from_local_safe(filename: str, map_location: MapLocation) -> Any:
     return safe_torch_load(osp.expanduser(os.fspath(filename)), map_location)
 
 
-def install_safe_checkpoint_loader() -> bool:
+def install_safe_checkpoint_loader() -> None:
     """Make MMEngine load local checkpoints with :func:`safe_torch_load`.
 
-    Re-registers MMEngine's ``CheckpointLoader`` scheme for local paths
-    (the prefix ``''``); ``force=True`` is how MMEngine documents replacing
-    a scheme. Idempotent. On torch < 2.5 (no ``safe_globals``) it leaves
-    MMEngine's loader in place and logs a warning.
-
-    Returns:
-        bool: Whether the safe loader is installed.
+    Registers it as MMEngine's ``CheckpointLoader`` scheme for local paths
+    (the prefix ``''``; ``force=True`` is how MMEngine documents replacing a
+    scheme). Idempotent; works on every supported torch.
     """
-    if not _safe_globals_supported():
-        print_log(
-            f'torch {torch.__version__} has no torch.serialization.safe_globals '
-            "(torch >= 2.5): checkpoints are loaded by MMEngine's own loader.",
-            logger='current',
-            level=logging.WARNING,
-        )
-        return False
-    if CheckpointLoader._schemes.get('') is not load_from_local_safe:
-        CheckpointLoader.register_scheme(prefixes='', loader=load_from_local_safe, force=True)
-    return True
+    CheckpointLoader.register_scheme(prefixes='', loader=load_from_local_safe, force=True)

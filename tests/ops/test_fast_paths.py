@@ -197,7 +197,7 @@ def test_tensor_lr_and_weight_decay(kernel):
 
 
 def test_explicit_torch_paths_do_not_use_the_kernel(kernel):
-    """foreach=False is torch's for-loop: bitwise equal to _torch_sgd_gc,
+    """foreach=False is torch's for-loop (the PyTorch path of sgd_gc),
     which rounding tells apart from the kernel (mean summed in double)."""
     torch.manual_seed(0)
     w0, grad = torch.randn(64, 300), torch.randn(64, 300)

@@ -23,11 +23,26 @@ import mmgc  # noqa: F401  (registers SGDGC)
 from mmgc.runtime.checkpoint import (
     CheckpointLoadError,
     UnsafeCheckpointError,
+    allowed_globals,
+    checkpoint_globals,
     install_safe_checkpoint_loader,
     load_from_local_safe,
     mmengine_safe_globals,
     safe_torch_load,
 )
+
+#: Where torch has safe_globals (2.5+), the load uses it; the other path,
+#: an allow-list unpickler for older torch, is tested on every torch by
+#: hiding safe_globals.
+HAS_SAFE_GLOBALS = hasattr(torch.serialization, 'safe_globals')
+
+
+@pytest.fixture(params=['this-torch', 'no-safe-globals'])
+def load_path(request, monkeypatch):
+    """Run a test through each load path this torch can take."""
+    if request.param == 'no-safe-globals' and HAS_SAFE_GLOBALS:
+        monkeypatch.delattr(torch.serialization, 'safe_globals')
+    return request.param
 
 
 class _Points(Dataset):
@@ -112,15 +127,29 @@ def _assert_same(a, b) -> None:
 
 
 def test_runner_checkpoint_needs_exactly_the_allowed_globals(runner_checkpoint):
-    found = set(torch.serialization.get_unsafe_globals_in_checkpoint(runner_checkpoint))
-    allowed = {name for _, name in mmengine_safe_globals()}
-    assert found, 'torch now allows these by default; revisit the allow list'
-    assert found <= allowed
-    with torch.serialization.safe_globals(mmengine_safe_globals()):
-        assert torch.serialization.get_unsafe_globals_in_checkpoint(runner_checkpoint) == []
+    found = checkpoint_globals(runner_checkpoint)
+    mmengine_names = {name for _, name in mmengine_safe_globals()}
+    assert found <= set(allowed_globals())
+    assert found & mmengine_names, 'MMEngine checkpoints no longer need extra types'
+    assert any(name.startswith('torch._utils._rebuild_tensor') for name in found)
 
 
-def test_safe_load_gives_back_what_the_runner_saved(runner_checkpoint):
+@pytest.mark.skipif(
+    not hasattr(torch.serialization, 'get_unsafe_globals_in_checkpoint'),
+    reason='this torch has no scanner of its own to compare with',
+)
+def test_scan_agrees_with_torchs_own_scanner(runner_checkpoint):
+    """torch's scanner (2.5+) lists what its weights-only unpickler does not
+    allow by default: exactly the MMEngine part of what mmgc's scan finds."""
+    theirs = set(torch.serialization.get_unsafe_globals_in_checkpoint(runner_checkpoint))
+    ours = checkpoint_globals(runner_checkpoint)
+    assert theirs
+    assert theirs <= ours
+    mmengine_names = {name for _, name in mmengine_safe_globals()}
+    assert ours - theirs <= set(allowed_globals()) - mmengine_names
+
+
+def test_safe_load_gives_back_what_the_runner_saved(runner_checkpoint, load_path):
     safe = safe_torch_load(runner_checkpoint, map_location='cpu')
     _assert_same(_SAVED_STATE['model'], safe['state_dict'])
     _assert_same(_SAVED_STATE['optimizer'], safe['optimizer'])
@@ -134,14 +163,15 @@ def test_safe_load_gives_back_what_the_runner_saved(runner_checkpoint):
 
 
 def test_plain_torch_load_fails_without_the_allow_list(runner_checkpoint):
-    """The failure this module fixes (torch >= 2.6 default)."""
+    """The failure this module fixes (torch >= 2.6 default); on older torch,
+    weights_only=True refuses the same checkpoint."""
     with pytest.raises(pickle.UnpicklingError):
         torch.load(runner_checkpoint, weights_only=True)
 
 
 def test_installed_loader_serves_mmengine_load_checkpoint(runner_checkpoint):
-    assert install_safe_checkpoint_loader() is True
-    assert install_safe_checkpoint_loader() is True  # idempotent
+    install_safe_checkpoint_loader()
+    install_safe_checkpoint_loader()  # idempotent
     assert CheckpointLoader._get_checkpoint_loader('/any/local.pth') is load_from_local_safe
     # Remote schemes stay MMEngine's.
     assert CheckpointLoader._get_checkpoint_loader('https://x/y.pth') is not (load_from_local_safe)
@@ -163,12 +193,20 @@ class _LooksUpInit:
         return (getattr, (HistoryBuffer, '__init__'))
 
 
-def test_refuses_code_and_runs_nothing(runner_checkpoint, tmp_path):
+@pytest.mark.parametrize(
+    'save',
+    [
+        pytest.param(dict(), id='zip'),
+        pytest.param(dict(pickle_protocol=4), id='zip-protocol-4'),
+        pytest.param(dict(_use_new_zipfile_serialization=False), id='legacy'),
+    ],
+)
+def test_refuses_code_and_runs_nothing(runner_checkpoint, tmp_path, load_path, save):
     marker = tmp_path / 'code_ran'
     ckpt = safe_torch_load(runner_checkpoint)
     ckpt['meta']['payload'] = _RunsCode(str(marker))
     path = str(tmp_path / 'evil.pth')
-    torch.save(ckpt, path)
+    torch.save(ckpt, path, **save)
     with pytest.raises(UnsafeCheckpointError) as info:
         safe_torch_load(path)
     message = str(info.value)
@@ -178,14 +216,14 @@ def test_refuses_code_and_runs_nothing(runner_checkpoint, tmp_path):
     assert not marker.exists()
 
 
-def test_refuses_getattr_beyond_history_buffer_statistics(tmp_path):
+def test_refuses_getattr_beyond_history_buffer_statistics(tmp_path, load_path):
     path = str(tmp_path / 'getattr.pth')
     torch.save({'x': _LooksUpInit()}, path)
     with pytest.raises(UnsafeCheckpointError, match=r"getattr\(HistoryBuffer, '__init__'\)"):
         safe_torch_load(path)
 
 
-def test_refuses_an_unknown_class(tmp_path):
+def test_refuses_an_unknown_class(tmp_path, load_path):
     path = str(tmp_path / 'class.pth')
     torch.save({'weird': _LooksUpInit}, path)  # a class object, pickled by name
     with pytest.raises(UnsafeCheckpointError, match='_LooksUpInit'):
@@ -220,7 +258,7 @@ def test_missing_file(tmp_path):
         safe_torch_load(path)
 
 
-def test_legacy_format_loads(runner_checkpoint, tmp_path):
+def test_legacy_format_loads(runner_checkpoint, tmp_path, load_path):
     ckpt = safe_torch_load(runner_checkpoint)
     path = str(tmp_path / 'legacy.pth')
     torch.save(ckpt, path, _use_new_zipfile_serialization=False)

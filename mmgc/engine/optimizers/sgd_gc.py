@@ -1,13 +1,12 @@
-r"""SGD (with momentum) and Gradient Centralization: the paper's Algorithm 1
-in ``torch.optim.SGD``'s convention.
+r"""SGD (with momentum) and Gradient Centralization.
 
-The class gathers parameters and state; the update is the functional
-:func:`sgd_gc`. By default, on the CPU, it runs mmgc's fused kernel
-(:mod:`mmgc.ops.cpu_kernel`: centralization, momentum and update in one pass
-over memory); with ``foreach`` or ``fused`` set, or where the kernel does not
-apply, it computes the centralized directions with :mod:`mmgc.ops` and hands
-momentum, Nesterov and the parameter update to ``torch.optim.sgd.sgd`` (its
-for-loop, ``foreach`` or ``fused`` kernel).
+The update rule is written once, in :class:`SGDGC`'s docstring. As in
+``torch/optim/sgd.py``, the class gathers each group's tensors and state,
+and the functional :func:`sgd_gc` sorts them once by kernel and calls each
+kernel once: mmgc's CPU kernel (:mod:`mmgc.ops.cpu_kernel`) or
+``torch.optim.sgd.sgd`` (its for-loop, ``foreach`` or ``fused`` kernel).
+Differences between torch versions are found by feature
+(:func:`torch_has_fused_sgd`, :func:`torch_fused_sgd_on_cpu`).
 """
 
 from __future__ import annotations
@@ -44,7 +43,7 @@ def torch_has_fused_sgd() -> bool:
     return 'fused' in inspect.signature(torch_sgd).parameters
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def torch_fused_sgd_on_cpu() -> bool:
     """Whether this torch's fused SGD runs on CPU tensors (tried once on a
     one-element tensor: the first torches with a fused SGD had it for CUDA
@@ -430,8 +429,10 @@ def _partition(
     for i, (param, grad) in enumerate(zip(params, grads)):
         centralized = gc_dims[i] is not None and param.dim() > 1
         kernel = None
-        if default and hyper_on_cpu and cpu_kernel_supports(
-            param, grad, momentum_buffers[i], autograd
+        if (
+            default
+            and hyper_on_cpu
+            and cpu_kernel_supports(param, grad, momentum_buffers[i], autograd)
         ):
             if not centralized and torch_fused_sgd_on_cpu():
                 kernel = _Kernel(mmgc=False, fused=True)
