@@ -11,6 +11,10 @@
 #           on a CPU)
 # Both get MMEngine 0.10.7, MMCV 2.1.0 built from source with its ops against
 # that torch, MMDetection 3.3.0, pycocotools and mmgc (editable, test extras).
+# A third, `forks`, installs the maintained forks on torch 2.13 instead
+# (onedl-mmengine 0.10.12, onedl-mmcv 2.3.6 from source, onedl-mmdetection
+# 3.5.1) into <repo>/.venv-forks; it is not part of CI. All stacks are
+# defined in tools/_stack.sh.
 #
 # Environment knobs:
 #   MMGC_STACK          newest | oldest                     (default: newest)
@@ -36,7 +40,7 @@ source "$ROOT/tools/_stack.sh" || exit 2
 PYTHON=${MMGC_PYTHON:-python3}
 WHEELHOUSE=${MMGC_WHEELHOUSE:-${XDG_CACHE_HOME:-$HOME/.cache}/mmgc/wheelhouse}/torch-$TORCH_VERSION
 STAMP="$VENV/.mmgc-stack"
-WANT="torch=$TORCH_VERSION ${PINS[*]:-} mmengine=0.10.7 mmcv=2.1.0 mmdet=3.3.0 $(sha1sum < "$ROOT/pyproject.toml" | cut -c1-12)"
+WANT="torch=$TORCH_VERSION ${PINS[*]:-} $MMENGINE $MMCV_DIST==$MMCV_VERSION $MMDET $(sha1sum < "$ROOT/pyproject.toml" | cut -c1-12)"
 
 log() { printf '[setup_env:%s] %s\n' "$STACK" "$*"; }
 
@@ -54,24 +58,25 @@ fi
 
 log "1/5 torch==$TORCH_VERSION ${PINS[*]:-} (pinned first)"
 "${PIP[@]}" "torch==$TORCH_VERSION" "${PINS[@]}"
-log "2/5 build tools and MMEngine"
-"${PIP[@]}" "torch==$TORCH_VERSION" "${PINS[@]}" "setuptools<81" wheel ninja "mmengine==0.10.7"
-if "$PY" -c "import mmcv, mmcv.ops; assert mmcv.__version__ == '2.1.0'" >/dev/null 2>&1; then
-  log "3/5 mmcv 2.1.0 with ops already installed"
+log "2/5 build tools and $MMENGINE"
+"${PIP[@]}" "torch==$TORCH_VERSION" "${PINS[@]}" "setuptools<81" wheel ninja "$MMENGINE"
+WHEEL_GLOB="$WHEELHOUSE/${MMCV_DIST//-/_}-$MMCV_VERSION-*.whl"
+if "$PY" -c "import mmcv, mmcv.ops; assert mmcv.__version__ == '$MMCV_VERSION'" >/dev/null 2>&1; then
+  log "3/5 $MMCV_DIST $MMCV_VERSION with ops already installed"
 else
-  if ! compgen -G "$WHEELHOUSE/mmcv-2.1.0-*.whl" >/dev/null; then
-    log "3/5 building mmcv==2.1.0 with ops against torch $TORCH_VERSION into $WHEELHOUSE (8-30 minutes on 2 cores, once per torch version)"
+  if ! compgen -G "$WHEEL_GLOB" >/dev/null; then
+    log "3/5 building $MMCV_DIST==$MMCV_VERSION with ops against torch $TORCH_VERSION into $WHEELHOUSE (8-30 minutes on 2 cores, once per torch version)"
     mkdir -p "$WHEELHOUSE"
     MMCV_WITH_OPS=1 MAX_JOBS=${MAX_JOBS:-$(nproc)} FORCE_CUDA=${FORCE_CUDA:-0} \
       "$PY" -m pip wheel --progress-bar off --no-cache-dir --no-build-isolation --no-deps \
-      -w "$WHEELHOUSE" "mmcv==2.1.0"
+      -w "$WHEELHOUSE" "$MMCV_DIST==$MMCV_VERSION"
   fi
-  WHEEL=$(compgen -G "$WHEELHOUSE/mmcv-2.1.0-*.whl" | head -n 1)
-  log "3/5 mmcv 2.1.0 from $WHEEL"
+  WHEEL=$(compgen -G "$WHEEL_GLOB" | head -n 1)
+  log "3/5 $MMCV_DIST $MMCV_VERSION from $WHEEL"
   "${PIP[@]}" "torch==$TORCH_VERSION" "${PINS[@]}" "$WHEEL"
 fi
-log "4/5 mmdet==3.3.0, pycocotools"
-"${PIP[@]}" "torch==$TORCH_VERSION" "${PINS[@]}" "mmdet==3.3.0" pycocotools
+log "4/5 $MMDET, pycocotools"
+"${PIP[@]}" "torch==$TORCH_VERSION" "${PINS[@]}" "$MMDET" pycocotools
 log "5/5 mmgc (editable) with test extras"
 "${PIP[@]}" "torch==$TORCH_VERSION" "${PINS[@]}" --no-build-isolation -e "$ROOT[tests]"
 "$PY" - <<'PY'

@@ -12,7 +12,7 @@ from mmengine.optim import build_optim_wrapper
 from mmengine.registry import DefaultScope
 
 import mmgc  # noqa: F401
-from tests.optim.test_mask_rcnn_gc import _batch
+from tests.engine.optimizers.test_mask_rcnn_gc import _batch
 
 CONFIGS = Path(__file__).resolve().parents[2] / 'configs' / 'adamw'
 GC = CONFIGS / 'mask_rcnn_r50_fpn_adamw_gc.py'

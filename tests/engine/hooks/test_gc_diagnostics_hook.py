@@ -18,7 +18,7 @@ import mmgc  # noqa: F401
 from mmgc.runtime.gc_stats import load_gc_stats
 from mmgc.engine.hooks import GCDiagnosticsHook
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[3]
 
 
 class ToyNet(BaseModel):
