@@ -133,7 +133,7 @@ class ReferenceAdagradGC:
 
 
 class ReferenceRMSpropGC:
-    """RMSprop (torch's form, not centred, no momentum) on ``P(g + wd w)``."""
+    """RMSprop (torch's form, not centered, no momentum) on ``P(g + wd w)``."""
 
     def __init__(self, weights, out_dims, *, lr, alpha=0.99, eps=1e-8, weight_decay=0.0):
         self.weights = [w.detach().clone().to(torch.float64) for w in weights]

@@ -1,4 +1,4 @@
-"""The AdamW example configs (issue 7): GC twin and baseline differ only in
+"""The AdamW example configs: GC twin and baseline differ only in
 the optim wrapper, and the GC one trains a real Mask R-CNN step with AdamW
 seeing centralized gradients."""
 

@@ -1,4 +1,4 @@
-"""Tests of the paper's detection configs (issue 3): ``configs/*_gc.py``, their
+"""Tests of the paper's detection configs: ``configs/*_gc.py``, their
 baseline twins in ``configs/baselines/``, the shared settings in
 ``configs/_base_/settings.py`` and ``configs/metafile.yml``.
 
@@ -39,7 +39,7 @@ CONFIG_DIR = REPO / 'configs'
 METAFILE = CONFIG_DIR / 'metafile.yml'
 MMDET_CONFIG_DIR = Path(mmdet.__file__).parent / '.mim' / 'configs'
 
-#: One config stem per row of the paper's Tables 5 and 6 (issue 3).
+#: One config stem per row of the paper's Tables 5 and 6.
 ROWS = (
     'faster_rcnn_r50_fpn',
     'faster_rcnn_r101_fpn',
@@ -502,15 +502,15 @@ def test_one_training_step_through_the_configured_optimizer(path, one_thread):
             assert group['gc'] is True, name
             dim = 1 if kind == 'deconv' else 0
             assert group['gc_dim'] == dim, name
-            centred = _centralize(direction, dim)
+            centralized = _centralize(direction, dim)
             if kind != 'conv_ws':
-                # The check below can tell a centred update from a plain one.
+                # The check below can tell a centralized update from a plain one.
                 # (Not for ConvWS2d: weight standardization already centres
                 # its gradient, so GC changes only the tiny decay term; the
                 # gc flags checked above are what matters there.)
-                gap = (centred - direction).abs().max()
-                assert gap > 1e-2 * centred.abs().max(), name
-            direction = centred
+                gap = (centralized - direction).abs().max()
+                assert gap > 1e-2 * centralized.abs().max(), name
+            direction = centralized
         else:
             assert 'gc' not in group, name
         expected = -group['lr'] * direction

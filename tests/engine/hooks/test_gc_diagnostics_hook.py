@@ -94,10 +94,10 @@ def test_logs_fig4_stats_and_eq3_drift(two_runs):
     for stats in (gc, base):
         for layer in ('conv', 'cls'):
             assert [s for s, _ in stats[layer]['grad_norm']] == [2, 4, 6, 8]
-            for (_, raw), (_, centred) in zip(
+            for (_, raw), (_, centralized) in zip(
                 stats[layer]['grad_norm'], stats[layer]['gc_grad_norm']
             ):
-                assert centred <= raw + 1e-7  # a projection never lengthens
+                assert centralized <= raw + 1e-7  # a projection never lengthens
     # Eq. (3): the GC run keeps the weight sums, the baseline's drift
     assert max(v for _, v in gc['conv']['sum_drift']) < 1e-5
     assert max(v for _, v in base['conv']['sum_drift']) > 1e-3

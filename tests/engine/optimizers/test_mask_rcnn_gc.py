@@ -143,7 +143,7 @@ def test_mask_rcnn_trains_with_gc_and_keeps_weight_sums(tmp_path):
     assert len(optimizer.param_groups) <= 3
 
     names = {id(p): n for n, p in model.named_parameters()}
-    centred = {
+    centralized = {
         names[id(p)]: g['gc_dim']
         for g in optimizer.param_groups
         if g['gc']
@@ -152,8 +152,8 @@ def test_mask_rcnn_trains_with_gc_and_keeps_weight_sums(tmp_path):
     }
     weights = _conv_fc_weights(model)
     # every trainable conv and FC weight, with its output-unit dim, nothing else
-    assert centred == {n: d for n, (_, d) in weights.items()}
-    assert centred['roi_head.mask_head.upsample.weight'] == 1  # the deconv
+    assert centralized == {n: d for n, (_, d) in weights.items()}
+    assert centralized['roi_head.mask_head.upsample.weight'] == 1  # the deconv
 
     kept, moved = _train_and_measure(model, wrapper, weights)
     assert all(kept.values()), [n for n, ok in kept.items() if not ok]
