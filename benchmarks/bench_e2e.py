@@ -23,6 +23,8 @@ torch's optimizer step hooks), and GC's overhead over each baseline, both as
 the difference of median iteration times (noisy: the forward/backward time
 varies with the number of proposals) and as the difference of median step
 times divided by the baseline's iteration time (the part GC changes).
+Written to ``--out-dir``: ``e2e.md`` (the table) and ``e2e.png`` (the two
+medians per variant as bars).
 """
 
 from __future__ import annotations
@@ -99,6 +101,28 @@ def build_variants(
         wrapper = build_optim_wrapper(model, copy.deepcopy(wrapper_cfg))
         variants[name] = (model, wrapper, StepTimer(wrapper.optimizer))
     return variants
+
+
+def plot(med_iter: dict[str, float], med_step: dict[str, float], path: Path, title: str) -> Path:
+    """Bars of the median iteration and optimizer-step times, per variant."""
+    from matplotlib.figure import Figure
+
+    names = list(med_iter)
+    fig = Figure(figsize=(8, 3.6), layout='constrained')
+    axes = fig.subplots(1, 2)
+    for ax, values, label in (
+        (axes[0], med_iter, 'median iteration (ms)'),
+        (axes[1], med_step, 'median optimizer step (ms)'),
+    ):
+        heights = [values[n] for n in names]
+        bars = ax.bar(range(len(names)), heights, color=['tab:blue', 'tab:cyan', 'tab:red'])
+        ax.bar_label(bars, fmt='%.1f', fontsize=8)
+        ax.set_xticks(range(len(names)), names, fontsize=8)
+        ax.set_ylabel(label)
+        ax.set_ylim(0, max(heights) * 1.15)
+    fig.suptitle(title, fontsize=10)
+    fig.savefig(path, dpi=120)
+    return path
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -184,7 +208,13 @@ def main(argv: list[str] | None = None) -> dict:
     out = Path(args.out_dir)
     out.mkdir(parents=True, exist_ok=True)
     (out / 'e2e.md').write_text(text + '\n')
-    print_log(f'wrote {out / "e2e.md"}', logger='current')
+    plot(
+        med_iter,
+        med_step,
+        out / 'e2e.png',
+        f'{Path(args.gc_config).name} vs its baseline, {torch.get_num_threads()} threads',
+    )
+    print_log(f'wrote {out / "e2e.md"} and {out / "e2e.png"}', logger='current')
     return dict(iteration_ms=med_iter, step_ms=med_step)
 
 

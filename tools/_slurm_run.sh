@@ -2,8 +2,10 @@
 # Shared by slurm_train.sh and slurm_test.sh: start a tools/*.py script on a
 # Slurm partition.  Usage: _slurm_run.sh PARTITION JOB_NAME SCRIPT [script args...]
 # Environment: GPUS (tasks in total, 8), GPUS_PER_NODE (8), CPUS_PER_TASK (5),
-# SRUN_ARGS (extra srun options), PYTHON (python). CPU-only nodes:
-# GPUS_PER_NODE=0 asks for no GPUs and TASKS_PER_NODE processes per node (1).
+# SRUN_ARGS (extra srun options). CPU-only nodes: GPUS_PER_NODE=0 asks for no
+# GPUs and TASKS_PER_NODE processes per node (1). The interpreter: PYTHON, else
+# $MMGC_VENV/bin/python, else <repo>/.venv/bin/python, else python
+# (tools/_python.sh); the nodes must see the same path.
 set -euo pipefail
 PARTITION=$1
 JOB_NAME=$2
@@ -18,6 +20,7 @@ else
   GRES=()
 fi
 ROOT="$(cd "$(dirname "$0")/.." && pwd)"
+source "$ROOT/tools/_python.sh"
 set -x
 # shellcheck disable=SC2086  # SRUN_ARGS holds several options
 PYTHONPATH="$ROOT${PYTHONPATH:+:$PYTHONPATH}" \
@@ -29,4 +32,4 @@ srun -p "$PARTITION" \
     --cpus-per-task="${CPUS_PER_TASK:-5}" \
     --kill-on-bad-exit=1 \
     ${SRUN_ARGS:-} \
-    "${PYTHON:-python}" -u "$ROOT/tools/$SCRIPT" "${@:4}" --launcher=slurm
+    "$PY" -u "$ROOT/tools/$SCRIPT" "${@:4}" --launcher=slurm

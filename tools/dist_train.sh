@@ -6,6 +6,8 @@
 # processes per node train with the gloo backend.
 # A process that dies or hangs stops the whole run with a one-line message
 # (set the wait for a hung one with --dist-timeout SECONDS or MMGC_DIST_TIMEOUT).
+# Python: the project's venv (MMGC_VENV, default <repo>/.venv) when it exists;
+# PYTHON=... overrides it.
 set -euo pipefail
 if [ $# -lt 2 ]; then
   echo "usage: $0 CONFIG NUM_GPUS [tools/train.py args...]" >&2

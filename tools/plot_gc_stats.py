@@ -1,6 +1,8 @@
 """Plot gradient statistics of a GC run against its baseline (paper, Fig. 4).
 
-Both runs need ``custom_hooks = [dict(type='GCDiagnosticsHook', interval=N)]``.
+Both runs need ``GCDiagnosticsHook``: train them with ``--gc-diagnostics N``,
+or put ``custom_hooks = [dict(type='GCDiagnosticsHook', interval=N)]`` in their
+configs.
 
 Example:
     python tools/plot_gc_stats.py work_dirs/mask_rcnn_r50_fpn_gc \\
@@ -11,11 +13,8 @@ from __future__ import annotations
 
 import argparse
 import sys
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from mmgc.runtime.gc_stats import load_gc_stats, plot_gc_stats  # noqa: E402
+from mmgc.runtime.gc_stats import load_gc_stats, plot_gc_stats
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -3,13 +3,16 @@
 Usage (from the repository root; ``bash tools/run_demo.sh`` also installs the
 environment first)::
 
-    python tools/run_demo.py                      # the full demo (~10 min, 2 cores)
+    python tools/run_demo.py                      # the full demo (~12 min, 2 cores)
+    python tools/run_demo.py --seeds 0 1 2        # three pairs (~37 min)
     python tools/run_demo.py --iters 20 --num-train 16 --num-val 8   # a quick look
 
 It makes the synthetic shapes dataset (``data/shapes``, reused when present),
-trains ``configs/demo/baselines/mask_rcnn_r18_fpn_shapes.py`` and
-``configs/demo/mask_rcnn_r18_fpn_shapes_gc.py`` one after the other, evaluates
-each on the val split with the COCO metric, and writes ``reports/demo/``.
+then for each training seed trains ``configs/demo/baselines/mask_rcnn_r18_fpn_shapes.py``
+and ``configs/demo/mask_rcnn_r18_fpn_shapes_gc.py`` side by side (pair after
+pair), evaluates each on the val split with the COCO metric, compares them
+(mean ± spread over seeds, paired deltas with 95% intervals, verdicts) and
+writes ``reports/demo/``.
 """
 
 from __future__ import annotations
@@ -46,7 +49,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         '--work-dir',
         default='work_dirs/demo',
-        help="parent of the two runs' work dirs (default: work_dirs/demo)",
+        help="parent of the runs' work dirs, seed<S>/{baseline,gc} (default: work_dirs/demo)",
     )
     parser.add_argument(
         '--report-dir',
@@ -65,7 +68,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help='training iterations of each run (default: max_iters of the demo configs)',
     )
     parser.add_argument(
-        '--seed', type=_non_negative, default=0, help='training seed of both runs (default: 0)'
+        '--seeds',
+        '--seed',
+        dest='seeds',
+        nargs='+',
+        type=_non_negative,
+        default=[0],
+        metavar='S',
+        help='training seeds, one GC/baseline pair each (default: 0)',
     )
     parser.add_argument(
         '--data-seed',
@@ -85,7 +95,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         '--sequential',
         action='store_true',
-        help='train the two runs one after the other (default: side by side, '
+        help="train a pair's two runs one after the other (default: side by side, "
         'each with half the CPU threads)',
     )
     parser.add_argument(
@@ -93,7 +103,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument('--gc-config', default=str(GC_CONFIG), help=argparse.SUPPRESS)
     parser.add_argument('--baseline-config', default=str(BASELINE_CONFIG), help=argparse.SUPPRESS)
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    if len(set(args.seeds)) != len(args.seeds):
+        parser.error(f'--seeds must differ; got {" ".join(map(str, args.seeds))}')
+    return args
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -110,11 +123,10 @@ def main(argv: list[str] | None = None) -> int:
         work_dir=args.work_dir,
         report_dir=args.report_dir,
         iters=args.iters,
-        seed=args.seed,
+        seeds=args.seeds,
         data_seed=args.data_seed,
         num_train=args.num_train,
         num_val=args.num_val,
-        compare_tool=ROOT / 'tools' / 'compare_ap.py',
         parallel=not args.sequential,
         threads=args.threads,
         command=shlex.join(['python', 'tools/run_demo.py', *(argv or sys.argv[1:])]),

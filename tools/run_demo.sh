@@ -1,9 +1,11 @@
 #!/usr/bin/env bash
 # The demo in one command: install the environment if needed, then train Mask
 # R-CNN with Gradient Centralization and with its SGD baseline on synthetic
-# shapes, evaluate both (COCO metric) and write reports/demo/.
+# shapes, for each training seed (a pair's two runs side by side, pair after
+# pair), evaluate them (COCO metric), compare them (mean +- spread, paired
+# deltas with 95% intervals, verdicts) and write reports/demo/.
 #
-# Usage: bash tools/run_demo.sh [--iters N] [--seed S] [--num-train N]
+# Usage: bash tools/run_demo.sh [--seeds S [S ...]] [--iters N] [--num-train N]
 #                               [--num-val N] [--work-dir DIR] [--report-dir DIR]
 #        (options as in `python tools/run_demo.py --help`)
 #

@@ -4,7 +4,7 @@ Usage::
 
     python tools/test.py CONFIG CHECKPOINT [--work-dir DIR] [--out FILE.pkl]
         [--show] [--show-dir DIR] [--cfg-options KEY=VALUE ...]
-        [--launcher {none,pytorch,slurm,mpi}]
+        [--launcher {none,pytorch,slurm,mpi}] [--dist-timeout SECONDS]
 
 Writes the metrics to ``<work_dir>/test_metrics.json`` for
 ``tools/compare_ap.py``. See docs/tools.md; the logic lives in
@@ -18,7 +18,7 @@ import sys
 from mmdet.utils import register_all_modules, setup_cache_size_limit_of_dynamo
 from torch.distributed.elastic.multiprocessing.errors import record
 
-import mmgc  # noqa: F401  (registers SGDGC and GCOptimWrapperConstructor)
+import mmgc  # noqa: F401  (the GC core: SGDGC, its constructor, GCDiagnosticsHook)
 from mmgc.runtime.cli import exit_on_user_error, parse_args, run_test, test_parser
 
 

@@ -3,8 +3,8 @@
 Usage::
 
     python tools/train.py CONFIG [--work-dir DIR] [--resume [CKPT]] [--amp]
-        [--auto-scale-lr] [--cfg-options KEY=VALUE ...]
-        [--launcher {none,pytorch,slurm,mpi}]
+        [--auto-scale-lr] [--gc-diagnostics INTERVAL] [--cfg-options KEY=VALUE ...]
+        [--launcher {none,pytorch,slurm,mpi}] [--dist-timeout SECONDS]
 
 See docs/tools.md; the logic lives in ``mmgc.runtime.cli``.
 """
@@ -16,7 +16,7 @@ import sys
 from mmdet.utils import register_all_modules, setup_cache_size_limit_of_dynamo
 from torch.distributed.elastic.multiprocessing.errors import record
 
-import mmgc  # noqa: F401  (registers SGDGC and GCOptimWrapperConstructor)
+import mmgc  # noqa: F401  (the GC core: SGDGC, its constructor, GCDiagnosticsHook)
 from mmgc.runtime.cli import exit_on_user_error, parse_args, run_train, train_parser
 
 

@@ -7,9 +7,11 @@ Importing any of them first checks that the installed MMCV and MMDetection
 are versions mmgc is tested with (:mod:`mmgc.version`).
 
 - :mod:`~mmgc.runtime.cli`: ``tools/train.py`` and ``tools/test.py``;
-- :mod:`~mmgc.runtime.checkpoint`: weights-only checkpoint loading;
-- :mod:`~mmgc.runtime.resume`: the checkpoint ``--resume`` picks, and GC
-  runs resumed from plain-SGD checkpoints;
+- :mod:`~mmgc.runtime.errors`: the errors that end a tool in one line;
+- :mod:`~mmgc.runtime.checkpoint`: checkpoint loading that runs no code;
+- :mod:`~mmgc.runtime.resume`: the checkpoint ``--resume`` picks;
+- :mod:`~mmgc.runtime.optimizer_state`: a GC run resumed from a plain-SGD
+  (baseline) checkpoint;
 - :mod:`~mmgc.runtime.atomic_checkpoint`: saves a kill never leaves
   half-written;
 - :mod:`~mmgc.runtime.hooks`: ``StepSeedHook`` for exact resumes;

@@ -1,12 +1,12 @@
 """Checkpoints that are either complete on disk or absent.
 
-MMEngine 0.10's ``CheckpointHook`` writes ``epoch_N.pth`` in place
-(``open(path, 'wb')``), then ``last_checkpoint`` in place, and with
-``max_keep_ckpts`` deletes the oldest checkpoint *before* it writes the new
-one. A process killed during the save leaves a truncated ``epoch_N.pth``;
-with ``max_keep_ckpts=1`` it leaves nothing complete at all; and without
-``fsync`` a machine that loses power may keep a ``last_checkpoint`` that
-names a file whose bytes never reached the disk.
+The MMEngine gap (0.10.x, up to 0.10.7 at least): ``CheckpointHook`` writes
+``epoch_N.pth`` in place (``open(path, 'wb')``), then ``last_checkpoint``
+in place, and with ``max_keep_ckpts`` deletes the oldest checkpoint *before*
+it writes the new one. A process killed during the save leaves a truncated
+``epoch_N.pth``; with ``max_keep_ckpts=1`` it leaves nothing complete at
+all; and without ``fsync`` a machine that loses power may keep a
+``last_checkpoint`` that names a file whose bytes never reached the disk.
 
 :class:`AtomicCheckpointHook` is MMEngine's ``CheckpointHook`` with three
 changes, for checkpoints saved to a local directory:
@@ -24,15 +24,25 @@ changes, for checkpoints saved to a local directory:
 A kill at any moment therefore leaves the previous checkpoint, the previous
 ``last_checkpoint`` and at most one temporary file (``.<name>.partial-<pid>``,
 never a resume candidate), which the hook deletes when the next run starts.
-``tools/train.py`` installs the hook in place of ``CheckpointHook``
-(:func:`use_atomic_checkpoints`); configs can name it directly::
 
-    custom_imports = dict(imports=['mmgc', 'mmgc.runtime'], allow_failed_imports=False)
+Changes 2 and 3 override ``CheckpointHook._save_checkpoint_with_step``, a
+private MMEngine method (named here only);
+``tests/runtime/faults/test_fault_units.py`` pins its source, so an MMEngine
+that changes it fails that test.
+
+Importing this module registers the hook (``tools/train.py`` does, and swaps
+it in for ``CheckpointHook`` with :func:`use_atomic_checkpoints`); the file
+backend ``'atomic_local'`` is registered when the first such hook is built.
+A config can name the hook itself::
+
+    custom_imports = dict(
+        imports=['mmgc', 'mmgc.runtime.atomic_checkpoint'], allow_failed_imports=False)
     default_hooks = dict(checkpoint=dict(type='AtomicCheckpointHook', interval=1))
 """
 
 from __future__ import annotations
 
+import functools
 import glob
 import logging
 import os
@@ -42,7 +52,6 @@ from typing import Any, Union
 
 from mmengine.dist import is_main_process
 from mmengine.fileio import LocalBackend, register_backend
-from mmengine.fileio.backends import backends as _registered_backends
 from mmengine.hooks import CheckpointHook
 from mmengine.logging import print_log
 from mmengine.registry import HOOKS
@@ -52,7 +61,6 @@ __all__ = [
     'AtomicCheckpointHook',
     'AtomicLocalBackend',
     'atomic_write_bytes',
-    'is_partial_checkpoint',
     'use_atomic_checkpoints',
 ]
 
@@ -60,17 +68,6 @@ __all__ = [
 ATOMIC_BACKEND = 'atomic_local'
 
 _PARTIAL_MARK = '.partial-'
-
-
-def _partial_path(path: str) -> str:
-    head, tail = osp.split(path)
-    return osp.join(head, f'.{tail}{_PARTIAL_MARK}{os.getpid()}')
-
-
-def is_partial_checkpoint(path: Union[str, Path]) -> bool:
-    """Whether ``path`` is a temporary file of an unfinished atomic save."""
-    name = osp.basename(os.fspath(path))
-    return name.startswith('.') and _PARTIAL_MARK in name
 
 
 def _fsync_dir(directory: str) -> None:
@@ -98,10 +95,10 @@ def atomic_write_bytes(data: Union[bytes, str], path: Union[str, Path]) -> None:
     path = os.fspath(path)
     if isinstance(data, str):
         data = data.encode('utf-8')
-    directory = osp.dirname(path)
+    directory, name = osp.split(path)
     if directory:
         os.makedirs(directory, exist_ok=True)
-    partial = _partial_path(path)
+    partial = osp.join(directory, f'.{name}{_PARTIAL_MARK}{os.getpid()}')
     try:
         with open(partial, 'wb') as f:
             f.write(data)
@@ -118,8 +115,8 @@ def atomic_write_bytes(data: Union[bytes, str], path: Union[str, Path]) -> None:
 class AtomicLocalBackend(LocalBackend):
     """MMEngine's ``LocalBackend`` whose ``put`` is :func:`atomic_write_bytes`.
 
-    Registered as the MMEngine file backend ``'atomic_local'``; select it
-    with ``backend_args=dict(backend='atomic_local')``.
+    Registered as the MMEngine file backend ``'atomic_local'`` when the first
+    local :class:`AtomicCheckpointHook` is built.
     """
 
     def put(self, obj: bytes, filepath: Union[str, Path]) -> None:
@@ -127,7 +124,8 @@ class AtomicLocalBackend(LocalBackend):
         atomic_write_bytes(obj, filepath)
 
 
-if ATOMIC_BACKEND not in _registered_backends:
+@functools.cache
+def _register_atomic_backend() -> None:
     register_backend(ATOMIC_BACKEND, AtomicLocalBackend)
 
 
@@ -155,6 +153,7 @@ class AtomicCheckpointHook(CheckpointHook):
             and (backend_args is None or backend_args.get('backend', 'local') == 'local')
         )
         if local:
+            _register_atomic_backend()
             kwargs['backend_args'] = {**(backend_args or {}), 'backend': ATOMIC_BACKEND}
         super().__init__(interval, **kwargs)
         self.atomic = local

@@ -46,7 +46,8 @@ import pickle
 import pickletools
 import types
 import zipfile
-from typing import Any, Callable, Union
+from contextlib import nullcontext
+from typing import IO, Any, Callable, Union
 
 import numpy as np
 import torch
@@ -258,7 +259,7 @@ def _pickle_globals(stream: io.BufferedIOBase) -> set[str]:
     return found
 
 
-def checkpoint_globals(filename: str) -> set[str]:
+def checkpoint_globals(source: str | IO[bytes], filename: str | None = None) -> set[str]:
     """Every global named by the pickles in a checkpoint, read with
     :mod:`pickletools`: nothing is unpickled or imported.
 
@@ -266,7 +267,9 @@ def checkpoint_globals(filename: str) -> set[str]:
     legacy (non-zip) checkpoint starts with.
 
     Args:
-        filename (str): The checkpoint file.
+        source (str | IO[bytes]): The checkpoint file, or its bytes.
+        filename (str, optional): The name errors give. Defaults to
+            ``source`` when it is a path.
 
     Returns:
         set[str]: ``'module.qualname'`` of each global.
@@ -277,21 +280,30 @@ def checkpoint_globals(filename: str) -> set[str]:
     """
     found: set[str] = set()
     try:
-        if zipfile.is_zipfile(filename):
-            with zipfile.ZipFile(filename) as archive:
+        if zipfile.is_zipfile(_rewound(source)):
+            with zipfile.ZipFile(_rewound(source)) as archive:
                 for member in archive.namelist():
                     if member.endswith('.pkl'):
                         found |= _pickle_globals(io.BytesIO(archive.read(member)))
         else:
-            with open(filename, 'rb') as stream:
+            opened = open(source, 'rb') if isinstance(source, str) else nullcontext(source)
+            with opened as stream:
+                _rewound(stream)
                 for _ in range(_LEGACY_PICKLES):
                     found |= _pickle_globals(stream)
     except (ValueError, EOFError, zipfile.BadZipFile, pickle.UnpicklingError) as err:
-        raise _corrupt_error(filename, err) from None
+        raise _corrupt_error(filename or str(source), err) from None
     return found
 
 
-def crc_problem(filename: str) -> str | None:
+def _rewound(source: str | IO[bytes]) -> str | IO[bytes]:
+    """``source`` itself, at its start when it is a file object."""
+    if not isinstance(source, str):
+        source.seek(0)
+    return source
+
+
+def crc_problem(source: str | IO[bytes]) -> str | None:
     """What is wrong with a zip checkpoint's CRC-32s, or None if they match.
 
     ``torch.load`` does not check the CRCs ``torch.save`` writes, so a
@@ -304,10 +316,10 @@ def crc_problem(filename: str) -> str | None:
         str | None: e.g. ``"CRC mismatch in 'epoch_1/data/0'"``, or
         ``'not a zip archive'``, or None.
     """
-    if not zipfile.is_zipfile(filename):
+    if not zipfile.is_zipfile(_rewound(source)):
         return 'not a zip archive'
     try:
-        with zipfile.ZipFile(filename) as archive:
+        with zipfile.ZipFile(_rewound(source)) as archive:
             bad = archive.testzip()
     except (zipfile.BadZipFile, OSError, EOFError, ValueError) as err:
         return f'{type(err).__name__}: {err}'
@@ -362,16 +374,17 @@ def _allow_list_pickle_module() -> types.SimpleNamespace:
     )
 
 
-def _load_allow_listed(filename: str, map_location: MapLocation) -> Any:
+def _load_allow_listed(stream: IO[bytes], map_location: MapLocation) -> Any:
     """``torch.load`` resolving only the allow list (see the module doc)."""
+    stream.seek(0)
     if hasattr(torch.serialization, 'safe_globals'):
         with torch.serialization.safe_globals(mmengine_safe_globals()):
-            return torch.load(filename, map_location=map_location, weights_only=True)
+            return torch.load(stream, map_location=map_location, weights_only=True)
     # torch < 2.5 cannot add types to weights_only=True; an explicit
     # pickle_module needs weights_only=False, and this one refuses every
     # global outside the allow list that the scan already checked.
     return torch.load(
-        filename,
+        stream,
         map_location=map_location,
         pickle_module=_allow_list_pickle_module(),
         weights_only=False,
@@ -397,11 +410,13 @@ def safe_torch_load(filename: str, map_location: MapLocation = None) -> Any:
     """
     if not osp.isfile(filename):
         raise FileNotFoundError(f"Checkpoint file '{filename}' does not exist.")
-    problem = crc_problem(filename)
+    with open(filename, 'rb') as stream:  # read once: check, scan and load the same bytes
+        data = io.BytesIO(stream.read())
+    problem = crc_problem(data)
     if problem is not None and problem != 'not a zip archive':
         raise _corrupt_error(filename, None, problem)
     try:
-        unsafe = sorted(set(checkpoint_globals(filename)) - set(allowed_globals()))
+        unsafe = sorted(checkpoint_globals(data, filename) - set(allowed_globals()))
     except UnsafeCheckpointError as err:
         raise _unsafe_error(filename, str(err)) from None
     if unsafe:
@@ -409,7 +424,7 @@ def safe_torch_load(filename: str, map_location: MapLocation = None) -> Any:
         plural = 's' if len(unsafe) > 1 else ''
         raise _unsafe_error(filename, f'pickled global{plural} {names}')
     try:
-        return _load_allow_listed(filename, map_location)
+        return _load_allow_listed(data, map_location)
     except _RefusedCall as err:
         raise _unsafe_error(filename, f'pickled call {err}') from None
     except (pickle.UnpicklingError, EOFError, ValueError, zipfile.BadZipFile) as err:

@@ -1,4 +1,9 @@
-"""The demo's report: a Markdown file, two PNG plots, a CSV and a JSON summary."""
+"""The demo's report: Markdown, plots, CSVs and a JSON summary.
+
+The AP table, its statistics and the delta plot are the comparison's
+(:mod:`mmgc.runtime.compare`); this module adds what only the demo has:
+training losses, timings, the absolute-AP plot and the runs' files.
+"""
 
 from __future__ import annotations
 
@@ -6,99 +11,120 @@ import csv
 import json
 import os
 import platform
-from dataclasses import asdict
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Optional, Union
+from typing import Any, Optional, Union
 
-if TYPE_CHECKING:  # pragma: no cover
-    from .demo import DemoRun
+from . import compare
 
-__all__ = ['AP_METRICS', 'ap_rows', 'write_report']
+__all__ = ['DemoRun', 'ap_figure', 'loss_figure', 'write_report']
 
 PathLike = Union[str, os.PathLike]
 
-# (task, column name, key in MMDetection's CocoMetric results)
-AP_METRICS: tuple[tuple[str, str, str], ...] = tuple(
-    (task, name, f'coco/{task}_mAP{suffix}')
-    for task in ('bbox', 'segm')
-    for name, suffix in (
-        ('AP', ''),
-        ('AP50', '_50'),
-        ('AP75', '_75'),
-        ('APs', '_s'),
-        ('APm', '_m'),
-        ('APl', '_l'),
-    )
-)
 _HEADLINE = ('AP', 'AP50', 'AP75')
 _SMOOTH = 20  # iterations in the moving average of the loss plot
+_COLOURS = {'baseline': 'tab:blue', 'gc': 'tab:red'}
+_LABELS = {'baseline': 'baseline (SGD)', 'gc': 'GC (SGDGC)'}
+_STYLES = ('-', '--', ':', '-.')
 
 
-def ap_rows(baseline: dict[str, float], gc: dict[str, float]) -> list[dict[str, Any]]:
-    """The comparison table: one row per task and metric, APs in percent.
+@dataclass
+class DemoRun:
+    """What one training run of the demo produced.
 
-    COCOeval reports -1 where it has no data (e.g. no small objects); such
-    cells are ``None`` and have no delta.
-
-    Args:
-        baseline (dict): CocoMetric results of the baseline run.
-        gc (dict): CocoMetric results of the GC run.
-
-    Returns:
-        list[dict]: Rows with ``task``, ``metric``, ``baseline``, ``gc`` and
-        ``delta`` (GC minus baseline), in AP points.
+    Attributes:
+        name (str): ``'baseline'`` or ``'gc'``.
+        seed (int): Its training seed.
+        config (str): The config file it was built from.
+        work_dir (str): MMEngine's work dir of the run.
+        iters (int): Training iterations run.
+        metrics (dict): The COCO metric's results on the val split, with
+            MMDetection's keys (``'coco/bbox_mAP'``, ...), as fractions
+            (-1 where COCOeval has no data).
+        losses (list): ``(iteration, total training loss)`` of every
+            iteration, counted from 1.
+        train_s (float): Wall time of the training iterations (data loading
+            and checkpoint saving included, evaluation excluded).
+        train_cpu_s (float): CPU time (all threads of the process) of the
+            training iterations: less sensitive than wall time to other
+            processes sharing the CPU.
+        eval_s (float): Wall time of the evaluation on the val split.
+        total_s (float): Wall time of the whole run: building the runner
+            and model, training and evaluation.
+        log_file (str): MMEngine's text log.
+        json_log (str): MMEngine's JSON log of the logged scalars.
+        checkpoint (str): The checkpoint saved at the end of training.
+        threads (int): Torch CPU threads the run used.
     """
-    rows = []
-    for task, name, key in AP_METRICS:
-        base, ours = _points(baseline.get(key)), _points(gc.get(key))
-        delta = None if base is None or ours is None else round(ours - base, 1)
-        rows.append(dict(task=task, metric=name, baseline=base, gc=ours, delta=delta))
-    return rows
+
+    name: str
+    seed: int
+    config: str
+    work_dir: str
+    iters: int = 0
+    metrics: dict[str, float] = field(default_factory=dict)
+    losses: list[tuple[int, float]] = field(default_factory=list)
+    train_s: float = 0.0
+    train_cpu_s: float = 0.0
+    eval_s: float = 0.0
+    total_s: float = 0.0
+    log_file: str = ''
+    json_log: str = ''
+    checkpoint: str = ''
+    threads: int = 0
+
+    @property
+    def label(self) -> str:
+        """``'gc seed 0'``."""
+        return f'{self.name} seed {self.seed}'
 
 
 def write_report(
-    runs: list[DemoRun],
+    runs: Sequence[DemoRun],
+    comparison: compare.Comparison,
     report_dir: PathLike,
     *,
     data: dict[str, Any],
-    seed: int,
     data_seed: int,
     wall_s: float,
     command: Optional[str] = None,
-    comparison: Optional[dict[str, Any]] = None,
 ) -> dict[str, Any]:
-    """Write ``report.md``, ``loss.png``, ``ap.png``, ``ap.csv``,
-    ``loss.csv`` and ``summary.json`` into ``report_dir``.
+    """Write the demo's report folder.
+
+    ``report.md``, ``loss.png``, ``ap.png``, ``loss.csv`` and
+    ``summary.json``, plus the comparison's own files
+    (:data:`mmgc.runtime.compare.REPORT_FILES`: ``ap_comparison.md``,
+    ``ap_comparison.csv``, ``ap_seeds.csv``, ``ap_deltas.png``).
 
     Args:
-        runs (list[DemoRun]): The baseline run, then the GC run.
+        runs (Sequence[DemoRun]): Every run, baseline and GC, all seeds.
+        comparison (Comparison): The runs compared
+            (:func:`mmgc.runtime.compare.compare_runs`).
         report_dir (str | os.PathLike): Folder to write to (created).
-        data (dict): What :func:`mmgc.runtime.shapes.make_shapes_dataset` returned.
-        seed (int): Training seed of both runs.
+        data (dict): What :func:`mmgc.runtime.shapes.make_shapes_dataset`
+            returned.
         data_seed (int): Seed of the dataset.
         wall_s (float): Wall time of the whole demo so far, in seconds.
         command (str, optional): The command line to quote in the report.
-        comparison (dict, optional): What the comparison tool
-            (``tools/compare_ap.py``) did: ``tool``, ``returncode``,
-            ``output`` and ``markdown`` (its table).
 
     Returns:
         dict: ``report`` (path of ``report.md``), ``report_dir`` and
         ``summary`` (the content of ``summary.json``).
+
+    Raises:
+        ValueError: If a run is neither ``'baseline'`` nor ``'gc'``, or a
+            side has no run.
     """
-    by_name = {run.name: run for run in runs}
-    if set(by_name) != {'baseline', 'gc'}:
-        raise ValueError(
-            f"write_report needs one 'baseline' and one 'gc' run; got {sorted(by_name)}"
-        )
-    base, gc = by_name['baseline'], by_name['gc']
+    names = {run.name for run in runs}
+    if not names <= set(_COLOURS) or len(names) != 2:
+        raise ValueError(f"write_report needs 'baseline' and 'gc' runs; got {sorted(names)}")
     out = Path(report_dir)
     out.mkdir(parents=True, exist_ok=True)
-
-    rows = ap_rows(base.metrics, gc.metrics)
-    overhead = (gc.train_s / base.train_s - 1.0) if base.train_s > 0 else None
+    side = {name: [r for r in runs if r.name == name] for name in _COLOURS}
+    overhead = _overhead(side, 'train_s')
     summary = dict(
-        seed=seed,
+        seeds=sorted({run.seed for run in runs}),
         data_seed=data_seed,
         data=dict(
             data_root=data['data_root'],
@@ -106,34 +132,45 @@ def write_report(
             num_val=_count_images(data['val_ann']),
         ),
         wall_s=round(wall_s, 1),
-        gc_train_time_overhead=None if overhead is None else round(overhead, 4),
-        comparison_tool=(comparison or {}).get('tool'),
-        comparison_tool_returncode=(comparison or {}).get('returncode'),
-        gc_train_cpu_overhead=(
-            round(gc.train_cpu_s / base.train_cpu_s - 1.0, 4) if base.train_cpu_s > 0 else None
-        ),
-        ap=rows,
-        runs={run.name: {k: v for k, v in asdict(run).items() if k != 'losses'} for run in runs},
+        gc_train_time_overhead=overhead,
+        gc_train_cpu_overhead=_overhead(side, 'train_cpu_s'),
+        confidence=comparison.confidence,
+        ap=[_row_summary(row) for row in comparison.rows],
+        left_out=comparison.notes(),
+        runs=[{k: v for k, v in asdict(run).items() if k != 'losses'} for run in runs],
     )
-    _write_csv(out / 'ap.csv', rows)
-    _write_loss_csv(out / 'loss.csv', base, gc)
-    _plot_losses(out / 'loss.png', base, gc)
-    _plot_aps(out / 'ap.png', rows)
+    files = compare.write_report(comparison, str(out), title='demo')
+    _write_loss_csv(out / 'loss.csv', runs)
+    loss_figure(runs).savefig(out / 'loss.png', dpi=120)
+    ap_figure(comparison).savefig(out / 'ap.png', dpi=120)
     with open(out / 'summary.json', 'w', encoding='utf-8') as f:
         json.dump(summary, f, indent=2)
     report = out / 'report.md'
-    report.write_text(
-        _markdown(base, gc, rows, summary, overhead, command, comparison or {}),
-        encoding='utf-8',
-    )
+    report.write_text(_markdown(runs, comparison, summary, command, files), encoding='utf-8')
     return dict(report=str(report.resolve()), report_dir=str(out.resolve()), summary=summary)
 
 
-def _points(value: Optional[float]) -> Optional[float]:
-    """A COCO fraction as AP points (one decimal); ``None`` for missing/-1."""
-    if value is None or value < 0:
-        return None
-    return round(100.0 * value, 1)
+def _overhead(side: dict[str, list[DemoRun]], key: str) -> Optional[float]:
+    """GC's total over the baseline's total, minus one (all seeds)."""
+    base = sum(getattr(r, key) for r in side['baseline'])
+    gc = sum(getattr(r, key) for r in side['gc'])
+    return round(gc / base - 1.0, 4) if base > 0 else None
+
+
+def _row_summary(row: compare.ComparisonRow) -> dict[str, Any]:
+    return dict(
+        task=row.task,
+        metric=row.metric,
+        gc=row.gc,
+        gc_std=row.gc_std,
+        baseline=row.baseline,
+        baseline_std=row.baseline_std,
+        delta=row.delta,
+        interval=list(row.interval) if row.interval else None,
+        seed_deltas={str(seed): value for seed, value in row.seed_deltas.items()},
+        paper_delta=row.paper_delta,
+        verdict=row.verdict,
+    )
 
 
 def _count_images(ann_file: str) -> int:
@@ -141,30 +178,29 @@ def _count_images(ann_file: str) -> int:
         return len(json.load(f)['images'])
 
 
-def _fmt(value: Optional[float], signed: bool = False) -> str:
-    if value is None:
-        return 'n/a'
-    return f'{value:+.1f}' if signed else f'{value:.1f}'
+def _pct(value: Optional[float]) -> str:
+    return 'n/a' if value is None else f'{100.0 * value:+.1f}%'
 
 
 def _markdown(
-    base: DemoRun,
-    gc: DemoRun,
-    rows: list[dict[str, Any]],
+    runs: Sequence[DemoRun],
+    comparison: compare.Comparison,
     summary: dict[str, Any],
-    overhead: Optional[float],
     command: Optional[str],
-    comparison: dict[str, Any],
+    files: dict[str, str],
 ) -> str:
     import torch
 
+    seeds = summary['seeds']
+    pairs = f'{len(seeds)} pair{"s" if len(seeds) != 1 else ""}'
     lines = [
         '# GC vs baseline: Mask R-CNN R18-FPN on synthetic shapes',
         '',
-        "MMDetection's Mask R-CNN FPN, ResNet-18 from scratch, trained twice "
-        'with the same seed and data: once with SGD (baseline), once with '
-        'SGDGC (Gradient Centralization on every conv and FC weight). '
-        'COCO metric (pycocotools) on the val split, AP in points.',
+        "MMDetection's Mask R-CNN FPN, ResNet-18 from scratch, trained with "
+        'SGD (baseline) and with SGDGC (Gradient Centralization on every conv '
+        f'and FC weight), {pairs} with the same data and training seeds '
+        f"{', '.join(map(str, seeds))}, pair after pair, through tools/train.py's "
+        'code path. COCO metric (pycocotools) on the val split, AP in points.',
         '',
     ]
     if command:
@@ -173,64 +209,53 @@ def _markdown(
     lines += [
         f'- data: {data["num_train"]} train / {data["num_val"]} val images '
         f'(`{data["data_root"]}`, data seed {summary["data_seed"]})',
-        f'- training seed: {summary["seed"]}; iterations: baseline {base.iters}, GC {gc.iters}',
-        f'- machine: {platform.machine()} CPU, {os.cpu_count()} cores, torch '
-        f'{torch.__version__}; torch threads: baseline {base.threads}, GC {gc.threads}',
+        f'- machine: {platform.machine()} CPU, {os.cpu_count()} cores, torch {torch.__version__}',
         '',
         '## AP on val',
         '',
-        '| task | metric | baseline | GC | delta (GC - baseline) |',
-        '|---|---|---:|---:|---:|',
-    ]
-    for row in rows:
-        lines.append(
-            f'| {row["task"]} | {row["metric"]} | {_fmt(row["baseline"])} | '
-            f'{_fmt(row["gc"])} | {_fmt(row["delta"], signed=True)} |'
-        )
-    lines += [
+        compare.comparison_to_markdown(comparison, heading_level=3).strip(),
         '',
-        'n/a: COCOeval has no objects of that size in the val split.',
+        'n/a: COCOeval has no objects of that size in the val split. The '
+        'comparison checked that the runs differ only in the optimizer (across '
+        'the sides) and the seed (within a side).',
         '',
-    ]
-    lines += _comparison_section(comparison)
-    lines += [
-        '![AP comparison](ap.png)',
+        '![AP of both sides](ap.png)',
+        '',
+        '![AP deltas](ap_deltas.png)',
         '',
         '## Training loss',
         '',
-        f'Total loss of every iteration (thin) and its {_SMOOTH}-iteration moving average (thick).',
+        f'Total loss of every iteration: the {_SMOOTH}-iteration moving average'
+        + (' (thick) and every value (thin).' if len(seeds) == 1 else ', one line per run.'),
         '',
         '![training loss](loss.png)',
         '',
         '| run | first-10 mean loss | last-10 mean loss |',
         '|---|---:|---:|',
     ]
-    for run in (base, gc):
+    for run in runs:
         values = [loss for _, loss in run.losses]
-        lines.append(f'| {run.name} | {_mean(values[:10])} | {_mean(values[-10:])} |')
+        lines.append(f'| {run.label} | {_mean(values[:10])} | {_mean(values[-10:])} |')
     lines += [
         '',
         '## Time',
         '',
-        '| run | iterations | training (s) | s / iteration | training CPU (s) '
-        '| evaluation (s) | whole run (s) |',
-        '|---|---:|---:|---:|---:|---:|---:|',
+        '| run | iterations | torch threads | training (s) | s / iteration '
+        '| training CPU (s) | evaluation (s) | whole run (s) |',
+        '|---|---:|---:|---:|---:|---:|---:|---:|',
     ]
-    for run in (base, gc):
+    for run in runs:
         per_iter = run.train_s / run.iters if run.iters else float('nan')
         lines.append(
-            f'| {run.name} | {run.iters} | {run.train_s:.1f} | {per_iter:.3f} | '
-            f'{run.train_cpu_s:.1f} | {run.eval_s:.1f} | {run.total_s:.1f} |'
+            f'| {run.label} | {run.iters} | {run.threads} | {run.train_s:.1f} | '
+            f'{per_iter:.3f} | {run.train_cpu_s:.1f} | {run.eval_s:.1f} | {run.total_s:.1f} |'
         )
-    cpu_overhead = summary['gc_train_cpu_overhead']
     lines += [
         '',
-        "GC's training-time overhead over the baseline: "
-        + ('n/a' if overhead is None else f'{100.0 * overhead:+.1f}%')
-        + ' in wall time, '
-        + ('n/a' if cpu_overhead is None else f'{100.0 * cpu_overhead:+.1f}%')
-        + ' in CPU time. Whole demo (data, both runs, report): '
-        + f'{summary["wall_s"]:.0f} s.',
+        "GC's training-time overhead over the baseline (all seeds): "
+        f'{_pct(summary["gc_train_time_overhead"])} in wall time, '
+        f'{_pct(summary["gc_train_cpu_overhead"])} in CPU time. Whole demo '
+        f'(data, all runs, report): {summary["wall_s"]:.0f} s.',
         'Wall times on a shared CPU are noisy: other processes on the machine '
         'slow either run. CPU time (all threads of the process) is less '
         'sensitive to them; compare overheads over repeated runs.',
@@ -240,72 +265,34 @@ def _markdown(
         '| run | config | log | JSON log | checkpoint |',
         '|---|---|---|---|---|',
     ]
-    for run in (base, gc):
+    for run in runs:
         lines.append(
-            f'| {run.name} | `{run.config}` | `{run.log_file}` | `{run.json_log}` '
+            f'| {run.label} | `{run.config}` | `{run.log_file}` | `{run.json_log}` '
             f'| `{run.checkpoint or "none"}` |'
         )
+    comparison_files = ', '.join(f'`{Path(p).name}`' for p in files.values())
     lines += [
         '',
-        'Also here: `ap.csv` (the table above), `loss.csv` (per-iteration '
-        'losses), `summary.json` (everything, machine-readable).',
+        f'Also here: {comparison_files} (the comparison: table, per-seed '
+        'values, delta plot), `loss.csv` (per-iteration losses of every run), '
+        '`summary.json` (everything, machine-readable).',
         '',
     ]
     return '\n'.join(lines)
-
-
-def _comparison_section(comparison: dict[str, Any]) -> list[str]:
-    """The report's section on the comparison tool's run."""
-    tool = comparison.get('tool')
-    if not tool:
-        return [
-            'The comparison tool (`tools/compare_ap.py`) was not found, so the '
-            "table above is the demo's own and the two configs were not "
-            'checked for differences beyond the optimizer.',
-            '',
-        ]
-    if comparison.get('returncode') != 0:
-        return [
-            f'The comparison tool (`{tool}`) failed with exit code '
-            f"{comparison.get('returncode')}; the table above is the demo's own. "
-            'Its output:',
-            '',
-            '```',
-            comparison.get('output', ''),
-            '```',
-            '',
-        ]
-    return [
-        f"### The comparison tool's table (`{Path(tool).name}`)",
-        '',
-        "It checked that the two runs' configs differ only in the optimizer; "
-        'its files are `ap_comparison.md`, `ap_comparison.csv` and '
-        '`ap_deltas.png` here.',
-        '',
-        comparison.get('markdown', '').strip(),
-        '',
-    ]
 
 
 def _mean(values: list[float]) -> str:
     return f'{sum(values) / len(values):.3f}' if values else 'n/a'
 
 
-def _write_csv(path: Path, rows: list[dict[str, Any]]) -> None:
-    with open(path, 'w', newline='', encoding='utf-8') as f:
-        writer = csv.DictWriter(f, fieldnames=['task', 'metric', 'baseline', 'gc', 'delta'])
-        writer.writeheader()
-        writer.writerows(rows)
-
-
-def _write_loss_csv(path: Path, base: DemoRun, gc: DemoRun) -> None:
-    losses = {name: dict(run.losses) for name, run in (('b', base), ('g', gc))}
-    iters = sorted(set(losses['b']) | set(losses['g']))
+def _write_loss_csv(path: Path, runs: Sequence[DemoRun]) -> None:
+    losses = [dict(run.losses) for run in runs]
+    iters = sorted(set().union(*losses)) if losses else []
     with open(path, 'w', newline='', encoding='utf-8') as f:
         writer = csv.writer(f)
-        writer.writerow(['iter', 'baseline_loss', 'gc_loss'])
+        writer.writerow(['iter', *(f'{run.name}_seed{run.seed}' for run in runs)])
         for it in iters:
-            writer.writerow([it, losses['b'].get(it, ''), losses['g'].get(it, '')])
+            writer.writerow([it, *(run_losses.get(it, '') for run_losses in losses)])
 
 
 def _moving_average(values: list[float], window: int) -> list[float]:
@@ -318,26 +305,32 @@ def _moving_average(values: list[float], window: int) -> list[float]:
     return out
 
 
-def _plot_losses(path: Path, base: DemoRun, gc: DemoRun) -> None:
-    import matplotlib
+def loss_figure(runs: Sequence[DemoRun]) -> Any:
+    """Training loss against iteration, every run; legend below the axes.
 
-    matplotlib.use('Agg')
-    import matplotlib.pyplot as plt
+    Returns:
+        matplotlib.figure.Figure: Drawn on a bare figure (no pyplot).
+    """
+    from matplotlib.figure import Figure
 
-    fig, ax = plt.subplots(figsize=(7, 4.2), dpi=120)
-    for run, colour, label in (
-        (base, 'tab:blue', 'baseline (SGD)'),
-        (gc, 'tab:red', 'GC (SGDGC)'),
-    ):
+    seeds = sorted({run.seed for run in runs})
+    fig = Figure(figsize=(7, 4.6), layout='constrained')
+    ax = fig.subplots()
+    for run in runs:
         if not run.losses:
             continue
+        colour = _COLOURS[run.name]
         iters = [i for i, _ in run.losses]
         values = [v for _, v in run.losses]
-        ax.plot(iters, values, color=colour, alpha=0.25, linewidth=0.8)
+        if len(seeds) == 1:
+            ax.plot(iters, values, color=colour, alpha=0.25, linewidth=0.8)
+        style = _STYLES[seeds.index(run.seed) % len(_STYLES)]
+        label = _LABELS[run.name] + (f', seed {run.seed}' if len(seeds) > 1 else '')
         ax.plot(
             iters,
             _moving_average(values, _SMOOTH),
             color=colour,
+            linestyle=style,
             linewidth=2,
             label=label,
         )
@@ -345,35 +338,58 @@ def _plot_losses(path: Path, base: DemoRun, gc: DemoRun) -> None:
     ax.set_ylabel('training loss (total)')
     ax.set_title('Mask R-CNN R18-FPN on synthetic shapes: training loss')
     ax.grid(alpha=0.3)
-    ax.legend()
-    fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
+    if ax.get_legend_handles_labels()[0]:
+        fig.legend(loc='outside lower center', ncol=3 if len(seeds) > 1 else 2, fontsize=8)
+    return fig
 
 
-def _plot_aps(path: Path, rows: list[dict[str, Any]]) -> None:
-    import matplotlib
+def ap_figure(comparison: compare.Comparison) -> Any:
+    """Both sides' mean AP / AP50 / AP75 (bbox, segm) with their spread.
 
-    matplotlib.use('Agg')
-    import matplotlib.pyplot as plt
+    Bars are the means over seeds, whiskers one standard deviation (with
+    several seeds); each bar is labelled with its mean above its whisker.
+    The legend sits below the axes, so it covers no label.
 
-    shown = [r for r in rows if r['metric'] in _HEADLINE]
-    labels = [f'{r["task"]}\n{r["metric"]}' for r in shown]
-    xs = range(len(shown))
+    Returns:
+        matplotlib.figure.Figure: Drawn on a bare figure (no pyplot).
+    """
+    from matplotlib.figure import Figure
+
+    shown = [r for r in comparison.rows if r.metric in _HEADLINE]
+    xs = list(range(len(shown)))
     width = 0.38
-    fig, ax = plt.subplots(figsize=(7, 4.2), dpi=120)
-    for offset, key, colour, label in (
-        (-width / 2, 'baseline', 'tab:blue', 'baseline (SGD)'),
-        (width / 2, 'gc', 'tab:red', 'GC (SGDGC)'),
+    fig = Figure(figsize=(7.5, 4.6), layout='constrained')
+    ax = fig.subplots()
+    top = 0.0
+    for offset, name, mean_key, std_key in (
+        (-width / 2, 'baseline', 'baseline', 'baseline_std'),
+        (width / 2, 'gc', 'gc', 'gc_std'),
     ):
-        values = [r[key] if r[key] is not None else 0.0 for r in shown]
-        bars = ax.bar([x + offset for x in xs], values, width, color=colour, label=label)
-        ax.bar_label(bars, fmt='%.1f', fontsize=8)
-    ax.set_xticks(list(xs), labels)
+        means = [getattr(r, mean_key) for r in shown]
+        stds = [getattr(r, std_key) for r in shown]
+        heights = [0.0 if m is None else m for m in means]
+        errors = [0.0 if s is None else s for s in stds]
+        positions = [x + offset for x in xs]
+        ax.bar(
+            positions,
+            heights,
+            width,
+            yerr=errors if any(errors) else None,
+            capsize=3,
+            color=_COLOURS[name],
+            label=_LABELS[name],
+        )
+        for x, mean, err in zip(positions, means, errors):
+            y = (mean or 0.0) + err + 1.0
+            top = max(top, y)
+            ax.text(
+                x, y, 'n/a' if mean is None else f'{mean:.1f}', ha='center', va='bottom', fontsize=7
+            )
+    ax.set_xticks(xs, [f'{r.task}\n{r.metric}' for r in shown])
     ax.set_ylabel('AP (points)')
-    ax.set_ylim(0, 105)
-    ax.set_title('COCO AP on the val split')
-    ax.legend(loc='lower right')
-    fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
+    ax.set_ylim(0, max(105.0, top + 6.0))
+    seeds = comparison.seeds
+    spread = ', mean ± 1 std over seeds ' + ', '.join(map(str, seeds)) if len(seeds) > 1 else ''
+    ax.set_title(f'COCO AP on the val split{spread}')
+    fig.legend(loc='outside lower center', ncol=2, fontsize=8)
+    return fig

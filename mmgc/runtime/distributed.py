@@ -22,16 +22,15 @@ in a collective (gradient all-reduce, barrier) until the process group's
 timeout, 30 minutes by default. :func:`set_dist_timeout` sets it from
 ``--dist-timeout SECONDS`` or the environment variable ``MMGC_DIST_TIMEOUT``
 (recorded as ``env_cfg.dist_cfg.timeout``, which both MMEngine's NCCL path
-and the gloo path here pass to ``init_process_group``), and
-:func:`describe_dist_failure` turns the error a surviving rank then gets
-into one sentence (:class:`DistributedRunError`).
+and the gloo path here pass to ``init_process_group``). The surviving ranks
+then end with the backend's own error; torchrun's summary names the first
+failure ("Root Cause"), and ``tools/dist_train.sh`` ends with one line.
 """
 
 from __future__ import annotations
 
 import datetime
 import os
-import re
 import subprocess
 from typing import Any, Optional
 
@@ -42,12 +41,12 @@ from mmengine.model import MMDistributedDataParallel
 from mmengine.registry import MODEL_WRAPPERS
 from torch import nn
 
+from .errors import ConfigError
+
 __all__ = [
     'CPUDistributedDataParallel',
     'DIST_TIMEOUT_ENV',
-    'DistributedRunError',
     'LAUNCHERS',
-    'describe_dist_failure',
     'parse_dist_timeout',
     'set_dist_timeout',
     'setup_cpu_distributed',
@@ -62,25 +61,6 @@ _DEFAULT_PORT = '29500'
 #: Environment variable with the default of ``--dist-timeout`` (seconds).
 DIST_TIMEOUT_ENV = 'MMGC_DIST_TIMEOUT'
 
-#: Words in the errors that gloo / NCCL / c10d raise when a peer is gone.
-_PEER_LOST_MARKS = (
-    'connection closed by peer',
-    'connection reset by peer',
-    'broken pipe',
-    'timed out',
-    'timeout',
-    'socket closed',
-    'connection refused',
-    'nccl communicator was aborted',
-)
-
-#: ... and the words that say the error came from a collective's backend.
-_BACKEND_MARKS = ('gloo', 'nccl', 'c10d', 'processgroup', 'process group')
-
-
-class DistributedRunError(RuntimeError):
-    """A rank of a distributed run lost its peers (one died or hung)."""
-
 
 def parse_dist_timeout(value: Any, source: str = '--dist-timeout') -> float:
     """Seconds of a process-group timeout, checked.
@@ -93,14 +73,14 @@ def parse_dist_timeout(value: Any, source: str = '--dist-timeout') -> float:
         float: The timeout in seconds (> 0).
 
     Raises:
-        ValueError: If ``value`` is not a positive finite number.
+        ConfigError: If ``value`` is not a positive finite number.
     """
     try:
         seconds = float(value)
     except (TypeError, ValueError):
         seconds = float('nan')
     if not (0 < seconds < float('inf')):
-        raise ValueError(f'{source} must be a positive number of seconds; got {value!r}')
+        raise ConfigError(f'{source} must be a positive number of seconds; got {value!r}')
     return seconds
 
 
@@ -119,7 +99,7 @@ def set_dist_timeout(cfg: Any, seconds: Any = None) -> Optional[float]:
         30 minutes).
 
     Raises:
-        ValueError: If the given timeout is not a positive number.
+        ConfigError: If the given timeout is not a positive number.
     """
     if seconds is not None:
         value = parse_dist_timeout(seconds)
@@ -131,53 +111,6 @@ def set_dist_timeout(cfg: Any, seconds: Any = None) -> Optional[float]:
     env_cfg = cfg.setdefault('env_cfg', {})
     env_cfg.setdefault('dist_cfg', {})['timeout'] = value
     return value
-
-
-def describe_dist_failure(err: BaseException, timeout: Optional[float]) -> Optional[str]:
-    """One sentence for a rank whose collective failed, or None.
-
-    Returns None unless a process group is initialised and ``err`` (or an
-    error it was raised from) is a ``torch.distributed`` error, or names a
-    backend (gloo, NCCL, c10d) and says that a peer's connection closed or
-    timed out; other errors (e.g. a DataLoader timeout) are left alone.
-
-    Args:
-        err (BaseException): What ``Runner.train()`` raised.
-        timeout (float, optional): The process group's timeout in seconds.
-    """
-    if not (torch_dist.is_available() and torch_dist.is_initialized()):
-        return None
-    dist_error = getattr(torch_dist, 'DistError', ())
-    chain: list[BaseException] = []
-    current: Optional[BaseException] = err
-    while current is not None and len(chain) < 8:
-        chain.append(current)
-        current = current.__cause__ or current.__context__
-    for item in chain:
-        text = str(item).strip()
-        lowered = text.lower()
-        if not (
-            (dist_error and isinstance(item, dist_error))
-            or (
-                any(mark in lowered for mark in _PEER_LOST_MARKS)
-                and any(mark in lowered for mark in _BACKEND_MARKS)
-            )
-        ):
-            continue
-        detail = next((line.strip() for line in text.splitlines() if line.strip()), '')
-        detail = re.sub(r'^\[[^\]]*\]\s*', '', detail)  # gloo's "[file.cc:129] "
-        detail = detail.split('. ')[0].rstrip('.')  # its first sentence
-        if len(detail) > 160:
-            detail = detail[:157] + '...'
-        limit = f'{timeout:g} s' if timeout is not None else "torch's default of 30 min"
-        return (
-            f'Rank {torch_dist.get_rank()} of {torch_dist.get_world_size()} lost '
-            f'the other processes of the distributed run ({detail}): one of them '
-            f'died, or did not answer within the timeout of {limit} (set it with '
-            f'--dist-timeout SECONDS or {DIST_TIMEOUT_ENV}); this process stops '
-            'too, and the run can be resumed with --resume.'
-        )
-    return None
 
 
 @MODEL_WRAPPERS.register_module()
@@ -201,7 +134,7 @@ class CPUDistributedDataParallel(MMDistributedDataParallel):
 def _env_int(name: str, launcher: str) -> int:
     value = os.environ.get(name)
     if value is None:
-        raise RuntimeError(
+        raise ConfigError(
             f'--launcher {launcher} needs the environment variable {name}, '
             'which is not set; start the run with the matching launcher '
             '(tools/dist_train.sh uses torchrun, tools/slurm_train.sh srun).'
@@ -209,7 +142,7 @@ def _env_int(name: str, launcher: str) -> int:
     try:
         return int(value)
     except ValueError:
-        raise RuntimeError(f'{name} must be an integer; got {value!r}') from None
+        raise ConfigError(f'{name} must be an integer; got {value!r}') from None
 
 
 def _slurm_env() -> None:
@@ -233,7 +166,7 @@ def _mpi_env() -> None:
     rank = _env_int('OMPI_COMM_WORLD_RANK', 'mpi')
     size = _env_int('OMPI_COMM_WORLD_SIZE', 'mpi')
     if 'MASTER_ADDR' not in os.environ:
-        raise RuntimeError(
+        raise ConfigError(
             '--launcher mpi needs the environment variable MASTER_ADDR, which is not set.'
         )
     os.environ.setdefault('MASTER_PORT', _DEFAULT_PORT)
@@ -245,7 +178,7 @@ def _mpi_env() -> None:
 def _pytorch_env() -> None:
     for name in ('RANK', 'WORLD_SIZE', 'LOCAL_RANK', 'MASTER_ADDR', 'MASTER_PORT'):
         if name not in os.environ:
-            raise RuntimeError(
+            raise ConfigError(
                 f'--launcher pytorch needs the environment variable {name}, '
                 'which torchrun sets; start the run with tools/dist_train.sh '
                 'or torchrun.'
@@ -266,12 +199,12 @@ def setup_cpu_distributed(cfg: Any) -> bool:
         bool: Whether a gloo process group was set up here.
 
     Raises:
-        ValueError: If ``cfg.launcher`` is not one of :data:`LAUNCHERS`.
-        RuntimeError: If the launcher's environment variables are missing.
+        ConfigError: If ``cfg.launcher`` is not one of :data:`LAUNCHERS`, or
+            the launcher's environment variables are missing.
     """
     launcher = cfg.get('launcher', 'none')
     if launcher not in LAUNCHERS:
-        raise ValueError(f'launcher must be one of {LAUNCHERS}; got {launcher!r}')
+        raise ConfigError(f'launcher must be one of {LAUNCHERS}; got {launcher!r}')
     if launcher == 'none' or torch.cuda.is_available():
         return False
 

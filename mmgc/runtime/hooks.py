@@ -15,6 +15,11 @@ before every training iteration. Each draw then depends only on the seed and
 the position in the schedule, so a run resumed at an epoch boundary makes the
 same draws as one that never stopped.
 
+``tools/train.py`` registers the hook; importing this module registers it
+in MMEngine's ``HOOKS``, so a config names it with
+``custom_imports = dict(imports=['mmgc', 'mmgc.runtime.hooks'])`` and
+``custom_hooks = [dict(type='StepSeedHook')]``.
+
 Limits: DataLoader worker processes keep their own generators
 (MMEngine's ``worker_init_fn`` seeds them when they start), so with
 ``persistent_workers=True`` the data augmentation after a resume differs;

@@ -1,4 +1,4 @@
-"""Test helper: inject faults into a real training run (tests/faults/).
+"""Test helper: inject faults into a real training run (tests/runtime/faults/).
 
 Imported by ``tests/data/configs/mask_rcnn_tiny_gc_fault*.py`` through
 ``custom_imports`` (the tests put this folder on PYTHONPATH). What the hook
@@ -9,6 +9,8 @@ uninterrupted run, the run that is killed and the resumed run:
   training iteration ``N`` (1-based, counted over the whole run);
 - ``MMGC_FAULT=hang_after_iter:N``: sleep for an hour after iteration ``N``
   (a hung worker: it answers signals, but never reaches the next collective);
+- ``MMGC_FAULT=raise_after_iter:N``: raise a ``ValueError`` after iteration
+  ``N`` (a bug inside training, which the tools must not end in one line);
 - ``MMGC_FAULT=kill_in_save:E``: while the epoch-``E`` checkpoint is written,
   end the process when half of its bytes are on disk. The hook lowers the
   file-size limit (``RLIMIT_FSIZE``) to half the checkpoint's size and
@@ -67,6 +69,8 @@ class FaultInjectionHook(Hook):
             os.kill(os.getpid(), signal.SIGKILL)
         elif kind == 'hang_after_iter':
             time.sleep(3600)
+        elif kind == 'raise_after_iter':
+            raise ValueError(f'fault injected after iteration {value}')
 
     def before_save_checkpoint(self, runner, checkpoint) -> None:
         kind, value = _fault()

@@ -11,23 +11,50 @@ from mmengine.config import Config
 
 from mmgc.runtime import cli
 from mmgc.runtime.distributed import setup_cpu_distributed
+from mmgc.runtime.errors import ConfigError
 
-ROOT = Path(__file__).resolve().parents[2]
-TINY = str(ROOT / 'tests' / 'data' / 'configs' / 'mask_rcnn_tiny_gc.py')
+TINY = str(Path(__file__).resolve().parents[2] / 'tests/data/configs/mask_rcnn_tiny_gc.py')
 
 
 def _train_args(*argv: str):
     return cli.train_parser().parse_args([TINY, *argv])
 
 
-def test_resume_forms():
+def test_resume_forms(tmp_path):
     assert _train_args().resume is None
     assert _train_args('--resume').resume == 'auto'
     assert _train_args('--resume', 'a.pth').resume == 'a.pth'
-    cfg = cli.train_config(_train_args('--resume'))
-    assert cfg.resume is True and cfg.load_from is None
     cfg = cli.train_config(_train_args('--resume', 'x/epoch_3.pth'))
     assert cfg.resume is True and cfg.load_from == 'x/epoch_3.pth'
+    # --resume alone: what last_checkpoint names, read once, here ...
+    work_dir = tmp_path / 'work'
+    work_dir.mkdir()
+    (work_dir / 'epoch_2.pth').write_bytes(b'')
+    (work_dir / 'last_checkpoint').write_text(str(work_dir / 'epoch_2.pth'))
+    cfg = cli.train_config(_train_args('--resume', '--work-dir', str(work_dir)))
+    assert cfg.resume is True and cfg.load_from == str(work_dir / 'epoch_2.pth')
+    # ... and in an empty work dir nothing: a fresh start.
+    cfg = cli.train_config(_train_args('--resume', '--work-dir', str(tmp_path / 'empty')))
+    assert cfg.resume is False and cfg.load_from is None
+
+
+def test_gc_diagnostics_flag():
+    assert _train_args().gc_diagnostics is None
+    cfg = cli.train_config(_train_args('--gc-diagnostics', '5'))
+    assert cfg.custom_hooks == [dict(type='GCDiagnosticsHook', interval=5)]
+    # A hook the config already has keeps its other settings.
+    cfg.custom_hooks = [dict(type='GCDiagnosticsHook', interval=50, layers=['fc'])]
+    cli._add_gc_diagnostics(cfg, 7)
+    assert cfg.custom_hooks == [dict(type='GCDiagnosticsHook', interval=7, layers=['fc'])]
+
+
+@pytest.mark.parametrize('bad', ['0', '-2', 'ten', '1.5'])
+def test_gc_diagnostics_needs_a_positive_interval(bad, capsys):
+    with pytest.raises(SystemExit):
+        _train_args('--gc-diagnostics', bad)
+    assert f"argument --gc-diagnostics: must be a positive integer; got '{bad}'" in (
+        capsys.readouterr().err
+    )
 
 
 def test_work_dir_launcher_and_cfg_options():
@@ -65,7 +92,7 @@ def test_auto_scale_lr():
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason='checks the CPU-only path')
 def test_amp_without_gpu_is_refused_clearly():
-    with pytest.raises(RuntimeError, match='--amp needs a CUDA'):
+    with pytest.raises(ConfigError, match='--amp needs a CUDA'):
         cli.train_config(_train_args('--amp'))
 
 
@@ -85,7 +112,7 @@ def test_test_config(tmp_path):
     assert cfg.default_hooks.visualization.test_out_dir == 'vis'
     with pytest.raises(FileNotFoundError, match='missing.pth'):
         cli.test_config(cli.test_parser().parse_args([TINY, str(tmp_path / 'missing.pth')]))
-    with pytest.raises(ValueError, match=r'--out must name a \.pkl'):
+    with pytest.raises(ConfigError, match=r'--out must name a \.pkl'):
         cli.test_config(cli.test_parser().parse_args([TINY, str(ckpt), '--out', 'r.json']))
 
 
@@ -102,12 +129,102 @@ def test_cpu_distributed_needs_the_launcher_environment(monkeypatch):
         monkeypatch.delenv(name, raising=False)
     cfg = Config.fromfile(TINY)
     cfg.launcher = 'pytorch'
-    with pytest.raises(RuntimeError, match='needs the environment variable RANK'):
+    with pytest.raises(ConfigError, match='needs the environment variable RANK'):
         setup_cpu_distributed(cfg)
     cfg.launcher = 'mpi'
     monkeypatch.delenv('OMPI_COMM_WORLD_RANK', raising=False)
-    with pytest.raises(RuntimeError, match='OMPI_COMM_WORLD_RANK'):
+    with pytest.raises(ConfigError, match='OMPI_COMM_WORLD_RANK'):
         setup_cpu_distributed(cfg)
     cfg.launcher = 'spark'
-    with pytest.raises(ValueError, match='launcher must be one of'):
+    with pytest.raises(ConfigError, match='launcher must be one of'):
         setup_cpu_distributed(cfg)
+
+
+class _Runner:
+    """What ``_guarded`` needs of a runner: hooks, and a loop that calls
+    ``before_train`` and then fails, or fails before it."""
+
+    def __init__(self, error: Exception, after_start: bool) -> None:
+        self.hooks, self.error, self.after_start = [], error, after_start
+
+    def register_hook(self, hook) -> None:
+        self.hooks.append(hook)
+
+    def train(self):
+        if self.after_start:
+            for hook in self.hooks:
+                hook.before_train(self)
+        raise self.error
+
+
+@pytest.mark.parametrize(
+    'error', [ValueError('bad lr'), TypeError('no arg x'), KeyError('NoSuchHead is not')]
+)
+def test_bad_values_before_the_loop_are_config_errors(error):
+    runner = _Runner(error, after_start=False)
+    with pytest.raises(ConfigError) as info:
+        cli._guarded(runner.train)
+    assert info.value.__cause__ is error
+    assert str(info.value) == str(error.args[0])
+    # Raised once the loop started: the error itself, with its traceback.
+    runner = _Runner(error, after_start=True)
+    with pytest.raises(type(error)) as info:
+        cli._guarded(runner.train)
+    assert info.value is error
+
+
+def test_other_errors_are_never_config_errors():
+    error = RuntimeError('CUDA out of memory')
+    with pytest.raises(RuntimeError) as info:
+        cli._guarded(_Runner(error, after_start=False).train)
+    assert info.value is error
+
+
+def test_build_runner_turns_a_bad_model_value_into_a_config_error(tmp_path):
+    cfg = Config.fromfile(TINY)
+    cfg.merge_from_dict({'work_dir': str(tmp_path), 'model.backbone.depth': 19})
+    with pytest.raises(ConfigError, match='invalid depth 19 for resnet') as info:
+        cli.build_runner(cfg)
+    assert isinstance(info.value.__cause__, KeyError)
+
+
+@pytest.mark.parametrize(
+    ('error', 'line'),
+    [
+        (ConfigError('--amp needs a GPU'), 'ConfigError: --amp needs a GPU'),
+        (FileNotFoundError('no such file x.py'), 'FileNotFoundError: no such file x.py'),
+    ],
+)
+def test_exit_on_user_error_prints_one_line(error, line, capsys, monkeypatch):
+    monkeypatch.delenv('MMGC_DEBUG', raising=False)
+
+    def main():
+        raise error
+
+    with pytest.raises(SystemExit) as info:
+        cli.exit_on_user_error(main)()
+    assert info.value.code == 2
+    assert capsys.readouterr().err == f'{line} (MMGC_DEBUG=1 shows the traceback)\n'
+
+
+def test_a_config_error_shows_the_type_of_its_cause(capsys, monkeypatch):
+    monkeypatch.delenv('MMGC_DEBUG', raising=False)
+
+    def main():
+        with cli._bad_values_refused():
+            raise KeyError('SGDX is not in the mmengine::optimizer registry')
+
+    with pytest.raises(SystemExit):
+        cli.exit_on_user_error(main)()
+    assert capsys.readouterr().err.startswith(
+        'KeyError: SGDX is not in the mmengine::optimizer registry (MMGC_DEBUG'
+    )
+
+
+@pytest.mark.parametrize('error', [ValueError('x'), TypeError('x'), KeyError('x'), OSError('x')])
+def test_exit_on_user_error_leaves_other_errors_alone(error):
+    def main():
+        raise error
+
+    with pytest.raises(type(error)):
+        cli.exit_on_user_error(main)()

@@ -9,17 +9,9 @@ from pathlib import Path
 import pytest
 from mmengine.config import Config
 
-from mmgc.runtime.shapes import make_shapes_dataset
 from mmgc.runtime.data_check import MissingDataError, check_data_paths, data_paths
 
-ROOT = Path(__file__).resolve().parents[2]
-TINY = ROOT / 'tests' / 'data' / 'configs' / 'mask_rcnn_tiny_gc.py'
-
-
-@pytest.fixture(scope='module')
-def shapes(tmp_path_factory) -> dict:
-    root = tmp_path_factory.mktemp('shapes')
-    return make_shapes_dataset(root, num_train=2, num_val=2, image_size=32)
+TINY = Path(__file__).resolve().parents[2] / 'tests' / 'data' / 'configs' / 'mask_rcnn_tiny_gc.py'
 
 
 def _config(data_root: str) -> Config:

@@ -1,8 +1,13 @@
-"""The demo: its configs, and a small setting of its one-line command, end to end."""
+"""The demo: its configs, its plots, and a small setting of its one-line
+command with two seeds, end to end."""
 
+import ast
+import importlib.util
 import json
+import math
 import os
 import re
+import statistics
 import subprocess
 import sys
 from pathlib import Path
@@ -14,10 +19,11 @@ from mmengine.hub import get_config
 
 from mmgc.runtime.shapes import SHAPES_CLASSES
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 GC_CONFIG = ROOT / 'configs/demo/mask_rcnn_r18_fpn_shapes_gc.py'
 BASELINE_CONFIG = ROOT / 'configs/demo/baselines/mask_rcnn_r18_fpn_shapes.py'
 ITERS = 2
+SEEDS = (0, 1)
 AP_KEYS = [
     f'coco/{task}_mAP{suffix}'
     for task in ('bbox', 'segm')
@@ -79,104 +85,6 @@ def test_demo_baseline_is_mmdetections_mask_rcnn_shrunk():
     assert ours['train_dataloader']['num_workers'] == 0
 
 
-@pytest.fixture(scope='module')
-def demo(tmp_path_factory):
-    """One small run of the README's demo command (install step skipped)."""
-    tmp = tmp_path_factory.mktemp('demo')
-    env = {**os.environ, 'MMGC_SKIP_SETUP': '1', 'MMGC_VENV': sys.prefix}
-    cmd = [
-        "bash", str(ROOT / "tools/run_demo.sh"),
-        "--iters", str(ITERS), "--num-train", "6", "--num-val", "2",
-        "--data-root", str(tmp / "data"),
-        "--work-dir", str(tmp / "work"),
-        "--report-dir", str(tmp / "report"),
-    ]  # fmt: skip
-    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
-    return tmp, proc.stdout + proc.stderr
-
-
-def test_demo_command_writes_the_report(demo):
-    tmp, output = demo
-    report_dir = tmp / 'report'
-    assert f'Demo report: {report_dir.resolve() / "report.md"}' in output
-    # Progress of the long steps is logged by MMEngine.
-    assert '[demo] 2-3/4 training baseline and gc side by side' in output
-    assert '[demo] gc: ' in output and 'console log' in output
-    summary = json.loads((report_dir / 'summary.json').read_text())
-    runs = summary['runs']
-    assert set(runs) == {'baseline', 'gc'}
-    for name, run in runs.items():
-        assert run['iters'] == ITERS
-        assert set(AP_KEYS) <= set(run['metrics']), name
-        assert all(-1.0 <= run['metrics'][k] <= 1.0 for k in AP_KEYS)
-        assert run['train_s'] > 0 and run['eval_s'] > 0 and run['total_s'] > 0
-        for key in ('log_file', 'json_log', 'checkpoint'):
-            assert Path(run[key]).is_file(), (name, key, run[key])
-        assert Path(run['checkpoint']).name == f'iter_{ITERS}.pth'
-    assert runs['gc']['config'].endswith('mask_rcnn_r18_fpn_shapes_gc.py')
-
-    report = (report_dir / 'report.md').read_text()
-    # Every AP of the summary is in the Markdown table, with its delta.
-    for row in summary['ap']:
-        cells = [row['task'], row['metric']]
-        for key in ('baseline', 'gc'):
-            cells.append('n/a' if row[key] is None else f'{row[key]:.1f}')
-        cells.append('n/a' if row['delta'] is None else f'{row["delta"]:+.1f}')
-        assert '| ' + ' | '.join(cells) + ' |' in report, row
-        if row['delta'] is not None:
-            assert row['delta'] == pytest.approx(row['gc'] - row['baseline'], abs=0.11)
-    for run in runs.values():
-        assert run['checkpoint'] in report and run['log_file'] in report
-    assert re.search(r'overhead over the baseline: [+-]\d+\.\d%', report)
-    assert f'| baseline | {ITERS} |' in report and f'| gc | {ITERS} |' in report
-
-    # The comparison tool (issue 4's tools/compare_ap.py) ran on the two work
-    # dirs: its config check passed and its table is quoted.
-    if (ROOT / 'tools' / 'compare_ap.py').is_file():
-        assert summary['comparison_tool_returncode'] == 0
-        assert "comparison tool's table" in report
-        assert (report_dir / 'ap_comparison.md').is_file()
-
-    # Two real PNG plots and per-iteration losses of both runs.
-    for name in ('loss.png', 'ap.png'):
-        data = (report_dir / name).read_bytes()
-        assert data[:8] == b'\x89PNG\r\n\x1a\n' and len(data) > 5000
-    lines = (report_dir / 'loss.csv').read_text().splitlines()
-    assert lines[0] == 'iter,baseline_loss,gc_loss' and len(lines) == ITERS + 1
-    for line in lines[1:]:
-        _, base_loss, gc_loss = line.split(',')
-        assert torch.isfinite(torch.tensor([float(base_loss), float(gc_loss)])).all()
-
-
-def test_demo_training_is_deterministic(demo):
-    """Re-running the GC run of the demo with the same seed gives the same
-    per-iteration losses and the same APs."""
-    from mmgc.runtime.demo import train_in_parallel
-
-    tmp, _ = demo
-    # the demo ran its two runs side by side, each with half the CPU threads
-    # (results depend on the thread count, so the re-run uses the same)
-    (again,) = train_in_parallel(
-        [
-            (
-                'gc',
-                GC_CONFIG,
-                dict(work_dir=tmp / 'again', data_root=tmp / 'data', iters=ITERS, seed=0),
-            )
-        ],
-        threads=max(1, (os.cpu_count() or 1) // 2),
-    )
-    lines = (tmp / 'report' / 'loss.csv').read_text().splitlines()[1:]
-    first = []
-    for line in lines:
-        it, _, gc_loss = line.split(',')
-        first.append((int(it), float(gc_loss)))
-    assert again.losses == first
-    summary = json.loads((tmp / 'report' / 'summary.json').read_text())
-    assert again.metrics == summary['runs']['gc']['metrics']
-
-
 @pytest.mark.parametrize(
     'kwargs, match',
     [
@@ -191,13 +99,276 @@ def test_demo_config_rejects_bad_settings(tmp_path, kwargs, match):
         demo_config(GC_CONFIG, work_dir=tmp_path, data_root=tmp_path, **kwargs)
 
 
-def test_demo_config_scales_the_schedule(tmp_path):
+@pytest.mark.parametrize(
+    'seeds, match',
+    [
+        ((), 'seeds must name at least one training seed; got none'),
+        ((0, -1), 'seeds must be ints >= 0; got -1'),
+        ((2, 0, 2), r'seeds must differ; \[2\] given more than once'),
+    ],
+)
+def test_run_demo_rejects_bad_seeds_before_any_work(tmp_path, seeds, match):
+    from mmgc.runtime.demo import run_demo
+
+    with pytest.raises(ValueError, match=match):
+        run_demo(GC_CONFIG, BASELINE_CONFIG, seeds=seeds, data_root=tmp_path / 'data')
+    assert not (tmp_path / 'data').exists()
+
+
+def test_demo_command_rejects_a_repeated_seed(capsys):
+    spec = importlib.util.spec_from_file_location('run_demo', ROOT / 'tools' / 'run_demo.py')
+    tool = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(tool)
+    assert tool.parse_args(['--seeds', '0', '1', '2']).seeds == [0, 1, 2]
+    assert tool.parse_args(['--seed', '4']).seeds == [4]
+    assert tool.parse_args([]).seeds == [0]
+    with pytest.raises(SystemExit):
+        tool.parse_args(['--seeds', '1', '1'])
+    assert '--seeds must differ; got 1 1' in capsys.readouterr().err
+
+
+def test_demo_config_scales_the_schedule_and_adds_the_recorder(tmp_path):
+    from mmgc.runtime.compare import config_differences
     from mmgc.runtime.demo import demo_config
 
-    cfg = demo_config(BASELINE_CONFIG, work_dir=tmp_path / 'w', data_root=tmp_path / 'd', iters=120)
+    cfg = demo_config(
+        BASELINE_CONFIG, work_dir=tmp_path / 'w', data_root=tmp_path / 'd', iters=120, seed=3
+    )
     assert cfg.train_cfg.max_iters == cfg.train_cfg.val_interval == 120
     warmup, steps = cfg.param_scheduler
     assert warmup.end == 50 and steps.end == 120 and steps.milestones == [80, 110]
     assert cfg.default_hooks.checkpoint.interval == 120
-    assert cfg.train_dataloader.dataset.data_root == str(tmp_path / 'd') + '/'
+    assert cfg.randomness.seed == 3
+    for split in ('train', 'val', 'test'):
+        assert cfg[f'{split}_dataloader'].dataset.data_root == str(tmp_path / 'd') + '/'
     assert cfg.val_evaluator.ann_file == str(tmp_path / 'd/annotations/instances_val.json')
+    assert cfg.test_evaluator.ann_file == cfg.val_evaluator.ann_file
+    assert [h.type for h in cfg.custom_hooks] == ['DemoRecorderHook']
+    assert cfg.custom_imports.imports == ['mmgc.runtime.demo']
+    gc = demo_config(
+        GC_CONFIG, work_dir=tmp_path / 'g', data_root=tmp_path / 'd', iters=120, seed=3
+    )
+    assert gc.custom_imports.imports == ['mmgc', 'mmgc.runtime.demo']
+    # The twins still differ only in the optimizer.
+    assert config_differences(gc, cfg) == []
+
+
+def test_demo_modules_do_not_import_each_other_in_a_cycle():
+    tree = ast.parse((ROOT / 'mmgc/runtime/demo_report.py').read_text())
+    imported = {
+        (node.module or '') if isinstance(node, ast.ImportFrom) else alias.name
+        for node in ast.walk(tree)
+        if isinstance(node, (ast.Import, ast.ImportFrom))
+        for alias in node.names
+    }
+    assert not {'demo', 'mmgc.runtime.demo'} & imported, imported
+
+
+# ------------------------------------------------------------------ plots
+
+
+def _overlaps(a, b) -> bool:
+    return a.x0 < b.x1 and b.x0 < a.x1 and a.y0 < b.y1 and b.y0 < a.y1
+
+
+def assert_legend_clear(fig) -> None:
+    """Every legend of ``fig`` lies outside every axes and its labels."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    canvas = FigureCanvasAgg(fig)
+    canvas.draw()
+    renderer = canvas.get_renderer()
+    assert fig.legends, 'the figure has no figure legend'
+    for legend in fig.legends:
+        box = legend.get_window_extent(renderer)
+        for ax in fig.axes:
+            assert ax.get_legend() is None, 'a legend inside the axes'
+            assert not _overlaps(box, ax.get_window_extent(renderer)), ax.get_title()
+            for text in [*ax.texts, *ax.get_xticklabels(), ax.xaxis.label]:
+                if text.get_text():
+                    assert not _overlaps(box, text.get_window_extent(renderer)), text
+
+
+@pytest.fixture(scope='module')
+def three_seeds():
+    """Demo-like runs of three seeds (synthetic APs and losses) and their comparison."""
+    from mmgc.runtime.compare import RunResult, compare_runs
+    from mmgc.runtime.demo_report import DemoRun
+
+    gc_cfg, base_cfg = Config.fromfile(str(GC_CONFIG)), Config.fromfile(str(BASELINE_CONFIG))
+    gen = torch.Generator().manual_seed(0)
+    runs, results = [], {'gc': [], 'baseline': []}
+    for seed in (0, 1, 2):
+        for name, cfg in (('baseline', base_cfg), ('gc', gc_cfg)):
+            level = 0.62 + (0.03 if name == 'gc' else 0.0) + 0.01 * seed
+            metrics = {key: level + 0.2 * (key.endswith('_50')) for key in AP_KEYS}
+            metrics['coco/bbox_mAP_l'] = -1.0
+            losses = [
+                (i, 3.0 / i + 0.05 * float(torch.rand(1, generator=gen))) for i in range(1, 41)
+            ]
+            runs.append(DemoRun(name, seed, str(cfg.filename), f'/w/seed{seed}/{name}', 40,
+                                metrics, losses, train_s=30.0, train_cpu_s=29.0))  # fmt: skip
+            seeded = Config(cfg.to_dict())
+            seeded.merge_from_dict({'randomness.seed': seed})
+            results[name].append(RunResult(f'/w/seed{seed}/{name}', metrics, seeded))
+    return runs, compare_runs(results['gc'], results['baseline'])
+
+
+def test_demo_plots_keep_their_legends_off_the_labels(three_seeds):
+    from mmgc.runtime.compare import delta_figure
+    from mmgc.runtime.demo_report import ap_figure, loss_figure
+
+    runs, comparison = three_seeds
+    for fig in (ap_figure(comparison), delta_figure(comparison, 'demo'), loss_figure(runs)):
+        assert_legend_clear(fig)
+
+
+def test_ap_plot_labels_each_bar_with_its_mean(three_seeds):
+    from mmgc.runtime.demo_report import ap_figure
+
+    _, comparison = three_seeds
+    fig = ap_figure(comparison)
+    (ax,) = fig.axes
+    labels = [t.get_text() for t in ax.texts]
+    # bbox AP, AP50, AP75 and segm AP, AP50, AP75; baseline bars, then GC bars
+    expected = [
+        f'{statistics.mean(100 * (0.62 + g + 0.01 * s + d) for s in (0, 1, 2)):.1f}'
+        for g in (0.0, 0.03)
+        for d in (0.0, 0.2, 0.0, 0.0, 0.2, 0.0)
+    ]
+    assert labels == expected
+    assert 'mean ± 1 std over seeds 0, 1, 2' in ax.get_title()
+
+
+# ------------------------------------------------------------ end to end
+
+
+@pytest.fixture(scope='module')
+def demo(tmp_path_factory):
+    """A small run of the README's demo command with two seeds (install step skipped)."""
+    tmp = tmp_path_factory.mktemp('demo')
+    env = {**os.environ, 'MMGC_SKIP_SETUP': '1', 'MMGC_VENV': sys.prefix}
+    cmd = [
+        'bash', str(ROOT / 'tools/run_demo.sh'),
+        '--seeds', *map(str, SEEDS), '--iters', str(ITERS), '--num-train', '6', '--num-val', '2',
+        '--data-root', str(tmp / 'data'),
+        '--work-dir', str(tmp / 'work'),
+        '--report-dir', str(tmp / 'report'),
+    ]  # fmt: skip
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
+    return tmp, proc.stdout + proc.stderr
+
+
+@pytest.mark.slow
+def test_demo_trains_the_pairs_one_after_another_each_side_by_side(demo):
+    tmp, output = demo
+    for number, seed in enumerate(SEEDS, start=1):
+        line = (
+            f'[demo] 2/3 pair {number}/{len(SEEDS)} (seed {seed}, {ITERS} iterations): '
+            'training baseline and gc side by side'
+        )
+        assert line in output
+        assert f'[demo] gc seed {seed}: ' in output and 'console log' in output
+    assert output.index('pair 1/2') < output.index('pair 2/2')
+    # Each run went through tools/train.py's code path (run_train makes the
+    # checkpoint hook atomic), with the demo's recorder.
+    for seed in SEEDS:
+        for name in ('baseline', 'gc'):
+            (log,) = (tmp / 'work' / f'seed{seed}' / name).glob('*/*.log')
+            text = log.read_text()
+            assert 'AtomicCheckpointHook' in text and 'DemoRecorderHook' in text
+            assert re.search(rf'randomness = dict\([^)]*\bseed={seed}\b', text)
+
+
+@pytest.mark.slow
+def test_demo_report_shows_mean_spread_and_verdicts(demo):
+    tmp, output = demo
+    report_dir = tmp / 'report'
+    assert f'Demo report: {report_dir.resolve() / "report.md"}' in output
+    summary = json.loads((report_dir / 'summary.json').read_text())
+    assert summary['seeds'] == list(SEEDS)
+    runs = summary['runs']
+    assert sorted((r['name'], r['seed']) for r in runs) == [
+        (name, seed) for name in ('baseline', 'gc') for seed in SEEDS
+    ]
+    for run in runs:
+        assert run['iters'] == ITERS
+        assert set(AP_KEYS) <= set(run['metrics']), run['name']
+        assert all(-1.0 <= run['metrics'][k] <= 1.0 for k in AP_KEYS)
+        assert run['train_s'] > 0 and run['eval_s'] > 0 and run['total_s'] > 0
+        for key in ('log_file', 'json_log', 'checkpoint'):
+            assert Path(run[key]).is_file(), (run['name'], key, run[key])
+        assert Path(run['checkpoint']).name == f'iter_{ITERS}.pth'
+    by_run = {(r['name'], r['seed']): r for r in runs}
+    assert by_run['gc', 0]['config'].endswith('mask_rcnn_r18_fpn_shapes_gc.py')
+
+    report = (report_dir / 'report.md').read_text()
+    # The AP table is the comparison's: mean ± spread of each side, the
+    # paired delta with its interval, each seed's delta and the verdict.
+    assert '| seed | GC run | baseline run |' in report
+    for row in summary['ap']:
+        values = {
+            name: [100 * by_run[name, s]['metrics'][f'coco/{row["task"]}_mAP' + _suffix(row)]
+                   for s in SEEDS]
+            for name in ('gc', 'baseline')
+        }  # fmt: skip
+        if min(values['gc'] + values['baseline']) < 0:  # COCOeval's -1: no data
+            assert row['verdict'] == 'n/a'
+            continue
+        assert row['gc'] == pytest.approx(statistics.mean(values['gc']))
+        assert row['baseline_std'] == pytest.approx(statistics.stdev(values['baseline']))
+        deltas = [g - b for g, b in zip(values['gc'], values['baseline'])]
+        assert row['delta'] == pytest.approx(statistics.mean(deltas))
+        low, high = row['interval']
+        half = 12.706204736174707 * statistics.stdev(deltas) / math.sqrt(2)  # t(0.975, 1)
+        assert (low, high) == pytest.approx((row['delta'] - half, row['delta'] + half))
+        verdict = 'GC higher' if low > 0 else 'GC lower' if high < 0 else 'no clear difference'
+        assert row['verdict'] == verdict
+        cells = f'| {row["metric"]} | {row["gc"]:.2f} ± {row["gc_std"]:.2f} | '
+        assert cells in report, row
+        assert f'| {row["paper_delta"] or "n/a"} | {verdict} |' in report
+    for run in runs:
+        assert run['checkpoint'] in report and run['log_file'] in report
+    assert re.search(r'overhead over the baseline \(all seeds\): [+-]\d+\.\d% in wall time', report)
+    for seed in SEEDS:
+        assert f'| gc seed {seed} | {ITERS} |' in report
+
+    # The comparison's files, and the demo's plots and losses.
+    for name in ('ap_comparison.md', 'ap_comparison.csv', 'ap_seeds.csv'):
+        assert (report_dir / name).stat().st_size > 0
+    for name in ('loss.png', 'ap.png', 'ap_deltas.png'):
+        data = (report_dir / name).read_bytes()
+        assert data[:8] == b'\x89PNG\r\n\x1a\n' and len(data) > 5000
+    lines = (report_dir / 'loss.csv').read_text().splitlines()
+    assert lines[0] == 'iter,' + ','.join(f'{n}_seed{s}' for s in SEEDS for n in ('baseline', 'gc'))
+    assert len(lines) == ITERS + 1
+    for line in lines[1:]:
+        losses = [float(v) for v in line.split(',')[1:]]
+        assert torch.isfinite(torch.tensor(losses)).all()
+
+
+def _suffix(row) -> str:
+    return {'AP': '', 'AP50': '_50', 'AP75': '_75'}.get(row['metric'], '_' + row['metric'][-1])
+
+
+@pytest.mark.slow
+def test_demo_training_is_deterministic(demo):
+    """Re-running the GC run of seed 1 on its own (train_in_subprocess, the
+    path of --sequential) gives the same per-iteration losses and APs."""
+    from mmgc.runtime.demo import DemoJob, train_in_subprocess
+
+    tmp, _ = demo
+    # the demo ran a pair's runs side by side, each with half the CPU threads
+    # (results depend on the thread count, so the re-run uses the same)
+    again = train_in_subprocess(
+        DemoJob('gc', str(GC_CONFIG), 1, str(tmp / 'again'), str(tmp / 'data'), ITERS),
+        threads=max(1, (os.cpu_count() or 1) // 2),
+    )
+    lines = (tmp / 'report' / 'loss.csv').read_text().splitlines()
+    column = lines[0].split(',').index('gc_seed1')
+    first = [(int(line.split(',')[0]), float(line.split(',')[column])) for line in lines[1:]]
+    assert again.losses == first
+    summary = json.loads((tmp / 'report' / 'summary.json').read_text())
+    (run,) = [r for r in summary['runs'] if (r['name'], r['seed']) == ('gc', 1)]
+    assert again.metrics == run['metrics']

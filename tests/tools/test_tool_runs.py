@@ -6,7 +6,8 @@ COCO-format dataset (``make_shapes_dataset``), tested with ``tools/test.py``
 (pycocotools' COCOeval), resumed, trained on two CPU processes with
 ``tools/dist_train.sh`` (gloo), fed a malicious and a corrupt checkpoint and
 a missing data root, and its metrics compared with ``tools/compare_ap.py``.
-The runs are shared by the tests of this module (module-scoped fixtures).
+The runs are shared by the tests of this module (module-scoped fixtures);
+both training runs log the GC diagnostics (``--gc-diagnostics``).
 """
 
 from __future__ import annotations
@@ -14,10 +15,7 @@ from __future__ import annotations
 import csv
 import json
 import os
-import os.path as osp
 import shutil
-import socket
-import subprocess
 import sys
 from pathlib import Path
 
@@ -25,122 +23,35 @@ import mmengine
 import pytest
 import torch
 
-from mmgc.runtime.shapes import make_shapes_dataset
 from mmgc.runtime.checkpoint import safe_torch_load
 
 pytestmark = pytest.mark.slow
 
-ROOT = Path(__file__).resolve().parents[2]
-CONFIGS = ROOT / 'tests' / 'data' / 'configs'
-GC_CONFIG = CONFIGS / 'mask_rcnn_tiny_gc.py'
-BASE_CONFIG = CONFIGS / 'mask_rcnn_tiny.py'
-DIST_CONFIG = CONFIGS / 'mask_rcnn_tiny_gc_dist.py'
-TIMEOUT = 300
 
-
-def _env(extra_path: str | None = None) -> dict[str, str]:
-    env = dict(os.environ)
-    paths = [str(ROOT)] + ([extra_path] if extra_path else [])
-    if env.get('PYTHONPATH'):
-        paths.append(env['PYTHONPATH'])
-    env['PYTHONPATH'] = os.pathsep.join(paths)
-    env.setdefault('OMP_NUM_THREADS', '1')
-    return env
-
-
-def _run(args: list[str], env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        args,
-        cwd=ROOT,
-        env=env or _env(),
-        capture_output=True,
-        text=True,
-        timeout=TIMEOUT,
-    )
-
-
-def _ok(proc: subprocess.CompletedProcess) -> subprocess.CompletedProcess:
-    assert proc.returncode == 0, (
-        f'exit {proc.returncode}\n--- stdout\n{proc.stdout[-4000:]}'
-        f'\n--- stderr\n{proc.stderr[-4000:]}'
-    )
-    return proc
-
-
-def _data_options(
-    paths: dict, root: str | None = None, splits=('train', 'val', 'test')
-) -> list[str]:
-    """--cfg-options that point the tiny config at the generated data."""
-    root = root or paths['data_root']
-    ann = osp.join(root, 'annotations', 'instances_val.json')
-    options = [f'{split}_dataloader.dataset.data_root={root}/' for split in splits]
-    options += [f'{split}_evaluator.ann_file={ann}' for split in splits if split != 'train']
-    return options
-
-
-def _train(config: Path, work_dir: Path, paths: dict, *extra: str):
-    return _run(
-        [
-            sys.executable,
-            'tools/train.py',
-            str(config),
-            '--work-dir',
-            str(work_dir),
-            *extra,
-            '--cfg-options',
-            *_data_options(paths),
-        ]
-    )
-
-
-def _test(config: Path, ckpt: Path, work_dir: Path, paths: dict, *extra: str):
-    return _run(
-        [
-            sys.executable,
-            'tools/test.py',
-            str(config),
-            str(ckpt),
-            '--work-dir',
-            str(work_dir),
-            *extra,
-            '--cfg-options',
-            *_data_options(paths),
-        ]
-    )
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(('127.0.0.1', 0))
-        return s.getsockname()[1]
+@pytest.fixture(scope='module')
+def gc_config(tools) -> Path:
+    return tools.configs / 'mask_rcnn_tiny_gc.py'
 
 
 @pytest.fixture(scope='module')
-def shapes(tmp_path_factory) -> dict:
-    root = tmp_path_factory.mktemp('shapes')
-    return make_shapes_dataset(root, num_train=8, num_val=4, image_size=64, seed=0)
+def base_config(tools) -> Path:
+    return tools.configs / 'mask_rcnn_tiny.py'
 
 
 @pytest.fixture(scope='module')
-def gc_run(shapes, tmp_path_factory) -> Path:
-    """Two epochs of the GC config, uninterrupted (val after each epoch)."""
+def gc_run(tools, gc_config, tmp_path_factory) -> Path:
+    """Two epochs of the GC config, uninterrupted (val after each epoch), with
+    the GC diagnostics on; --resume in an empty work dir starts afresh."""
     work_dir = tmp_path_factory.mktemp('gc_run')
-    _ok(_train(GC_CONFIG, work_dir, shapes))
+    tools.ok(tools.train(gc_config, work_dir, '--resume', '--gc-diagnostics', '2'))
     return work_dir
 
 
 @pytest.fixture(scope='module')
-def gc_test(gc_run, shapes) -> Path:
+def gc_test(tools, gc_config, gc_run) -> Path:
     """tools/test.py on the GC run's last checkpoint, predictions dumped."""
-    proc = _ok(
-        _test(
-            GC_CONFIG,
-            gc_run / 'epoch_2.pth',
-            gc_run,
-            shapes,
-            '--out',
-            str(gc_run / 'predictions.pkl'),
-        )
+    proc = tools.ok(
+        tools.test(gc_config, gc_run / 'epoch_2.pth', gc_run, '--out', gc_run / 'predictions.pkl')
     )
     assert 'Evaluate annotation type *bbox*' in proc.stdout
     assert 'Evaluate annotation type *segm*' in proc.stdout
@@ -148,12 +59,18 @@ def gc_test(gc_run, shapes) -> Path:
 
 
 @pytest.fixture(scope='module')
-def base_test(shapes, tmp_path_factory) -> Path:
-    """The baseline twin, trained and tested the same way."""
+def base_run(tools, base_config, tmp_path_factory) -> Path:
+    """The baseline twin, trained the same way."""
     work_dir = tmp_path_factory.mktemp('base_run')
-    _ok(_train(BASE_CONFIG, work_dir, shapes))
-    _ok(_test(BASE_CONFIG, work_dir / 'epoch_2.pth', work_dir, shapes))
-    return work_dir / 'test_metrics.json'
+    tools.ok(tools.train(base_config, work_dir, '--gc-diagnostics', '2'))
+    return work_dir
+
+
+@pytest.fixture(scope='module')
+def base_test(tools, base_config, base_run) -> Path:
+    """tools/test.py on the baseline's last checkpoint."""
+    tools.ok(tools.test(base_config, base_run / 'epoch_2.pth', base_run))
+    return base_run / 'test_metrics.json'
 
 
 COCO_KEYS = [
@@ -161,6 +78,16 @@ COCO_KEYS = [
     for task in ('bbox', 'segm')
     for suffix in ('', '_50', '_75', '_s', '_m', '_l')
 ]
+
+
+def test_resume_in_an_empty_work_dir_says_so_and_starts_afresh(gc_run):
+    (text,) = [p.read_text() for p in gc_run.glob('*/*.log') if 'Epoch(train)' in p.read_text()]
+    assert (
+        f'WARNING - --resume: nothing to resume, {gc_run / "last_checkpoint"} does not exist: '
+        'training starts from scratch.'
+    ) in text
+    assert 'Auto resumed' not in text
+    assert text.index('training starts from scratch') < text.index('Epoch(train) [1][1/4]')
 
 
 def test_train_saves_checkpoints_config_and_val_metrics(gc_run):
@@ -227,7 +154,18 @@ def _assert_same_checkpoint(a: dict, b: dict) -> None:
     assert a['param_schedulers'] == b['param_schedulers']
 
 
-def test_resume_equals_uninterrupted_run_bit_for_bit(gc_run, shapes, tmp_path):
+@pytest.mark.parametrize('run', ['gc_run', 'base_run'])
+def test_gc_diagnostics_flag_logs_the_statistics(run, request):
+    """--gc-diagnostics 2 adds GCDiagnosticsHook: its scalars every 2 iterations."""
+    (scalars,) = request.getfixturevalue(run).glob('*/vis_data/scalars.json')
+    records = [json.loads(line) for line in scalars.read_text().splitlines()]
+    logged = [r for r in records if any(k.startswith('gc/') for k in r)]
+    assert [r['step'] for r in logged] == [2, 4, 6, 8]
+    stats = {k.rsplit('/', 1)[-1] for k in logged[0] if k.startswith('gc/')}
+    assert stats == {'grad_norm', 'grad_max', 'gc_grad_norm', 'gc_grad_max', 'sum_drift'}
+
+
+def test_resume_equals_uninterrupted_run_bit_for_bit(tools, gc_config, gc_run, tmp_path):
     """Stop after epoch 1, resume with --resume (auto): same weights.
 
     The stopped run's work dir holds what a run stopped after epoch 1
@@ -238,9 +176,9 @@ def test_resume_equals_uninterrupted_run_bit_for_bit(gc_run, shapes, tmp_path):
     work_dir.mkdir()
     shutil.copy(gc_run / 'epoch_1.pth', work_dir / 'epoch_1.pth')
     (work_dir / 'last_checkpoint').write_text(str(work_dir / 'epoch_1.pth'))
-    proc = _ok(_train(GC_CONFIG, work_dir, shapes, '--resume'))
-    assert 'resumed epoch: 1, iter: 4' in proc.stdout + proc.stderr
-    assert 'local_safe backend' in proc.stdout + proc.stderr
+    proc = tools.ok(tools.train(gc_config, work_dir, '--resume'))
+    assert 'resumed epoch: 1, iter: 4' in tools.output(proc)
+    assert 'local_safe backend' in tools.output(proc)
     resumed = safe_torch_load(str(work_dir / 'epoch_2.pth'))
     unbroken = safe_torch_load(str(gc_run / 'epoch_2.pth'))
     _assert_same_checkpoint(unbroken, resumed)
@@ -256,47 +194,40 @@ class _RunsCode:
         return (os.system, (f'touch {self.marker}',))
 
 
-def test_resume_refuses_malicious_checkpoint(gc_run, shapes, tmp_path):
+def test_resume_refuses_malicious_checkpoint(tools, gc_config, gc_run, tmp_path):
     marker = tmp_path / 'code_ran'
     evil = tmp_path / 'evil.pth'
     ckpt = safe_torch_load(str(gc_run / 'epoch_1.pth'))
     ckpt['meta']['note'] = _RunsCode(str(marker))
     torch.save(ckpt, evil)
-    proc = _train(GC_CONFIG, tmp_path / 'work', shapes, '--resume', str(evil))
-    assert proc.returncode != 0
-    last_line = proc.stderr.strip().splitlines()[-1]
+    proc = tools.train(gc_config, tmp_path / 'work', '--resume', evil)
+    assert proc.returncode == 2
+    last_line = tools.last_line(proc)
     assert f"Refusing to load checkpoint '{evil}'" in last_line
     assert "'posix.system'" in last_line or "'nt.system'" in last_line
     assert not marker.exists()
 
 
-def test_test_tool_reports_truncated_checkpoint(gc_run, shapes, tmp_path):
+def test_test_tool_reports_truncated_checkpoint(tools, gc_config, gc_run, tmp_path):
     broken = tmp_path / 'truncated.pth'
     data = (gc_run / 'epoch_2.pth').read_bytes()
     broken.write_bytes(data[: len(data) // 2])
-    proc = _test(GC_CONFIG, broken, tmp_path / 'work', shapes)
-    assert proc.returncode != 0
-    last_line = proc.stderr.strip().splitlines()[-1]
+    proc = tools.test(gc_config, broken, tmp_path / 'work')
+    assert proc.returncode == 2
+    last_line = tools.last_line(proc)
     assert f"Cannot read checkpoint '{broken}'" in last_line
     assert 'truncated or corrupt' in last_line
 
 
-def test_missing_data_root_stops_before_the_runner(shapes, tmp_path):
+def test_missing_data_root_stops_before_the_runner(tools, gc_config, tmp_path):
     missing = tmp_path / 'no_such_data'
     work_dir = tmp_path / 'work'
-    proc = _run(
-        [
-            sys.executable,
-            'tools/train.py',
-            str(GC_CONFIG),
-            '--work-dir',
-            str(work_dir),
-            '--cfg-options',
-            *_data_options(shapes, root=str(missing)),
-        ]
+    proc = tools.run(
+        [sys.executable, 'tools/train.py', gc_config, '--work-dir', work_dir, '--cfg-options']
+        + tools.data_options(root=str(missing))
     )
-    assert proc.returncode != 0
-    last_line = proc.stderr.strip().splitlines()[-1]
+    assert proc.returncode == 2
+    last_line = tools.last_line(proc)
     assert 'MissingDataError' in last_line
     assert f"'{missing}/'" in last_line
     assert 'train_dataloader.dataset.data_root' in last_line
@@ -305,25 +236,23 @@ def test_missing_data_root_stops_before_the_runner(shapes, tmp_path):
     assert not work_dir.exists()
 
 
-def test_dist_train_two_cpu_processes_keep_identical_weights(shapes, tmp_path):
+def test_dist_train_two_cpu_processes_keep_identical_weights(tools, tmp_path):
     work_dir = tmp_path / 'dist'
-    env = _env(extra_path=str(ROOT / 'tests' / 'data'))
-    env.update(PYTHON=sys.executable, PORT=str(_free_port()))
-    proc = _run(
+    proc = tools.run(
         [
             'bash',
             'tools/dist_train.sh',
-            str(DIST_CONFIG),
+            tools.configs / 'mask_rcnn_tiny_gc_dist.py',
             '2',
             '--work-dir',
-            str(work_dir),
+            work_dir,
             '--cfg-options',
-            *_data_options(shapes, splits=('train', 'test')),  # no validation
+            *tools.data_options(splits=('train', 'test')),  # no validation
         ],
-        env=env,
+        {'PYTHON': sys.executable, 'PORT': str(tools.free_port())},
     )
-    _ok(proc)
-    assert "dist_cfg=dict(backend='gloo')" in proc.stdout + proc.stderr
+    tools.ok(proc)
+    assert "dist_cfg=dict(backend='gloo')" in tools.output(proc)
     dumps = {
         (rank, when): torch.load(work_dir / f'rank{rank}_{when}.pth', weights_only=True)
         for rank in (0, 1)
@@ -345,19 +274,10 @@ def test_dist_train_two_cpu_processes_keep_identical_weights(shapes, tmp_path):
         torch.testing.assert_close(other[key], value, rtol=0, atol=0)
 
 
-def test_compare_ap_on_real_result_files(gc_test, base_test, tmp_path):
+def test_compare_ap_on_real_result_files(tools, gc_test, base_test, tmp_path):
     out_dir = tmp_path / 'report'
-    proc = _ok(
-        _run(
-            [
-                sys.executable,
-                'tools/compare_ap.py',
-                str(gc_test),
-                str(base_test),
-                '--out-dir',
-                str(out_dir),
-            ]
-        )
+    proc = tools.ok(
+        tools.run([sys.executable, 'tools/compare_ap.py', gc_test, base_test, '--out-dir', out_dir])
     )
     gc_metrics = json.loads(gc_test.read_text())['metrics']
     base_metrics = json.loads(base_test.read_text())['metrics']
@@ -386,19 +306,23 @@ def test_compare_ap_on_real_result_files(gc_test, base_test, tmp_path):
     assert (out_dir / 'ap_deltas.png').read_bytes()[:8] == b'\x89PNG\r\n\x1a\n'
 
 
-def test_compare_ap_refuses_runs_that_differ_beyond_the_optimizer(gc_test, base_test, tmp_path):
+def test_compare_ap_refuses_runs_that_differ_beyond_the_optimizer(
+    tools, gc_test, base_test, tmp_path
+):
     record = json.loads(base_test.read_text())
-    record['config_text'] = record['config_text'].replace('batch_size=2', 'batch_size=3', 1)
+    # The training config that the checkpoint recorded is what is compared.
+    text = record['train_config_text']
+    record['train_config_text'] = text.replace('batch_size=2', 'batch_size=3', 1)
     altered = tmp_path / 'test_metrics.json'
     altered.write_text(json.dumps(record))
-    proc = _run(
+    proc = tools.run(
         [
             sys.executable,
             'tools/compare_ap.py',
-            str(gc_test),
-            str(altered),
+            gc_test,
+            altered,
             '--out-dir',
-            str(tmp_path / 'report'),
+            tmp_path / 'report',
         ]
     )
     assert proc.returncode == 2

@@ -12,6 +12,7 @@ Config interface::
 
 from __future__ import annotations
 
+import inspect
 import logging
 from typing import Any
 
@@ -33,8 +34,8 @@ from .sgd_gc import _check_gc_options
 
 __all__ = ['GCOptimWrapperConstructor']
 
-#: ``paramwise_cfg`` keys of MMEngine's default constructor, plus ``gc_layers``.
-PARAMWISE_KEYS = (
+#: ``paramwise_cfg`` keys of MMEngine's default constructor.
+MMENGINE_PARAMWISE_KEYS = (
     'bias_lr_mult',
     'bias_decay_mult',
     'bypass_duplicate',
@@ -42,9 +43,17 @@ PARAMWISE_KEYS = (
     'dcn_offset_lr_mult',
     'dwconv_decay_mult',
     'flat_decay_mult',
-    'gc_layers',
     'norm_decay_mult',
 )
+#: All ``paramwise_cfg`` keys this constructor takes.
+PARAMWISE_KEYS = (*MMENGINE_PARAMWISE_KEYS, 'gc_layers')
+
+#: ``custom_keys`` options that MMEngine copies into a group although their
+#: effect is already in its ``lr`` / ``weight_decay``; they do not keep
+#: groups apart.
+_MULTIPLIER_KEYS = ('lr_mult', 'decay_mult')
+
+_MISSING = object()
 
 
 def _all_registered(registry) -> dict[str, type]:
@@ -57,12 +66,55 @@ def _all_registered(registry) -> dict[str, type]:
     return found
 
 
+def _check_paramwise_cfg(paramwise_cfg: Any) -> dict:
+    """A copy of ``paramwise_cfg`` (None: empty), with its types checked.
+
+    Raises:
+        TypeError: If it, its ``custom_keys`` or an entry of those is not a
+            dict, or an entry's ``gc`` / ``gc_dim`` has the wrong type.
+        ValueError: On an unknown key.
+    """
+    if paramwise_cfg is None:
+        return {}
+    if not isinstance(paramwise_cfg, dict):
+        raise TypeError(f'paramwise_cfg must be None or a dict; got {paramwise_cfg!r}')
+    unknown = sorted(set(paramwise_cfg) - set(PARAMWISE_KEYS))
+    if unknown:
+        raise ValueError(
+            f'unknown paramwise_cfg key(s) {unknown}; valid keys are {list(PARAMWISE_KEYS)}'
+        )
+    custom_keys = paramwise_cfg.get('custom_keys', {})
+    if not isinstance(custom_keys, dict):
+        raise TypeError(
+            f'paramwise_cfg.custom_keys must be a dict of {{name: options dict}}; '
+            f'got {custom_keys!r}'
+        )
+    for key, options in custom_keys.items():
+        if not isinstance(options, dict):
+            raise TypeError(
+                f'custom_keys[{key!r}] must be a dict of options (lr_mult, '
+                f'decay_mult, gc, gc_dim, ...); got {options!r}'
+            )
+        try:
+            _check_gc_options(options)
+        except TypeError as err:
+            raise TypeError(f'custom_keys[{key!r}]: {err}') from None
+    return dict(paramwise_cfg)
+
+
 @OPTIM_WRAPPER_CONSTRUCTORS.register_module()
 class GCOptimWrapperConstructor(DefaultOptimWrapperConstructor):
     """``DefaultOptimWrapperConstructor`` plus a per-tensor GC decision.
 
-    Every ``paramwise_cfg`` option of the default constructor keeps its
-    meaning; one is added:
+    Every parameter gets the lr, weight decay and other options that
+    MMEngine's default constructor gives it, and the optimizer holds the
+    parameters MMEngine's would hold: without MMEngine ``paramwise_cfg``
+    options (``gc_layers`` does not count), all of ``model.parameters()``,
+    frozen ones included (with their GC setting, so a hook that unfreezes a
+    stage later trains it with GC, and checkpoints hold the tensors a
+    baseline's hold); with them, the trainable parameters that MMEngine's
+    ``add_params`` walk picks.
+    One ``paramwise_cfg`` option is added:
 
     - ``gc_layers`` (str | tuple[str]): which weights get GC, a non-empty
       subset of ``('conv', 'fc')``. ``conv`` selects the weight of every
@@ -70,7 +122,7 @@ class GCOptimWrapperConstructor(DefaultOptimWrapperConstructor):
       such as MMCV's ``ConvWS2d``, plus MMCV's deformable convs), ``fc`` the
       weight of every ``nn.Linear``. Defaults to both, as in the paper's
       detection experiments. Biases, norm parameters and any other tensor
-      never get GC; frozen parameters are left out of the optimizer.
+      never get GC.
 
     A ``custom_keys`` entry may set ``gc=False`` (or ``gc=True`` with an
     optional ``gc_dim``) to override the decision for the parameters whose
@@ -78,43 +130,42 @@ class GCOptimWrapperConstructor(DefaultOptimWrapperConstructor):
 
     Transposed convolutions are centralized per output channel (``gc_dim=1``),
     unlike the authors' code, which uses dim 0 for every tensor; see
-    :mod:`mmgc.engine.optimizers.selection`. Parameters with identical settings share one
-    parameter group, so torch's multi-tensor kernels stay usable.
+    :mod:`mmgc.engine.optimizers.selection`. Parameters whose settings are
+    identical (lr, weight decay, ..., ``gc``, ``gc_dim``, counting an option
+    left to the optimizer's default as that default) share one parameter
+    group, so torch's multi-tensor kernels stay usable.
 
     Args:
         optim_wrapper_cfg (dict): The optim wrapper config. Its ``optimizer``
             may be ``SGDGC`` / ``SGD_GC`` (GC inside its step) or any
-            ``torch.optim`` optimizer that :mod:`mmgc.engine.optimizers.gc_step_hooks` supports
-            (``SGD``, ``Adam``, ``AdamW``, ``Adagrad``, ``RMSprop``, ...),
-            which then sees centralized gradients through step hooks.
+            ``torch.optim`` optimizer that
+            :mod:`mmgc.engine.optimizers.gc_step_hooks` supports (``SGD``,
+            ``Adam``, ``AdamW``, ``Adagrad``, ``RMSprop``, ...), which then
+            sees centralized gradients through step hooks.
         paramwise_cfg (dict, optional): See above. Defaults to None.
 
     Raises:
+        TypeError: If ``paramwise_cfg`` or its ``custom_keys`` is not a dict
+            (as MMEngine), or a ``custom_keys`` entry is not a dict or has a
+            ``gc`` / ``gc_dim`` of the wrong type.
         ValueError: On an unknown ``paramwise_cfg`` key, an invalid
             ``gc_layers`` or an optimizer that cannot apply GC.
     """
 
     def __init__(self, optim_wrapper_cfg: dict, paramwise_cfg: dict | None = None) -> None:
-        paramwise_cfg = dict(paramwise_cfg or {})
-        unknown = sorted(set(paramwise_cfg) - set(PARAMWISE_KEYS))
-        if unknown:
-            raise ValueError(
-                f'unknown paramwise_cfg key(s) {unknown}; valid keys are {list(PARAMWISE_KEYS)}'
-            )
-        paramwise_cfg['gc_layers'] = parse_gc_layers(paramwise_cfg.get('gc_layers', GC_LAYER_KINDS))
-        for key, options in (paramwise_cfg.get('custom_keys') or {}).items():
-            if isinstance(options, dict):
-                try:
-                    _check_gc_options(options)
-                except TypeError as err:
-                    raise TypeError(f'custom_keys[{key!r}]: {err}') from None
+        paramwise_cfg = _check_paramwise_cfg(paramwise_cfg)
+        self.gc_layers: tuple[str, ...] = parse_gc_layers(
+            paramwise_cfg.get('gc_layers', GC_LAYER_KINDS)
+        )
+        self._use_mmengine_walk = bool(set(paramwise_cfg) - {'gc_layers'})
         # ``gc_layers`` keeps paramwise_cfg non-empty, so the parent always
-        # takes its add_params path, through which every GC decision passes.
-        super().__init__(optim_wrapper_cfg, paramwise_cfg)
-        self.gc_layers: tuple[str, ...] = paramwise_cfg['gc_layers']
-        self._check_optimizer()
+        # calls add_params, through which every GC decision passes.
+        super().__init__(optim_wrapper_cfg, {**paramwise_cfg, 'gc_layers': self.gc_layers})
+        self._optimizer_defaults = self._check_optimizer()
 
-    def _check_optimizer(self) -> None:
+    def _check_optimizer(self) -> dict[str, Any]:
+        """The optimizer's default group options (its signature, then the
+        config), after checking that it can apply GC."""
         optimizer_type = self.optimizer_cfg.get('type')
         optimizer_cls = optimizer_type
         with OPTIMIZERS.switch_scope_and_registry(None) as registry:
@@ -129,6 +180,13 @@ class GCOptimWrapperConstructor(DefaultOptimWrapperConstructor):
                     f'apply gradient centralization, one of {valid}; got '
                     f'optimizer type {optimizer_type!r}'
                 )
+        defaults = {
+            name: parameter.default
+            for name, parameter in inspect.signature(optimizer_cls).parameters.items()
+            if parameter.default is not inspect.Parameter.empty
+        }
+        defaults.update((k, v) for k, v in self.optimizer_cfg.items() if k != 'type')
+        return defaults
 
     def __call__(self, model: nn.Module) -> OptimWrapper:
         """Build the optim wrapper; optimizers other than SGDGC get GC hooks."""
@@ -146,22 +204,26 @@ class GCOptimWrapperConstructor(DefaultOptimWrapperConstructor):
     ) -> None:
         """Add the parameter groups of ``module`` to ``params``.
 
-        The parent walks the modules and makes one group per parameter; at
-        the top-level call (``prefix == ''``) this then sets each group's
-        ``gc`` / ``gc_dim`` and merges groups with identical settings.
+        At the top-level call (``prefix == ''``) this makes one group per
+        parameter as MMEngine's default constructor would (its ``add_params``
+        walk with MMEngine options, else ``model.parameters()``), sets each
+        group's ``gc`` / ``gc_dim`` and merges groups with identical settings.
         """
         if prefix:  # recursion of the parent's walk: nothing to add here
             super().add_params(params, module, prefix, is_dcn_module)
             return
         per_param: list[dict] = []
-        super().add_params(per_param, module, prefix, is_dcn_module)
+        if self._use_mmengine_walk:
+            super().add_params(per_param, module, prefix, is_dcn_module)
+        else:  # MMEngine without paramwise_cfg: model.parameters(), frozen too
+            per_param = [{'params': [param]} for param in module.parameters()]
         names: dict[int, str] = {}
         for name, param in module.named_parameters(remove_duplicate=False):
             names.setdefault(id(param), name)
         targets = self._gc_targets(module)
         for group in per_param:
-            self._decide_gc(group, targets)
-        merged = _merge_groups(per_param, names)
+            _decide_gc(group, targets)
+        merged = _merge_groups(per_param, names, self._optimizer_defaults)
         self._log_summary(per_param, merged, targets)
         params.extend(merged)
 
@@ -169,8 +231,8 @@ class GCOptimWrapperConstructor(DefaultOptimWrapperConstructor):
         """``id(weight) -> GCTarget`` for the weights ``gc_layers`` selects."""
         targets: dict[int, GCTarget] = {}
         for name, mod in model.named_modules():
-            weight = mod._parameters.get('weight')
-            if not isinstance(weight, nn.Parameter):
+            weight = dict(mod.named_parameters(recurse=False)).get('weight')
+            if weight is None:
                 continue
             if is_grouped_transposed_conv(mod) and 'conv' in self.gc_layers:
                 print_log(
@@ -185,19 +247,6 @@ class GCOptimWrapperConstructor(DefaultOptimWrapperConstructor):
                 targets.setdefault(id(weight), target)
         return targets
 
-    @staticmethod
-    def _decide_gc(group: dict, targets: dict[int, GCTarget]) -> None:
-        (param,) = group['params']
-        target = targets.get(id(param))
-        if 'gc' in group:  # set explicitly by a custom_keys entry
-            if group['gc']:
-                group.setdefault('gc_dim', target.out_dim if target else 0)
-            else:
-                group.setdefault('gc_dim', 0)
-            return
-        group['gc'] = target is not None and param.ndim > 1
-        group['gc_dim'] = target.out_dim if group['gc'] else 0
-
     def _log_summary(
         self,
         per_param: list[dict],
@@ -205,11 +254,12 @@ class GCOptimWrapperConstructor(DefaultOptimWrapperConstructor):
         targets: dict[int, GCTarget],
     ) -> None:
         counts: dict[str, list[int]] = {}
-        total_tensors = total_numel = 0
+        total_tensors = total_numel = frozen = 0
         for group in per_param:
             (param,) = group['params']
             total_tensors += 1
             total_numel += param.numel()
+            frozen += not param.requires_grad
             if group['gc'] and param.ndim > 1:
                 target = targets.get(id(param))
                 kind = target.kind if target else 'custom_keys'
@@ -219,8 +269,8 @@ class GCOptimWrapperConstructor(DefaultOptimWrapperConstructor):
         if not counts:
             print_log(
                 f'GCOptimWrapperConstructor: no weight gets gradient '
-                f'centralization (gc_layers={self.gc_layers}); the model has no '
-                f'trainable {" or ".join(self.gc_layers)} weights selected',
+                f'centralization (gc_layers={self.gc_layers}); the optimizer holds no '
+                f'{" or ".join(self.gc_layers)} weight',
                 logger='current',
                 level=logging.WARNING,
             )
@@ -229,17 +279,40 @@ class GCOptimWrapperConstructor(DefaultOptimWrapperConstructor):
         detail = ', '.join(
             f'{kind} {n} tensors / {numel:,} params' for kind, (n, numel) in counts.items()
         )
+        kept = (
+            f'; {frozen} frozen tensors (requires_grad=False) are kept in the '
+            "optimizer, as MMEngine's default constructor keeps them"
+            if frozen
+            else ''
+        )
         print_log(
             f'GCOptimWrapperConstructor: gradient centralization on {gc_tensors} '
-            f'of {total_tensors} trainable tensors ({gc_numel:,} of '
+            f'of {total_tensors} tensors in the optimizer ({gc_numel:,} of '
             f'{total_numel:,} params; {detail or "none"}), '
-            f'gc_layers={self.gc_layers}, {len(merged)} parameter groups',
+            f'gc_layers={self.gc_layers}, {len(merged)} parameter groups{kept}',
             logger='current',
         )
 
 
-def _merge_groups(groups: list[dict], names: dict[int, str]) -> list[dict]:
-    """Merge parameter groups whose options are all equal, in first-seen order.
+def _decide_gc(group: dict, targets: dict[int, GCTarget]) -> None:
+    """Set the one-parameter ``group``'s ``gc`` / ``gc_dim`` (a ``custom_keys``
+    entry's explicit ``gc`` wins over the module-type decision)."""
+    (param,) = group['params']
+    target = targets.get(id(param))
+    if 'gc' not in group:
+        group['gc'] = target is not None and param.ndim > 1
+    group.setdefault('gc_dim', target.out_dim if group['gc'] and target else 0)
+
+
+def _merge_groups(groups: list[dict], names: dict[int, str], defaults: dict) -> list[dict]:
+    """Merge parameter groups whose settings are equal, in first-seen order.
+
+    An option a group leaves out counts as its value in ``defaults`` (what
+    the optimizer fills in), so ``dict(gc=False)`` from ``custom_keys``, which
+    MMEngine turns into an explicit base ``lr`` and ``weight_decay``, joins
+    the other ``gc=False`` group. ``lr_mult`` / ``decay_mult`` (already applied
+    to ``lr`` / ``weight_decay``) do not count; a merged group keeps them only
+    where all its members agree.
 
     Raises:
         ValueError: If a parameter appears twice (a shared parameter added
@@ -256,11 +329,22 @@ def _merge_groups(groups: list[dict], names: dict[int, str]) -> list[dict]:
                     f'paramwise_cfg.bypass_duplicate=True to add it once'
                 )
             seen.add(id(param))
-        key = tuple(sorted((k, _hashable(v)) for k, v in group.items() if k != 'params'))
-        if key in merged:
-            merged[key]['params'].extend(group['params'])
-        else:
+        settings = {**defaults, **group}
+        key = tuple(
+            sorted(
+                (k, _hashable(v))
+                for k, v in settings.items()
+                if k != 'params' and k not in _MULTIPLIER_KEYS
+            )
+        )
+        if key not in merged:
             merged[key] = {**group, 'params': list(group['params'])}
+            continue
+        target = merged[key]
+        target['params'].extend(group['params'])
+        for k in _MULTIPLIER_KEYS:
+            if target.get(k, _MISSING) != group.get(k, _MISSING):
+                target.pop(k, None)
     return list(merged.values())
 
 

@@ -251,20 +251,24 @@ class SGDGC(Optimizer):
                 group.setdefault(key, value)
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        """Load a state dict of ``SGDGC`` or of ``torch.optim.SGD``.
+        """Load an ``SGDGC`` state dict.
 
-        A ``torch.optim.SGD`` state dict has no GC options: its groups then
-        keep this optimizer's current ``gc`` / ``gc_dim`` (as built from the
-        config), so a baseline checkpoint can be fine-tuned with GC; its
-        momentum buffers are taken as they are.
+        Raises:
+            ValueError: If a group of ``state_dict`` has no GC options (a
+                ``torch.optim.SGD`` state): torch would give it ``gc=True``,
+                ``gc_dim=0``, wrong for transposed convs and ``gc=False``
+                groups. Runs resumed from a baseline checkpoint map its state
+                onto the GC groups by parameter
+                (:mod:`mmgc.runtime.optimizer_state`, ``tools/train.py --resume``).
         """
-        saved_groups = state_dict['param_groups']
-        if len(saved_groups) == len(self.param_groups):
-            state_dict = dict(state_dict)
-            state_dict['param_groups'] = [
-                {**{k: group[k] for k in GC_GROUP_DEFAULTS}, **saved}
-                for group, saved in zip(self.param_groups, saved_groups)
-            ]
+        missing = [i for i, g in enumerate(state_dict['param_groups']) if 'gc' not in g]
+        if missing:
+            raise ValueError(
+                f'the state dict has no GC options in its parameter groups {missing}, so '
+                f'it is not an SGDGC state (a torch.optim.SGD one?); resume a baseline '
+                f'run with tools/train.py --resume, which maps it onto the GC groups by '
+                f'parameter (mmgc.runtime.optimizer_state)'
+            )
         super().load_state_dict(state_dict)
 
     def step(self, closure: Callable[[], float] | None = None) -> float | None:

@@ -1,4 +1,4 @@
-# mask_rcnn_tiny.py for the fault tests (tests/faults/): no validation, the
+# mask_rcnn_tiny.py for the fault tests (tests/runtime/faults/): no validation, the
 # checkpoint hook keeps only the newest checkpoint (max_keep_ckpts=1, the
 # setting where MMEngine's own hook deletes the old checkpoint before the
 # new one is written), and the fault-injection hooks of fault_hooks.py

@@ -15,8 +15,8 @@ from torch import nn
 from torch.utils.data import Dataset
 
 import mmgc  # noqa: F401
-from mmgc.runtime.gc_stats import load_gc_stats
 from mmgc.engine.hooks import GCDiagnosticsHook
+from mmgc.runtime.gc_stats import load_gc_stats
 
 ROOT = Path(__file__).resolve().parents[3]
 

@@ -167,21 +167,107 @@ def test_custom_keys_switch_gc_off_and_on():
 
 
 def test_shared_parameter_needs_bypass_duplicate():
+    """With MMEngine options, a shared weight is added twice unless bypassed."""
     with pytest.raises(
         ValueError,
         match=r"'shared_a.weight' appears more than once.*bypass_duplicate=True",
     ):
-        _build(dict(gc_layers='fc'))
+        _build(dict(gc_layers='fc', norm_decay_mult=0.0))
+
+
+def test_without_mmengine_options_every_parameter_is_added_once():
+    """``gc_layers`` alone: ``model.parameters()``, as MMEngine without
+    paramwise_cfg: the shared weight once, the frozen conv included."""
+    model, wrapper = _build(dict(gc_layers='fc'))
+    settings = _settings(model, wrapper)
+    assert sorted(settings) == sorted(n for n, _ in model.named_parameters())
+    assert 'shared_a.weight' in settings and 'frozen.weight' in settings
+
+
+def test_custom_keys_gc_false_joins_the_other_gc_false_group():
+    """Identical settings share one group, however a custom_keys entry spells
+    them (MMEngine writes the base lr / decay into a custom_keys group)."""
+    model, wrapper = _build(
+        dict(
+            bypass_duplicate=True,
+            custom_keys={
+                'head': dict(gc=False),
+                'shared_a': dict(gc=False, lr_mult=1.0, decay_mult=1.0),
+            },
+        )
+    )
+    groups = wrapper.optimizer.param_groups
+    assert sorted((g['gc'], g['gc_dim']) for g in groups) == [(False, 0), (True, 0), (True, 1)]
+    (off,) = [g for g in groups if not g['gc']]
+    names = {id(p): n for n, p in model.named_parameters()}
+    members = {names[id(p)] for p in off['params']}
+    assert {'head.weight', 'shared_a.weight', 'conv.bias', 'bn.weight', 'extra'} <= members
+    assert off['lr'] == BASE_LR and off['weight_decay'] == BASE_WD
+    # the multipliers of some members do not describe the merged group
+    assert 'lr_mult' not in off and 'decay_mult' not in off
+
+
+def test_custom_keys_multipliers_stay_where_all_members_agree():
+    model, wrapper = _build(
+        dict(
+            bypass_duplicate=True,
+            custom_keys={'head': dict(lr_mult=0.5), 'shared_a': dict(lr_mult=0.5)},
+        )
+    )
+    settings = _settings(model, wrapper)
+    assert settings['head.weight'] == settings['shared_a.weight']
+    assert settings['head.weight']['lr_mult'] == 0.5
+    assert settings['head.weight']['lr'] == pytest.approx(0.5 * BASE_LR)
+    assert settings['head.bias']['lr_mult'] == 0.5 and settings['head.bias']['gc'] is False
+
+
+@pytest.mark.parametrize('optimizer_type', ['SGDGC', 'SGD'])
+def test_frozen_tensors_are_kept_with_their_gc_setting(optimizer_type):
+    """Unfreezing later trains them, with GC (each output unit's weight sum
+    stays: paper, Eq. 3)."""
+    torch.manual_seed(0)
+    model = ToyModel()
+    model.deconv.requires_grad_(False)
+    model, wrapper = _build(dict(gc_layers=('conv', 'fc')), optimizer_type, model)
+    gc = _gc_map(model, wrapper)
+    assert gc['frozen.weight'] == (True, 0) and gc['deconv.weight'] == (True, 1)
+    assert 'frozen.bias' in _settings(model, wrapper)
+
+    model.frozen.requires_grad_(True)
+    model.deconv.requires_grad_(True)
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    for step in range(2):
+        wrapper.zero_grad()
+        x = torch.randn(2, 3, 6, 6, generator=torch.Generator().manual_seed(step))
+        model(x).backward()
+        wrapper.step()
+    after = {n: p.detach() for n, p in model.named_parameters()}
+    for name, out_dim in (('frozen.weight', 0), ('deconv.weight', 1)):
+        assert not torch.equal(after[name], before[name]), name
+        dims = [d for d in range(after[name].ndim) if d != out_dim]
+        torch.testing.assert_close(after[name].sum(dims), before[name].sum(dims), rtol=0, atol=1e-6)
+    assert not torch.equal(after['frozen.bias'], before['frozen.bias'])
 
 
 def test_logs_summary_once(log_messages):
     _build(dict(bypass_duplicate=True))
     summaries = [m for _, m in log_messages if 'gradient centralization on' in m]
     assert len(summaries) == 1
-    # 5 GC tensors: conv, dwconv, deconv (3 convs), head, shared_a (2 fc)
-    assert 'gradient centralization on 5 of 14 trainable tensors' in summaries[0]
+    # 5 GC tensors: conv, dwconv, deconv (3 convs), head, shared_a (2 fc);
+    # MMEngine's walk leaves out the frozen conv's 2 tensors
+    assert 'gradient centralization on 5 of 14 tensors in the optimizer' in summaries[0]
     assert 'conv 3 tensors' in summaries[0] and 'fc 2 tensors' in summaries[0]
     assert '3 parameter groups' in summaries[0]
+    assert 'frozen' not in summaries[0]
+
+
+def test_logs_frozen_tensors_kept(log_messages):
+    _build(dict(gc_layers=('conv', 'fc')))
+    (summary,) = [m for _, m in log_messages if 'gradient centralization on' in m]
+    # the frozen conv's weight gets GC too; the shared weight counts once
+    assert 'gradient centralization on 6 of 16 tensors in the optimizer' in summary
+    assert 'conv 4 tensors' in summary and 'fc 2 tensors' in summary
+    assert '2 frozen tensors (requires_grad=False) are kept in the optimizer' in summary
 
 
 def test_warns_when_nothing_is_selected(log_messages):
@@ -237,6 +323,17 @@ ERROR_CASES = [
         dict(gc_layer='conv'),
         ValueError,
         r"unknown paramwise_cfg key\(s\) \['gc_layer'\]; valid keys are .*'gc_layers'",
+    ),
+    (['error'], TypeError, r"paramwise_cfg must be None or a dict; got \['error'\]"),
+    (
+        dict(custom_keys=[0.1, 0.0001]),
+        TypeError,
+        r'paramwise_cfg.custom_keys must be a dict .*got \[0.1, 0.0001\]',
+    ),
+    (
+        dict(custom_keys={'head': 0.1}),
+        TypeError,
+        r"custom_keys\['head'\] must be a dict of options .*got 0.1",
     ),
     (
         dict(custom_keys={'head': dict(gc='no')}),

@@ -148,7 +148,7 @@ def test_mask_rcnn_trains_with_gc_and_keeps_weight_sums(tmp_path):
         for g in optimizer.param_groups
         if g['gc']
         for p in g['params']
-        if p.dim() > 1
+        if p.dim() > 1 and p.requires_grad  # frozen weights are kept too, with GC flags
     }
     weights = _conv_fc_weights(model)
     # every trainable conv and FC weight, with its output-unit dim, nothing else

@@ -2,11 +2,17 @@
 
 from __future__ import annotations
 
+import hashlib
+import inspect
 import logging
+import subprocess
+import sys
+import textwrap
 
 import pytest
 import torch
 from mmengine.config import Config
+from mmengine.hooks import CheckpointHook
 from mmengine.logging import MMLogger
 from mmengine.model import BaseModel
 from mmengine.registry import HOOKS
@@ -19,17 +25,18 @@ from mmgc.runtime.atomic_checkpoint import (
     use_atomic_checkpoints,
 )
 from mmgc.runtime.checkpoint import CheckpointLoadError, safe_torch_load
-from mmgc.runtime.distributed import (
-    DIST_TIMEOUT_ENV,
-    describe_dist_failure,
-    parse_dist_timeout,
-    set_dist_timeout,
-)
+from mmgc.runtime.distributed import DIST_TIMEOUT_ENV, parse_dist_timeout, set_dist_timeout
+from mmgc.runtime.errors import ConfigError
+from mmgc.runtime.resume import latest_checkpoint
+
+#: sha256 of MMEngine 0.10.7's ``CheckpointHook._save_checkpoint_with_step``
+#: source, which ``AtomicCheckpointHook`` overrides.
+MMENGINE_SAVE_WITH_STEP_SHA256 = '9b971b6cd3cc507da3041d5432ba5766d048eeebcf8b365df4417729c92d4763'
 
 
 @pytest.mark.parametrize('bad', ['0', '-5', 'abc', 'inf', 'nan', '', None])
 def test_dist_timeout_must_be_positive_seconds(bad):
-    with pytest.raises(ValueError, match=r'--dist-timeout must be a positive number of seconds'):
+    with pytest.raises(ConfigError, match=r'--dist-timeout must be a positive number of seconds'):
         parse_dist_timeout(bad)
 
 
@@ -43,40 +50,8 @@ def test_dist_timeout_precedence(monkeypatch):
     assert set_dist_timeout(cfg, '7.5') == 7.5  # the option wins
     assert cfg.env_cfg.dist_cfg == dict(backend='nccl', timeout=7.5)
     monkeypatch.setenv(DIST_TIMEOUT_ENV, 'soon')
-    with pytest.raises(ValueError, match=r"MMGC_DIST_TIMEOUT must be .*; got 'soon'"):
+    with pytest.raises(ConfigError, match=r"MMGC_DIST_TIMEOUT must be .*; got 'soon'"):
         set_dist_timeout(cfg)
-
-
-def test_no_process_group_means_not_a_dist_failure():
-    err = RuntimeError('[gloo/transport/tcp/pair.cc:534] Connection closed by peer')
-    assert describe_dist_failure(err, 3.0) is None
-
-
-def test_dist_failure_sentence(tmp_path):
-    torch.distributed.init_process_group(
-        'gloo', init_method=f'file://{tmp_path / "store"}', rank=0, world_size=1
-    )
-    try:
-        gloo = RuntimeError(
-            '[../third_party/gloo/gloo/transport/tcp/pair.cc:534] '
-            'Connection closed by peer [127.0.0.1]:41234'
-        )
-        try:
-            raise ValueError('while stepping') from gloo
-        except ValueError as err:
-            chained = err
-        message = describe_dist_failure(chained, 3.0)
-        assert message == (
-            'Rank 0 of 1 lost the other processes of the distributed run (Connection '
-            'closed by peer [127.0.0.1]:41234): one of them died, or did not answer within '
-            'the timeout of 3 s (set it with --dist-timeout SECONDS or MMGC_DIST_TIMEOUT); '
-            'this process stops too, and the run can be resumed with --resume.'
-        )
-        assert "torch's default of 30 min" in describe_dist_failure(gloo, None)
-        # Not from a collective: left alone.
-        assert describe_dist_failure(RuntimeError('DataLoader timed out after 5 s'), 3.0) is None
-    finally:
-        torch.distributed.destroy_process_group()
 
 
 def test_atomic_write_replaces_or_leaves_the_old_file(tmp_path):
@@ -174,3 +149,57 @@ def test_hook_from_a_config_in_a_plain_runner(tmp_path):
     assert ckpt['meta']['epoch'] == 3
     assert ckpt['message_hub']['runtime_info']['keep_ckpt_ids'] == [2, 3]
     MMLogger._instance_dict.pop('atomic_hook_unit', None)
+
+
+def test_mmengine_save_with_step_is_the_one_overridden():
+    """AtomicCheckpointHook overrides this private MMEngine method. If this
+    fails, MMEngine changed it: compare the new source with the override in
+    mmgc/runtime/atomic_checkpoint.py, port what changed, then update the hash."""
+    source = textwrap.dedent(inspect.getsource(CheckpointHook._save_checkpoint_with_step))
+    digest = hashlib.sha256(source.encode()).hexdigest()
+    assert digest == MMENGINE_SAVE_WITH_STEP_SHA256, (
+        'mmengine.hooks.CheckpointHook._save_checkpoint_with_step changed; '
+        f're-check AtomicCheckpointHook against it. New source:\n{source}'
+    )
+
+
+def test_importing_registers_the_hook_and_building_it_the_backend():
+    """``import mmgc`` registers no tools' hook; importing the module
+    registers the hook, and only building a hook registers the backend."""
+    code = textwrap.dedent(
+        """
+        from mmengine.fileio.backends import backends
+        from mmengine.registry import HOOKS
+        import mmgc
+        print('StepSeedHook' in HOOKS, 'AtomicCheckpointHook' in HOOKS, 'atomic_local' in backends)
+        import mmgc.runtime.atomic_checkpoint, mmgc.runtime.hooks
+        print('StepSeedHook' in HOOKS, 'AtomicCheckpointHook' in HOOKS, 'atomic_local' in backends)
+        HOOKS.build(dict(type='AtomicCheckpointHook', interval=1))
+        HOOKS.build(dict(type='AtomicCheckpointHook', interval=2))
+        print('atomic_local' in backends)
+        """
+    )
+    proc = subprocess.run(
+        [sys.executable, '-c', code], capture_output=True, text=True, timeout=120, check=False
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stdout.split('\n')[:3] == ['False False False', 'True True False', 'True']
+
+
+def test_latest_checkpoint_is_what_last_checkpoint_names(tmp_path):
+    assert latest_checkpoint(str(tmp_path)) is None  # empty work dir: nothing to resume
+    ckpt = tmp_path / 'epoch_3.pth'
+    ckpt.write_bytes(b'not read here')
+    (tmp_path / 'last_checkpoint').write_text(f'{ckpt}\n')
+    assert latest_checkpoint(str(tmp_path)) == str(ckpt)
+    # A remote checkpoint is left to its backend.
+    (tmp_path / 'last_checkpoint').write_text('s3://bucket/run/epoch_3.pth')
+    assert latest_checkpoint(str(tmp_path)) == 's3://bucket/run/epoch_3.pth'
+    # A name of a deleted file, or no name: one sentence.
+    ckpt.unlink()
+    (tmp_path / 'last_checkpoint').write_text(str(ckpt))
+    with pytest.raises(CheckpointLoadError, match=r"last_checkpoint names '.*epoch_3\.pth', which"):
+        latest_checkpoint(str(tmp_path))
+    (tmp_path / 'last_checkpoint').write_text('')
+    with pytest.raises(CheckpointLoadError, match=r"last_checkpoint names '', which does not"):
+        latest_checkpoint(str(tmp_path))

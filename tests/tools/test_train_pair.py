@@ -1,0 +1,325 @@
+"""tools/train_pair.sh: a GC config and its twin over seeds, tested, compared.
+
+The plan (which launcher, which twin, what is skipped or resumed) is checked
+with --dry-run. One real run trains the tiny Mask R-CNN twins
+(tests/data/configs/mask_rcnn_tiny_gc_fault.py and its baseline: 2 epochs,
+no validation) for two seeds on two gloo CPU processes each; the first run
+of the first call is killed (SIGKILL after its 3rd iteration, by
+tests/data/fault_hooks.py) and the second call continues it; a third call
+redoes nothing.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+CONFIGS = ROOT / 'tests' / 'data' / 'configs'
+GC = CONFIGS / 'mask_rcnn_tiny_gc_fault.py'
+BASE = CONFIGS / 'mask_rcnn_tiny_fault.py'
+SCRIPT = 'tools/train_pair.sh'
+
+
+def _pair(tools, *args, env=None):
+    return tools.run(['bash', SCRIPT, *args], env={'PYTHON': sys.executable, **(env or {})})
+
+
+# ----------------------------------------------------------------- the plan
+
+
+def test_dry_run_on_torchrun_finds_the_twin_and_plans_every_step(tools, tmp_path):
+    work = tmp_path / 'w'
+    proc = tools.ok(
+        _pair(
+            tools,
+            'configs/mask_rcnn_r50_fpn_gc.py',
+            '8',
+            '--seeds',
+            '0',
+            '1',
+            '--work-dir',
+            work,
+            '--dry-run',
+            '--',
+            '--amp',
+        )
+    )
+    lines = proc.stdout.splitlines()
+    commands = [line for line in lines if not line.startswith('[train_pair.sh]')]
+    gc, base = 'configs/mask_rcnn_r50_fpn_gc.py', 'configs/baselines/mask_rcnn_r50_fpn.py'
+    expected = []
+    for seed in (0, 1):
+        for side, config in (('gc', gc), ('baseline', base)):
+            wd = f'{work}/seed{seed}/{side}'
+            expected += [
+                f'bash {ROOT}/tools/dist_train.sh {config} 8 --work-dir {wd} --amp '
+                f'--cfg-options randomness.seed={seed} ',
+                f'bash {ROOT}/tools/dist_test.sh {config} {wd}/\\<last_checkpoint\\> 8 '
+                f'--work-dir {wd} ',
+            ]
+    expected.append(
+        f'{sys.executable} {ROOT}/tools/compare_ap.py --gc {work}/seed0/gc {work}/seed1/gc '
+        f'--base {work}/seed0/baseline {work}/seed1/baseline --out-dir {work}/compare '
+    )
+    assert commands == expected
+    assert not work.exists()
+
+
+def test_dry_run_single_process_and_slurm(tools, tmp_path):
+    tiny_gc = 'tests/data/configs/mask_rcnn_tiny_gc.py'
+    one = tools.ok(
+        _pair(
+            tools,
+            tiny_gc,
+            '1',
+            '--seeds',
+            '3',
+            '--work-dir',
+            tmp_path,
+            '--dry-run',
+            '--cfg-options',
+            'a=1',
+            'b=2',
+        )
+    ).stdout
+    assert (
+        f'{sys.executable} {ROOT}/tools/train.py tests/data/configs/mask_rcnn_tiny.py '
+        f'--work-dir {tmp_path}/seed3/baseline --cfg-options randomness.seed=3 a=1 b=2'
+    ) in one
+    assert f'{ROOT}/tools/test.py {tiny_gc} {tmp_path}/seed3/gc/\\<last_checkpoint\\> ' in one
+    assert f'--work-dir {tmp_path}/seed3/gc --cfg-options a=1 b=2' in one
+    slurm = tools.ok(
+        _pair(
+            tools,
+            'configs/faster_rcnn_r50_fpn_gc.py',
+            '16',
+            '--seeds',
+            '2',
+            '--slurm',
+            'gpu',
+            '--job-name',
+            'r50',
+            '--work-dir',
+            tmp_path,
+            '--dry-run',
+        )
+    ).stdout
+    assert (
+        f'env GPUS=16 bash {ROOT}/tools/slurm_train.sh gpu r50_s2_baseline '
+        f'configs/baselines/faster_rcnn_r50_fpn.py {tmp_path}/seed2/baseline '
+        '--cfg-options randomness.seed=2'
+    ) in slurm
+    assert (
+        f'env GPUS=16 bash {ROOT}/tools/slurm_test.sh gpu r50_s2_gc_test '
+        f'configs/faster_rcnn_r50_fpn_gc.py {tmp_path}/seed2/gc/\\<last_checkpoint\\> '
+        f'--work-dir {tmp_path}/seed2/gc'
+    ) in slurm
+
+
+def test_dry_run_skips_done_runs_and_resumes_stopped_ones(tools, tmp_path):
+    done, trained, stopped = (tmp_path / p for p in ('seed0/gc', 'seed0/baseline', 'seed1/gc'))
+    for folder in (done, trained, stopped):
+        folder.mkdir(parents=True)
+    (done / 'test_metrics.json').write_text('{}')
+    (trained / 'train_done').write_text('')
+    (trained / 'last_checkpoint').write_text(str(trained / 'epoch_12.pth'))
+    (stopped / 'last_checkpoint').write_text(str(stopped / 'epoch_5.pth'))
+    out = tools.ok(
+        _pair(
+            tools,
+            'configs/mask_rcnn_r50_fpn_gc.py',
+            '1',
+            '--seeds',
+            '0',
+            '1',
+            '--work-dir',
+            tmp_path,
+            '--dry-run',
+        )
+    ).stdout
+    assert f'seed 0 gc: done ({done}/test_metrics.json), skipped' in out
+    assert f'--work-dir {done}' not in out
+    assert 'seed 0 baseline: trained already' in out
+    assert f'tools/train.py configs/baselines/mask_rcnn_r50_fpn.py --work-dir {trained}' not in out
+    assert f'tools/test.py configs/baselines/mask_rcnn_r50_fpn.py {trained}/epoch_12.pth' in out
+    assert 'seed 1 gc: continuing from its last checkpoint' in out
+    assert f'--work-dir {stopped} --resume --cfg-options randomness.seed=1' in out
+    assert f'{stopped}/epoch_5.pth' in out
+    assert 'seed 1 baseline: training' in out
+
+
+R50 = 'configs/mask_rcnn_r50_fpn_gc.py'
+
+
+@pytest.mark.parametrize(
+    'args, match',
+    [
+        ([R50, '0', '--seeds', '0'], "GPUS must be a whole number >= 1; got '0'"),
+        ([R50, 'two', '--seeds', '0'], "got 'two'"),
+        ([R50, '1'], 'give the training seeds: --seeds'),
+        ([R50, '1', '--seeds', '1', '-1'], "whole numbers >= 0; got '-1'"),
+        ([R50, '1', '--seeds', '0', '2', '0'], 'given more than once: 0'),
+        ([R50, '1', '--seeds', 'x'], "whole numbers >= 0; got 'x'"),
+        ([R50, '1', '--seeds', '0', '--nope'], "unknown argument '--nope'; valid: --seeds"),
+        (['configs/nope_gc.py', '1', '--seeds', '0'], "'configs/nope_gc.py' does not exist"),
+        ([str(GC), '1', '--seeds', '0'], 'does not end in _gc); pass --base-config'),
+        ([R50, '1', '--seeds', '0', '--base-config', 'x.py'], "config 'x.py' does not exist"),
+        ([], 'usage: train_pair.sh CONFIG GPUS --seeds'),
+    ],
+)
+def test_argument_errors(tools, args, match):
+    proc = _pair(tools, *args, '--dry-run')
+    assert proc.returncode == 2, tools.output(proc)
+    assert match in proc.stderr
+
+
+# ------------------------------------------------------------ for real
+
+
+@pytest.fixture(scope='module')
+def pair(tools, tmp_path_factory):
+    """Two seeds on two gloo processes: killed once, continued, repeated."""
+    work = tmp_path_factory.mktemp('pair')
+    args = [
+        GC,
+        '2',
+        '--seeds',
+        '0',
+        '1',
+        '--base-config',
+        BASE,
+        '--work-dir',
+        work,
+        '--cfg-options',
+        *tools.data_options(splits=('train', 'test')),
+    ]
+    env = {'PORT': str(tools.free_port())}
+    killed = _pair(tools, *args, env={**env, 'MMGC_FAULT': 'kill_after_iter:3'})
+    stopped = {p.name: p.stat().st_mtime_ns for p in (work / 'seed0' / 'gc').iterdir()}
+    continued = tools.ok(_pair(tools, *args, env=env))
+    files = sorted(work.rglob('*.pth'))
+    before = {p: p.stat().st_mtime_ns for p in files}
+    again = tools.ok(_pair(tools, *args, env=env))
+    return dict(
+        work=work,
+        killed=killed,
+        stopped=stopped,
+        continued=continued,
+        again=again,
+        checkpoints_before=before,
+    )
+
+
+@pytest.mark.slow
+def test_a_killed_run_continues_where_it_stopped(pair, tools):
+    killed, work = pair['killed'], pair['work']
+    assert killed.returncode != 0
+    assert 'seed 0 gc: training' in killed.stdout
+    # it died in epoch 2, after saving epoch 1, before anything else ran
+    assert 'epoch_1.pth' in pair['stopped'] and 'train_done' not in pair['stopped']
+    assert 'test_metrics.json' not in pair['stopped']
+    out = tools.output(pair['continued'])
+    assert 'seed 0 gc: continuing from its last checkpoint' in out
+    assert 'resumed epoch: 1, iter: 2' in out
+    for seed in (0, 1):
+        for side in ('gc', 'baseline'):
+            wd = work / f'seed{seed}' / side
+            assert (wd / 'train_done').is_file() and (wd / 'epoch_2.pth').is_file()
+            assert (wd / 'last_checkpoint').read_text().strip().endswith('epoch_2.pth')
+
+
+@pytest.mark.slow
+def test_runs_train_on_two_gloo_processes_and_test(pair):
+    out = pair['continued'].stdout + pair['continued'].stderr
+    assert "backend='gloo'" in out
+    for seed in (0, 1):
+        for side in ('gc', 'baseline'):
+            record = json.loads(
+                (pair['work'] / f'seed{seed}' / side / 'test_metrics.json').read_text()
+            )
+            assert record['checkpoint'].endswith('epoch_2.pth')
+            assert record['seed'] == seed
+            assert "launcher = 'pytorch'" in record['train_config_text']
+            assert 0.0 <= record['metrics']['coco/bbox_mAP_s'] <= 1.0
+
+
+@pytest.mark.slow
+def test_the_training_config_survives_the_test(pair, tmp_path):
+    """tools/test.py into the run's work dir (without the seed option) dumps
+    its config beside the training one, which keeps its seed; the metrics
+    file records the training config."""
+    from mmengine.config import Config
+
+    def read(path):
+        return Config.fromfile(str(path), import_custom_modules=False)
+
+    wd = pair['work'] / 'seed1' / 'baseline'
+    trained, tested = (
+        read(wd / 'mask_rcnn_tiny_fault.py'),
+        read(wd / 'mask_rcnn_tiny_fault_test.py'),
+    )
+    assert trained.randomness.seed == 1 and tested.randomness.seed == 0
+    assert trained.default_hooks.checkpoint.type == 'AtomicCheckpointHook'  # train.py's only
+    assert tested.default_hooks.checkpoint.type == 'CheckpointHook'
+    record = json.loads((wd / 'test_metrics.json').read_text())
+    (tmp_path / 'recorded.py').write_text(record['train_config_text'])
+    assert read(tmp_path / 'recorded.py').randomness.seed == 1
+
+
+@pytest.mark.slow
+def test_the_pairs_are_compared(pair):
+    out = pair['continued'].stdout
+    assert '2 pairs of runs (seeds 0, 1)' in out
+    report = pair['work'] / 'compare'
+    with open(report / 'ap_comparison.csv', newline='') as f:
+        rows = {(r['task'], r['metric']): r for r in csv.DictReader(f)}
+    assert set(rows) >= {('bbox', 'AP'), ('segm', 'AP')}
+    assert rows['bbox', 'AP']['pairs'] == '2'
+    assert rows['bbox', 'AP']['gc_runs'] == rows['bbox', 'AP']['baseline_runs'] == '2'
+    assert (report / 'ap_deltas.png').read_bytes()[:8] == b'\x89PNG\r\n\x1a\n'
+
+
+@pytest.mark.slow
+def test_a_finished_pair_is_not_redone(pair):
+    out = pair['again'].stdout
+    for seed in (0, 1):
+        for side in ('gc', 'baseline'):
+            assert f'seed {seed} {side}: done (' in out
+    assert ': training' not in out and ': testing' not in out
+    assert '2 pairs of runs (seeds 0, 1)' in out
+    for path, mtime in pair['checkpoints_before'].items():
+        assert path.stat().st_mtime_ns == mtime, path
+
+
+@pytest.mark.slow
+def test_an_option_given_only_to_training_is_seen_after_testing(pair, tools, tmp_path):
+    """A new user's way: train the baseline with an lr option, test it into
+    the same work dir without that option, compare it with a GC run."""
+    work = tmp_path / 'lr'
+    options = tools.data_options(splits=('train', 'test'))
+    tools.ok(
+        tools.run(
+            [sys.executable, 'tools/train.py', BASE, '--work-dir', work, '--cfg-options']
+            + ['optim_wrapper.optimizer.lr=0.01', *options]
+        )
+    )
+    checkpoint = (work / 'last_checkpoint').read_text().strip()
+    tools.ok(
+        tools.run(
+            [sys.executable, 'tools/test.py', BASE, checkpoint, '--work-dir', work]
+            + ['--cfg-options', *options]
+        )
+    )
+    report = tmp_path / 'report'
+    proc = tools.run(
+        [sys.executable, 'tools/compare_ap.py', pair['work'] / 'seed0' / 'gc', work]
+        + ['--out-dir', report]
+    )
+    assert proc.returncode == 2, tools.output(proc)
+    assert 'differ in more than the optimizer, in: optim_wrapper.optimizer.lr.' in proc.stderr
+    assert not report.exists()
