@@ -2,7 +2,6 @@
 Fig. 4 plot tool on what they logged."""
 
 import json
-import subprocess
 import sys
 from pathlib import Path
 
@@ -17,8 +16,6 @@ from torch.utils.data import Dataset
 import mmgc  # noqa: F401
 from mmgc.engine.hooks import GCDiagnosticsHook
 from mmgc.runtime.gc_stats import load_gc_stats
-
-ROOT = Path(__file__).resolve().parents[3]
 
 
 class ToyNet(BaseModel):
@@ -104,33 +101,15 @@ def test_logs_fig4_stats_and_eq3_drift(two_runs):
     assert max(v for _, v in base['cls']['sum_drift']) > 1e-3
 
 
-def test_plot_tool_writes_png(two_runs, tmp_path):
+def test_plot_tool_writes_png(two_runs, tmp_path, tools):
     gc_dir, base_dir = two_runs
     out = tmp_path / 'fig4.png'
-    result = subprocess.run(
-        [
-            sys.executable,
-            str(ROOT / 'tools/plot_gc_stats.py'),
-            str(gc_dir),
-            str(base_dir),
-            '--out',
-            str(out),
-        ],
-        capture_output=True,
-        text=True,
-        check=False,
-    )
-    assert result.returncode == 0, result.stderr
+    tools.ok(tools.run([sys.executable, 'tools/plot_gc_stats.py', gc_dir, base_dir, '--out', out]))
     assert out.read_bytes()[:8] == b'\x89PNG\r\n\x1a\n'
 
 
-def test_plot_tool_names_missing_stats(tmp_path):
-    result = subprocess.run(
-        [sys.executable, str(ROOT / 'tools/plot_gc_stats.py'), str(tmp_path), str(tmp_path)],
-        capture_output=True,
-        text=True,
-        check=False,
-    )
+def test_plot_tool_names_missing_stats(tmp_path, tools):
+    result = tools.run([sys.executable, 'tools/plot_gc_stats.py', tmp_path, tmp_path])
     assert result.returncode == 1
     assert f'no vis_data/scalars.json under {tmp_path}' in result.stderr
 
