@@ -434,7 +434,7 @@ def run_demo(
         report_dir (str | os.PathLike): Where the report is written.
             Defaults to ``'reports/demo'``.
         iters (int, optional): Training iterations of each run. Defaults to
-            the configs' ``max_iters`` (1000).
+            the configs' ``max_iters`` (750).
         data_seed (int): Seed of the generated dataset. Defaults to 0.
         num_train (int): Generated training images. Defaults to 800.
         num_val (int): Generated val images. Defaults to 50.

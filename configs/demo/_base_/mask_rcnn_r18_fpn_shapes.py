@@ -30,7 +30,7 @@ image_size = 128
 batch_size = 4
 
 # --- schedule ---
-max_iters = 1000
+max_iters = 750
 warmup_iters = 50
 seed = 0
 
