@@ -4,12 +4,10 @@ from __future__ import annotations
 
 __version__ = '0.2.0'
 
-#: Tested ranges, ``name: (lowest, first untested)``, by import name: the
-#: maintained forks (``onedl-mmengine``, ``onedl-mmcv``,
-#: ``onedl-mmdetection``) install the same modules under other distribution
-#: names, so versions are read from the modules, not from pip's metadata.
-#: torch 2.1 is the newest torch with prebuilt MMCV 2.1 wheels; mmcv 2.3 and
-#: mmdet 3.5 are the forks' releases.
+#: Tested ranges, ``name: (lowest, first untested)``, by import name (the
+#: onedl-* forks install the same modules under other distribution names, so
+#: versions are read from the modules). torch 2.1 is the newest torch with
+#: prebuilt MMCV 2.1 wheels; mmcv 2.3 and mmdet 3.5 are the forks' releases.
 SUPPORTED_VERSIONS: dict[str, tuple[str, str]] = {
     'torch': ('2.1.0', '2.14.0'),
     'mmengine': ('0.10.0', '0.11.0'),
@@ -20,12 +18,6 @@ SUPPORTED_VERSIONS: dict[str, tuple[str, str]] = {
 
 class UnsupportedVersionError(ImportError):
     """A package of the stack is outside the versions mmgc is tested with."""
-
-
-def supported_range(name: str) -> str:
-    """``'>=LOW, <HIGH'`` for ``name`` (a key of :data:`SUPPORTED_VERSIONS`)."""
-    low, high = SUPPORTED_VERSIONS[name]
-    return f'>={low}, <{high}'
 
 
 def check_version(name: str, installed: str) -> None:
@@ -44,6 +36,5 @@ def check_version(name: str, installed: str) -> None:
     low, high = SUPPORTED_VERSIONS[name]
     if not digit_version(low) <= digit_version(installed) < digit_version(high):
         raise UnsupportedVersionError(
-            f'mmgc {__version__} supports {name} {supported_range(name)}; '
-            f'{name} {installed} is installed.'
+            f'mmgc {__version__} supports {name} >={low}, <{high}; {name} {installed} is installed.'
         )

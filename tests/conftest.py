@@ -48,7 +48,7 @@ class Tools:
 
     root = ROOT
     configs = TEST_CONFIGS
-    timeout = 300
+    timeout = float(os.environ.get('MMGC_TEST_TIMEOUT', 300))  # seconds a tool may run
 
     def __init__(self, make_data) -> None:
         self._make_data = make_data

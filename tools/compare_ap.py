@@ -9,7 +9,7 @@ Usage::
 
 A RUN is a work dir (holding tools/test.py's test_metrics.json, or a
 training run's validation logs) or a test_metrics.json file. Runs with the
-same seed are paired. Prints one table per task (bbox, segm): each side's
+same seed are paired. Prints (in Markdown) one table per task (bbox, segm): each side's
 mean and spread, the mean paired delta with its 95% interval, each seed's
 delta, the paper's delta and a verdict; writes ap_comparison.md,
 ap_comparison.csv, ap_seeds.csv and ap_deltas.png to --out-dir. Exits with
@@ -93,9 +93,8 @@ def main(argv: list[str] | None = None) -> int:
     except (FileNotFoundError, ValueError) as err:
         print(f'error: {err}', file=sys.stderr)
         return 1
-    print(compare.comparison_to_text(comparison))
+    print(compare.comparison_to_markdown(comparison))
     paths = compare.write_report(comparison, args.out_dir)
-    print()
     for kind, path in paths.items():
         print(f'{kind}: {path}')
     return 0

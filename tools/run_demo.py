@@ -3,16 +3,15 @@
 Usage (from the repository root; ``bash tools/run_demo.sh`` also installs the
 environment first)::
 
-    python tools/run_demo.py                      # the full demo (~12 min, 2 cores)
-    python tools/run_demo.py --seeds 0 1 2        # three pairs (~37 min)
+    python tools/run_demo.py                      # one pair, 750 iterations each
+    python tools/run_demo.py --seeds 0 1 2        # three pairs, one after another
     python tools/run_demo.py --iters 20 --num-train 16 --num-val 8   # a quick look
 
-It makes the synthetic shapes dataset (``data/shapes``, reused when present),
-then for each training seed trains ``configs/demo/baselines/mask_rcnn_r18_fpn_shapes.py``
-and ``configs/demo/mask_rcnn_r18_fpn_shapes_gc.py`` side by side (pair after
-pair), evaluates each on the val split with the COCO metric, compares them
-(mean ± spread over seeds, paired deltas with 95% intervals, verdicts) and
-writes ``reports/demo/``.
+It makes the shapes dataset (``data/shapes``, reused when present), trains
+``configs/demo/baselines/mask_rcnn_r18_fpn_shapes.py`` and
+``configs/demo/mask_rcnn_r18_fpn_shapes_gc.py`` side by side for each seed
+(a run finished earlier is reused), compares them and writes ``reports/demo/``.
+See docs/demo.md.
 """
 
 from __future__ import annotations
@@ -27,18 +26,14 @@ GC_CONFIG = ROOT / 'configs/demo/mask_rcnn_r18_fpn_shapes_gc.py'
 BASELINE_CONFIG = ROOT / 'configs/demo/baselines/mask_rcnn_r18_fpn_shapes.py'
 
 
-def _positive(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f'must be an int >= 1; got {value}')
-    return value
+def _int_from(low: int):
+    def parse(text: str) -> int:
+        value = int(text)
+        if value < low:
+            raise argparse.ArgumentTypeError(f'must be an int >= {low}; got {value}')
+        return value
 
-
-def _non_negative(text: str) -> int:
-    value = int(text)
-    if value < 0:
-        raise argparse.ArgumentTypeError(f'must be an int >= 0; got {value}')
-    return value
+    return parse
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -46,63 +41,21 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         description='Mask R-CNN with Gradient Centralization vs its SGD baseline '
         'on a synthetic COCO-format dataset, with a report.'
     )
-    parser.add_argument(
-        '--work-dir',
-        default='work_dirs/demo',
-        help="parent of the runs' work dirs, seed<S>/{baseline,gc} (default: work_dirs/demo)",
-    )
-    parser.add_argument(
-        '--report-dir',
-        default='reports/demo',
-        help='where the report is written (default: reports/demo)',
-    )
-    parser.add_argument(
-        '--data-root',
-        default='data/shapes',
-        help='where the dataset is written or reused (default: data/shapes)',
-    )
-    parser.add_argument(
-        '--iters',
-        type=_positive,
-        default=None,
-        help='training iterations of each run (default: max_iters of the demo configs)',
-    )
-    parser.add_argument(
-        '--seeds',
-        '--seed',
-        dest='seeds',
-        nargs='+',
-        type=_non_negative,
-        default=[0],
-        metavar='S',
-        help='training seeds, one GC/baseline pair each (default: 0)',
-    )
-    parser.add_argument(
-        '--data-seed',
-        type=_non_negative,
-        default=0,
-        help='seed of the generated dataset (default: 0)',
-    )
-    parser.add_argument(
-        '--num-train',
-        type=_positive,
-        default=800,
-        help='training images to generate (default: 800)',
-    )
-    parser.add_argument(
-        '--num-val', type=_positive, default=50, help='val images to generate (default: 50)'
-    )
-    parser.add_argument(
-        '--sequential',
-        action='store_true',
-        help="train a pair's two runs one after the other (default: side by side, "
-        'each with half the CPU threads)',
-    )
-    parser.add_argument(
-        '--threads', type=_positive, default=None, help='torch threads per run (side by side)'
-    )
-    parser.add_argument('--gc-config', default=str(GC_CONFIG), help=argparse.SUPPRESS)
-    parser.add_argument('--baseline-config', default=str(BASELINE_CONFIG), help=argparse.SUPPRESS)
+    add = parser.add_argument
+    add('--work-dir', default='work_dirs/demo', help="parent of the runs' seed<S>/{baseline,gc}")
+    add('--report-dir', default='reports/demo', help='where the report is written')
+    add('--data-root', default='data/shapes', help='where the dataset is written or reused')
+    add('--iters', type=_int_from(1), help="iterations of each run (default: the configs')")
+    add('--seeds', '--seed', dest='seeds', nargs='+', type=_int_from(0), default=[0],
+        metavar='S', help='training seeds, one GC/baseline pair each (default: 0)')  # fmt: skip
+    add('--data-seed', type=_int_from(0), default=0, help='seed of the dataset (default: 0)')
+    add('--num-train', type=_int_from(1), default=800, help='training images (default: 800)')
+    add('--num-val', type=_int_from(1), default=50, help='val images (default: 50)')
+    add('--sequential', action='store_true',
+        help="train a pair's runs one after the other (default: side by side)")  # fmt: skip
+    add('--threads', type=_int_from(1), help='torch threads per run (default: a share of the CPU)')
+    add('--gc-config', default=str(GC_CONFIG), help=argparse.SUPPRESS)
+    add('--baseline-config', default=str(BASELINE_CONFIG), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if len(set(args.seeds)) != len(args.seeds):
         parser.error(f'--seeds must differ; got {" ".join(map(str, args.seeds))}')
@@ -113,7 +66,6 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     if str(ROOT) not in sys.path:  # run from a checkout without installing mmgc
         sys.path.append(str(ROOT))
-    import mmgc  # noqa: F401  (registers SGDGC and its constructor)
     from mmgc.runtime.demo import run_demo
 
     result = run_demo(

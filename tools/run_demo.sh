@@ -5,9 +5,11 @@
 # pair), evaluate them (COCO metric), compare them (mean +- spread, paired
 # deltas with 95% intervals, verdicts) and write reports/demo/.
 #
-# Usage: bash tools/run_demo.sh [--seeds S [S ...]] [--iters N] [--num-train N]
-#                               [--num-val N] [--work-dir DIR] [--report-dir DIR]
-#        (options as in `python tools/run_demo.py --help`)
+# Usage: bash tools/run_demo.sh [--seeds S [S ...]] [--iters N] [--data-seed S]
+#                               [--num-train N] [--num-val N] [--work-dir DIR]
+#                               [--report-dir DIR] [--data-root DIR] [--sequential]
+#                               [--threads N]
+#        (options as in `python tools/run_demo.py --help`; runs finished earlier are reused)
 #
 # Environment: MMGC_VENV (default <repo>/.venv), as tools/setup_env.sh;
 # MMGC_SKIP_SETUP=1 skips the install step (an environment is already there).

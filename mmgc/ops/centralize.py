@@ -10,13 +10,9 @@ of the gradient over each such vector (Eq. 1):
         - \frac{1}{M}\sum_{j=1}^{M}\nabla_{w_{i,j}}\mathcal{L},
 
 which is the projection :math:`\mathbf{P} = \mathbf{I} - \mathbf{e}\mathbf{e}^T`,
-:math:`\mathbf{e} = \mathbf{1}/\sqrt{M}` (Eq. 2). With weight decay the paper
-projects the decayed gradient, :math:`\hat{\mathbf{g}} = \mathbf{P}(\mathbf{g} +
-\lambda\mathbf{w})` (Sec. 3.4), so that :math:`\mathbf{e}^T\mathbf{w}` (each
-output unit's weight sum) never changes under SGD (Eq. 3).
-
-Tensors with ``ndim <= 1`` (biases, norm parameters) have no input axis and are
-never centralized.
+:math:`\mathbf{e} = \mathbf{1}/\sqrt{M}` (Eq. 2); the update that uses it is
+in :class:`~mmgc.SGDGC`'s docstring. Tensors with ``ndim <= 1`` (biases, norm
+parameters) have no input axis and are never centralized.
 """
 
 from __future__ import annotations
@@ -34,11 +30,7 @@ def reduce_dims(ndim: int, out_dim: int) -> tuple[int, ...]:
 
     Args:
         ndim (int): Number of dims of the weight (must be > 1).
-        out_dim (int): The dim that indexes output units; negative values
-            count from the end, as in ``torch``.
-
-    Returns:
-        tuple[int, ...]: The dims to average over.
+        out_dim (int): The dim that indexes output units (negative: from the end).
 
     Raises:
         ValueError: If ``out_dim`` is not a valid dim for an ``ndim``-D tensor.
@@ -53,11 +45,9 @@ def reduce_dims(ndim: int, out_dim: int) -> tuple[int, ...]:
 
 
 def centralize_(tensor: Tensor, out_dim: int = 0) -> Tensor:
-    """Centralize ``tensor`` in place per output unit; return it.
+    """``tensor -= tensor.mean(all dims but out_dim)``, in place; returns it.
 
-    ``tensor -= tensor.mean(all dims but out_dim)``. A no-op for
-    ``ndim <= 1`` and for empty tensors. A weight with a single input per
-    output unit (``M = 1``) is zeroed, as the projection demands.
+    A no-op for ``ndim <= 1`` and empty tensors; ``M = 1`` gives zeros.
     """
     if tensor.ndim <= 1 or tensor.numel() == 0:
         return tensor
@@ -81,12 +71,8 @@ def gc_update_directions(
     weight_decay: float | Tensor,
     maximize: bool,
 ) -> list[Tensor]:
-    r"""The centralized, decayed directions :math:`\mathbf{P}(\pm\mathbf{g} +
-    \lambda\mathbf{w})` for a list of weights.
-
-    The sign is ``-`` when ``maximize`` (as ``torch.optim.SGD`` negates the
-    gradient before adding decay). Returns new tensors: ``grads`` and
-    ``params`` are never modified.
+    r"""New tensors :math:`\mathbf{P}(\pm\mathbf{g} + \lambda\mathbf{w})`, ``-``
+    when ``maximize`` (as ``torch.optim.SGD`` negates before adding decay).
 
     Args:
         params (Sequence[Tensor]): The weights :math:`\mathbf{w}`.

@@ -1,34 +1,23 @@
 """Stop a run before the model is built when its data is not on disk.
 
-MMEngine builds datasets lazily, after the model (and, for training, after
-the first hooks), so a wrong ``data_root`` surfaces late and as a bare
-``FileNotFoundError`` from deep inside a dataset. :func:`check_data_paths`
-walks the dataset configs of the dataloaders a run will use and names the
-first missing path and the config keys it came from.
+MMEngine builds datasets after the model, so a wrong ``data_root`` fails late,
+deep inside a dataset. :func:`check_data_paths` names the first missing path
+and its config key.
 """
 
 from __future__ import annotations
 
 import os.path as osp
-from collections.abc import Iterator, Mapping, Sequence
+import re
+from collections.abc import Iterator, Mapping
 from typing import Any, NamedTuple
 
 __all__ = ['DataPath', 'MissingDataError', 'check_data_paths', 'data_paths']
 
-#: Keys of a dataset config that hold nested dataset configs (MMEngine's and
-#: MMDetection's dataset wrappers).
-_WRAPPER_KEYS = ('dataset', 'datasets')
-
-#: Dataloaders each kind of run uses.
-RUN_DATALOADERS = {
-    'train': ('train_dataloader', 'val_dataloader'),
-    'test': ('test_dataloader',),
-}
-
-#: Evaluators each kind of run uses (their ``ann_file`` is read too).
-RUN_EVALUATORS = {
-    'train': ('val_evaluator',),
-    'test': ('test_evaluator',),
+#: The dataloaders and evaluators each kind of run reads.
+_READS = {
+    'train': ('train_dataloader', 'val_dataloader', 'val_evaluator'),
+    'test': ('test_dataloader', 'test_evaluator'),
 }
 
 
@@ -37,119 +26,75 @@ class MissingDataError(FileNotFoundError):
 
 
 class DataPath(NamedTuple):
-    """One path a run needs."""
+    """A path a run reads: config key, kind (``'data root'``, ``'annotation file'``,
+    ``'<name> folder'``), path as opened (``data_root`` joined as ``BaseDataset`` does)."""
 
-    #: The config key it came from, e.g. ``train_dataloader.dataset.ann_file``.
     where: str
-    #: ``'data root'``, ``'annotation file'``, ``'image folder'`` (or
-    #: ``'<name> folder'`` for other ``data_prefix`` entries).
     kind: str
-    #: The path as the dataset will open it (``data_root`` joined).
     path: str
 
 
-def _is_remote(path: str) -> bool:
-    return '://' in path or path.startswith(('s3:', 'http:', 'https:'))
+def _items(value: Any, where: str) -> Iterator[tuple[Mapping, str]]:
+    """``value`` if it is a config dict, or the dicts of a list of them."""
+    if isinstance(value, Mapping):
+        yield value, where
+    elif isinstance(value, (list, tuple)):
+        for i, item in enumerate(value):
+            yield from _items(item, f'{where}[{i}]')
 
 
-def _join(data_root: str | None, path: str) -> str:
-    """MMEngine's ``BaseDataset`` rule: relative paths hang off data_root."""
-    if data_root and not osp.isabs(path):
-        return osp.join(data_root, path)
-    return path
+def _str(value: Any) -> str:
+    return value if isinstance(value, str) else ''
 
 
-def _dataset_paths(dataset: Mapping[str, Any], where: str) -> Iterator[DataPath]:
-    """Paths of one dataset config and of the datasets it wraps."""
-    for key in _WRAPPER_KEYS:
-        inner = dataset.get(key)
-        if isinstance(inner, Mapping):
-            yield from _dataset_paths(inner, f'{where}.{key}')
-        elif isinstance(inner, Sequence) and not isinstance(inner, str):
-            for i, item in enumerate(inner):
-                if isinstance(item, Mapping):
-                    yield from _dataset_paths(item, f'{where}.{key}[{i}]')
-    data_root = dataset.get('data_root')
-    if isinstance(data_root, str) and data_root:
-        yield DataPath(f'{where}.data_root', 'data root', data_root)
-    ann_file = dataset.get('ann_file')
-    if isinstance(ann_file, str) and ann_file:
-        yield DataPath(f'{where}.ann_file', 'annotation file', _join(data_root, ann_file))
-    prefixes = dataset.get('data_prefix')
-    if isinstance(prefixes, Mapping):
-        for name, prefix in prefixes.items():
-            if isinstance(prefix, str) and prefix:
-                kind = 'image folder' if name == 'img' else f'{name} folder'
-                yield DataPath(f'{where}.data_prefix.{name}', kind, _join(data_root, prefix))
-
-
-def _evaluator_paths(evaluator: Any, where: str) -> Iterator[DataPath]:
-    if isinstance(evaluator, Sequence) and not isinstance(evaluator, str):
-        for i, item in enumerate(evaluator):
-            yield from _evaluator_paths(item, f'{where}[{i}]')
-    elif isinstance(evaluator, Mapping):
-        ann_file = evaluator.get('ann_file')
-        if isinstance(ann_file, str) and ann_file:
-            yield DataPath(f'{where}.ann_file', 'annotation file', ann_file)
-        if 'metrics' in evaluator:  # an Evaluator wrapping several metrics
-            yield from _evaluator_paths(evaluator['metrics'], f'{where}.metrics')
+def _paths(cfg: Mapping, where: str) -> Iterator[DataPath]:
+    """Paths of a dataset or evaluator config and of those it wraps."""
+    for key in ('dataset', 'datasets', 'metrics'):  # dataset wrappers, ``Evaluator``
+        for inner, at in _items(cfg.get(key), f'{where}.{key}'):
+            yield from _paths(inner, at)
+    root, ann_file = _str(cfg.get('data_root')), _str(cfg.get('ann_file'))
+    if root:
+        yield DataPath(f'{where}.data_root', 'data root', root)
+    if ann_file:
+        yield DataPath(f'{where}.ann_file', 'annotation file', osp.join(root, ann_file))
+    prefixes = cfg.get('data_prefix')
+    for name, prefix in prefixes.items() if isinstance(prefixes, Mapping) else ():
+        if _str(prefix):
+            kind = 'image folder' if name == 'img' else f'{name} folder'
+            yield DataPath(f'{where}.data_prefix.{name}', kind, osp.join(root, prefix))
 
 
 def data_paths(cfg: Mapping[str, Any], run: str) -> list[DataPath]:
-    """Local paths that a ``run`` of ``cfg`` reads.
-
-    Args:
-        cfg (Mapping): A loaded MMEngine config.
-        run (str): ``'train'`` (train and val dataloaders, val evaluator) or
-            ``'test'`` (test dataloader and evaluator).
-
-    Returns:
-        list[DataPath]: In config order; remote paths (``s3://`` ...) are left
-        out.
+    """Local paths (in config order) that a ``run`` (``'train'``/``'test'``) of ``cfg`` reads.
 
     Raises:
         ValueError: If ``run`` is not ``'train'`` or ``'test'``.
     """
-    if run not in RUN_DATALOADERS:
-        raise ValueError(f'run must be one of {tuple(RUN_DATALOADERS)}; got {run!r}')
+    if run not in _READS:
+        raise ValueError(f'run must be one of {tuple(_READS)}; got {run!r}')
     found: list[DataPath] = []
-    for key in RUN_DATALOADERS[run]:
-        loader = cfg.get(key)
-        if isinstance(loader, Mapping) and isinstance(loader.get('dataset'), Mapping):
-            found.extend(_dataset_paths(loader['dataset'], f'{key}.dataset'))
-    for key in RUN_EVALUATORS[run]:
-        if cfg.get(key) is not None:
-            found.extend(_evaluator_paths(cfg[key], key))
-    return [p for p in found if not _is_remote(p.path)]
+    for key in _READS[run]:
+        value = cfg.get(key)
+        if key.endswith('dataloader'):  # its dataset (an evaluator: it, or a list of them)
+            value, key = (value or {}).get('dataset'), f'{key}.dataset'
+        for item, where in _items(value, key):
+            found.extend(_paths(item, where))
+    return [p for p in found if '://' not in p.path and not p.path.startswith('s3:')]
 
 
 def check_data_paths(cfg: Mapping[str, Any], run: str) -> None:
-    """Raise if a path that a ``run`` of ``cfg`` reads does not exist.
-
-    Data roots and folders must be directories, annotation files files.
-
-    Args:
-        cfg (Mapping): A loaded MMEngine config.
-        run (str): ``'train'`` or ``'test'``.
+    """Raise if a path that a ``run`` of ``cfg`` reads does not exist (data roots
+    and folders must be directories, annotation files files).
 
     Raises:
-        MissingDataError: Naming the first missing path, its kind and the
-            config key it came from.
+        MissingDataError: Naming the first missing path, its kind and config key.
     """
-    for item in data_paths(cfg, run):
-        expected_dir = item.kind != 'annotation file'
-        exists = osp.isdir(item.path) if expected_dir else osp.isfile(item.path)
-        if not exists:
-            key = item.where
-            if 'dataloader' in key and not key.endswith('.data_root'):
-                key = (
-                    key.split('.data_prefix.')[0]
-                    if '.data_prefix.' in key
-                    else key.rsplit('.', 1)[0]
-                )
-                key += '.data_root'
+    for p in data_paths(cfg, run):
+        if not (osp.isfile if p.kind == 'annotation file' else osp.isdir)(p.path):
+            key = p.where  # a dataset's missing file: point its data_root elsewhere
+            if 'dataloader' in key:
+                key = re.sub(r'\.(ann_file|data_prefix\.\w+)$', '.data_root', key)
             raise MissingDataError(
-                f"The {item.kind} '{item.path}' ({item.where}) does not "
-                'exist: make the data first, or point the config at it '
-                f'(e.g. --cfg-options {key}=...).'
+                f"The {p.kind} '{p.path}' ({p.where}) does not exist: make the data first, or "
+                f'point the config at it (e.g. --cfg-options {key}=...).'
             )

@@ -1,9 +1,7 @@
-"""The demo's report: Markdown, plots, CSVs and a JSON summary.
-
-The AP table, its statistics and the delta plot are the comparison's
-(:mod:`mmgc.runtime.compare`); this module adds what only the demo has:
-training losses, timings, the absolute-AP plot and the runs' files.
-"""
+"""The demo's report folder: the comparison's files (:func:`compare.write_report`)
+and what only the demo has: ``report.md`` (the comparison's Markdown, then
+losses, timings and every run's files), ``ap.png`` (both sides' APs),
+``loss.csv``, ``loss.png`` and ``summary.json`` (everything, machine-readable)."""
 
 from __future__ import annotations
 
@@ -16,46 +14,26 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Optional, Union
 
+import numpy as np
+
 from . import compare
 
 __all__ = ['DemoRun', 'ap_figure', 'loss_figure', 'write_report']
 
-PathLike = Union[str, os.PathLike]
-
-_HEADLINE = ('AP', 'AP50', 'AP75')
 _SMOOTH = 20  # iterations in the moving average of the loss plot
-_COLOURS = {'baseline': 'tab:blue', 'gc': 'tab:red'}
-_LABELS = {'baseline': 'baseline (SGD)', 'gc': 'GC (SGDGC)'}
-_STYLES = ('-', '--', ':', '-.')
+_SIDES = {'baseline': ('tab:blue', 'baseline (SGD)'), 'gc': ('tab:red', 'GC (SGDGC)')}
 
 
 @dataclass
 class DemoRun:
     """What one training run of the demo produced.
 
-    Attributes:
-        name (str): ``'baseline'`` or ``'gc'``.
-        seed (int): Its training seed.
-        config (str): The config file it was built from.
-        work_dir (str): MMEngine's work dir of the run.
-        iters (int): Training iterations run.
-        metrics (dict): The COCO metric's results on the val split, with
-            MMDetection's keys (``'coco/bbox_mAP'``, ...), as fractions
-            (-1 where COCOeval has no data).
-        losses (list): ``(iteration, total training loss)`` of every
-            iteration, counted from 1.
-        train_s (float): Wall time of the training iterations (data loading
-            and checkpoint saving included, evaluation excluded).
-        train_cpu_s (float): CPU time (all threads of the process) of the
-            training iterations: less sensitive than wall time to other
-            processes sharing the CPU.
-        eval_s (float): Wall time of the evaluation on the val split.
-        total_s (float): Wall time of the whole run: building the runner
-            and model, training and evaluation.
-        log_file (str): MMEngine's text log.
-        json_log (str): MMEngine's JSON log of the logged scalars.
-        checkpoint (str): The checkpoint saved at the end of training.
-        threads (int): Torch CPU threads the run used.
+    ``name``: ``'baseline'`` or ``'gc'``; ``metrics``: CocoMetric's results on
+    the val split (fractions, -1 where COCOeval has no data); ``losses``:
+    ``(iteration, total loss)`` from iteration 1; ``train_s`` and
+    ``train_cpu_s``: wall and CPU time (all threads) of the training
+    iterations; ``eval_s``: of the evaluation; ``total_s``: of the whole run;
+    ``threads``: torch's CPU threads.
     """
 
     name: str
@@ -76,267 +54,148 @@ class DemoRun:
 
     @property
     def label(self) -> str:
-        """``'gc seed 0'``."""
         return f'{self.name} seed {self.seed}'
 
 
 def write_report(
     runs: Sequence[DemoRun],
     comparison: compare.Comparison,
-    report_dir: PathLike,
+    report_dir: Union[str, os.PathLike],
     *,
     data: dict[str, Any],
     data_seed: int,
     wall_s: float,
     command: Optional[str] = None,
 ) -> dict[str, Any]:
-    """Write the demo's report folder.
-
-    ``report.md``, ``loss.png``, ``ap.png``, ``loss.csv`` and
-    ``summary.json``, plus the comparison's own files
-    (:data:`mmgc.runtime.compare.REPORT_FILES`: ``ap_comparison.md``,
-    ``ap_comparison.csv``, ``ap_seeds.csv``, ``ap_deltas.png``).
+    """Write the report folder (see the module docstring).
 
     Args:
-        runs (Sequence[DemoRun]): Every run, baseline and GC, all seeds.
-        comparison (Comparison): The runs compared
-            (:func:`mmgc.runtime.compare.compare_runs`).
-        report_dir (str | os.PathLike): Folder to write to (created).
-        data (dict): What :func:`mmgc.runtime.shapes.make_shapes_dataset`
-            returned.
-        data_seed (int): Seed of the dataset.
+        runs (Sequence[DemoRun]): Every run, both sides, all seeds.
+        comparison (Comparison): The runs compared, by :func:`compare.compare_runs`.
+        report_dir (str | os.PathLike): The folder (created).
+        data (dict): What :func:`mmgc.runtime.shapes.make_shapes_dataset` returned.
+        data_seed (int): The dataset's seed.
         wall_s (float): Wall time of the whole demo so far, in seconds.
-        command (str, optional): The command line to quote in the report.
+        command (str, optional): The command line to quote.
 
     Returns:
-        dict: ``report`` (path of ``report.md``), ``report_dir`` and
-        ``summary`` (the content of ``summary.json``).
+        dict: ``report`` (``report.md``'s path), ``report_dir``, ``summary`` (summary.json's).
 
     Raises:
-        ValueError: If a run is neither ``'baseline'`` nor ``'gc'``, or a
-            side has no run.
+        ValueError: If the runs are not of both sides, ``'baseline'`` and ``'gc'``.
     """
-    names = {run.name for run in runs}
-    if not names <= set(_COLOURS) or len(names) != 2:
-        raise ValueError(f"write_report needs 'baseline' and 'gc' runs; got {sorted(names)}")
+    if {run.name for run in runs} != set(_SIDES):
+        names = sorted({run.name for run in runs})
+        raise ValueError(f"write_report needs 'baseline' and 'gc' runs; got {names}")
     out = Path(report_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    side = {name: [r for r in runs if r.name == name] for name in _COLOURS}
-    overhead = _overhead(side, 'train_s')
+    files = compare.write_report(comparison, str(out), title='demo')  # creates the folder
+
+    def overhead(key: str) -> Optional[float]:  # GC's total over the baseline's, minus one
+        base, gc = (sum(getattr(r, key) for r in runs if r.name == side) for side in _SIDES)
+        return round(gc / base - 1.0, 4) if base > 0 else None
+
+    images = {}
+    for split in ('train', 'val'):
+        with open(data[f'{split}_ann'], encoding='utf-8') as f:
+            images[f'num_{split}'] = len(json.load(f)['images'])
     summary = dict(
-        seeds=sorted({run.seed for run in runs}),
-        data_seed=data_seed,
-        data=dict(
-            data_root=data['data_root'],
-            num_train=_count_images(data['train_ann']),
-            num_val=_count_images(data['val_ann']),
-        ),
-        wall_s=round(wall_s, 1),
-        gc_train_time_overhead=overhead,
-        gc_train_cpu_overhead=_overhead(side, 'train_cpu_s'),
-        confidence=comparison.confidence,
-        ap=[_row_summary(row) for row in comparison.rows],
+        seeds=sorted({run.seed for run in runs}), data_seed=data_seed,
+        data=dict(data_root=data['data_root'], **images), wall_s=round(wall_s, 1),
+        gc_train_time_overhead=overhead('train_s'), gc_train_cpu_overhead=overhead('train_cpu_s'),
+        confidence=comparison.confidence, ap=[asdict(row) for row in comparison.rows],
         left_out=comparison.notes(),
         runs=[{k: v for k, v in asdict(run).items() if k != 'losses'} for run in runs],
-    )
-    files = compare.write_report(comparison, str(out), title='demo')
-    _write_loss_csv(out / 'loss.csv', runs)
+    )  # fmt: skip
+    (out / 'summary.json').write_text(json.dumps(summary, indent=2), encoding='utf-8')
+    losses = [dict(run.losses) for run in runs]
+    with open(out / 'loss.csv', 'w', newline='', encoding='utf-8') as f:
+        csv.writer(f).writerows(
+            [('iter', *(f'{r.name}_seed{r.seed}' for r in runs))]
+            + [(i, *(each.get(i, '') for each in losses)) for i in sorted(set().union(*losses))]
+        )
     loss_figure(runs).savefig(out / 'loss.png', dpi=120)
     ap_figure(comparison).savefig(out / 'ap.png', dpi=120)
-    with open(out / 'summary.json', 'w', encoding='utf-8') as f:
-        json.dump(summary, f, indent=2)
     report = out / 'report.md'
-    report.write_text(_markdown(runs, comparison, summary, command, files), encoding='utf-8')
+    report.write_text(_markdown(runs, summary, command, files), encoding='utf-8')
     return dict(report=str(report.resolve()), report_dir=str(out.resolve()), summary=summary)
 
 
-def _overhead(side: dict[str, list[DemoRun]], key: str) -> Optional[float]:
-    """GC's total over the baseline's total, minus one (all seeds)."""
-    base = sum(getattr(r, key) for r in side['baseline'])
-    gc = sum(getattr(r, key) for r in side['gc'])
-    return round(gc / base - 1.0, 4) if base > 0 else None
-
-
-def _row_summary(row: compare.ComparisonRow) -> dict[str, Any]:
-    return dict(
-        task=row.task,
-        metric=row.metric,
-        gc=row.gc,
-        gc_std=row.gc_std,
-        baseline=row.baseline,
-        baseline_std=row.baseline_std,
-        delta=row.delta,
-        interval=list(row.interval) if row.interval else None,
-        seed_deltas={str(seed): value for seed, value in row.seed_deltas.items()},
-        paper_delta=row.paper_delta,
-        verdict=row.verdict,
-    )
-
-
-def _count_images(ann_file: str) -> int:
-    with open(ann_file, encoding='utf-8') as f:
-        return len(json.load(f)['images'])
-
-
-def _pct(value: Optional[float]) -> str:
-    return 'n/a' if value is None else f'{100.0 * value:+.1f}%'
-
-
-def _markdown(
-    runs: Sequence[DemoRun],
-    comparison: compare.Comparison,
-    summary: dict[str, Any],
-    command: Optional[str],
-    files: dict[str, str],
-) -> str:
+def _markdown(runs: Sequence[DemoRun], summary: dict, command: Optional[str], files: dict) -> str:
     import torch
 
-    seeds = summary['seeds']
-    pairs = f'{len(seeds)} pair{"s" if len(seeds) != 1 else ""}'
-    lines = [
-        '# GC vs baseline: Mask R-CNN R18-FPN on synthetic shapes',
-        '',
-        "MMDetection's Mask R-CNN FPN, ResNet-18 from scratch, trained with "
-        'SGD (baseline) and with SGDGC (Gradient Centralization on every conv '
-        f'and FC weight), {pairs} with the same data and training seeds '
-        f"{', '.join(map(str, seeds))}, pair after pair, through tools/train.py's "
-        'code path. COCO metric (pycocotools) on the val split, AP in points.',
-        '',
-    ]
-    if command:
-        lines += [f'Command: `{command}`', '']
-    data = summary['data']
-    lines += [
+    seeds, data, table = summary['seeds'], summary['data'], compare.markdown_table
+
+    def mean(losses: list) -> str:
+        return f'{np.mean([v for _, v in losses]):.3f}' if losses else 'n/a'
+
+    def pct(v: Optional[float]) -> str:
+        return 'n/a' if v is None else f'{100.0 * v:+.1f}%'
+
+    with open(files['markdown'], encoding='utf-8') as f:
+        ap_table = f.read().strip()
+    return '\n'.join([
+        '# GC vs baseline: Mask R-CNN R18-FPN on synthetic shapes', '',
+        "MMDetection's Mask R-CNN FPN, ResNet-18 from scratch, trained with SGD (baseline) and "
+        'with SGDGC (Gradient Centralization on every conv and FC weight), '
+        f'{len(seeds)} pair{"s" * (len(seeds) != 1)} with the same data and training seeds '
+        f"{', '.join(map(str, seeds))}, pair after pair, through tools/train.py's code path. "
+        'COCO metric (pycocotools) on the val split, AP in points.', '',
+        *([f'Command: `{command}`', ''] if command else []),
         f'- data: {data["num_train"]} train / {data["num_val"]} val images '
         f'(`{data["data_root"]}`, data seed {summary["data_seed"]})',
         f'- machine: {platform.machine()} CPU, {os.cpu_count()} cores, torch {torch.__version__}',
-        '',
-        '## AP on val',
-        '',
-        compare.comparison_to_markdown(comparison, heading_level=3).strip(),
-        '',
-        'n/a: COCOeval has no objects of that size in the val split. The '
-        'comparison checked that the runs differ only in the optimizer (across '
-        'the sides) and the seed (within a side).',
-        '',
-        '![AP of both sides](ap.png)',
-        '',
-        '![AP deltas](ap_deltas.png)',
-        '',
-        '## Training loss',
-        '',
+        '', '## AP on val', '', ap_table, '',
+        'n/a: COCOeval has no objects of that size in the val split. The comparison checked '
+        'that the runs differ only in the optimizer (across the sides) and the seed (within a '
+        'side).', '', '![AP of both sides](ap.png)', '', '![AP deltas](ap_deltas.png)', '',
+        '## Training loss', '',
         f'Total loss of every iteration: the {_SMOOTH}-iteration moving average'
         + (' (thick) and every value (thin).' if len(seeds) == 1 else ', one line per run.'),
-        '',
-        '![training loss](loss.png)',
-        '',
-        '| run | first-10 mean loss | last-10 mean loss |',
-        '|---|---:|---:|',
-    ]
-    for run in runs:
-        values = [loss for _, loss in run.losses]
-        lines.append(f'| {run.label} | {_mean(values[:10])} | {_mean(values[-10:])} |')
-    lines += [
-        '',
-        '## Time',
-        '',
-        '| run | iterations | torch threads | training (s) | s / iteration '
-        '| training CPU (s) | evaluation (s) | whole run (s) |',
-        '|---|---:|---:|---:|---:|---:|---:|---:|',
-    ]
-    for run in runs:
-        per_iter = run.train_s / run.iters if run.iters else float('nan')
-        lines.append(
-            f'| {run.label} | {run.iters} | {run.threads} | {run.train_s:.1f} | '
-            f'{per_iter:.3f} | {run.train_cpu_s:.1f} | {run.eval_s:.1f} | {run.total_s:.1f} |'
-        )
-    lines += [
-        '',
-        "GC's training-time overhead over the baseline (all seeds): "
-        f'{_pct(summary["gc_train_time_overhead"])} in wall time, '
-        f'{_pct(summary["gc_train_cpu_overhead"])} in CPU time. Whole demo '
-        f'(data, all runs, report): {summary["wall_s"]:.0f} s.',
-        'Wall times on a shared CPU are noisy: other processes on the machine '
-        'slow either run. CPU time (all threads of the process) is less '
-        'sensitive to them; compare overheads over repeated runs.',
-        '',
-        '## Files',
-        '',
-        '| run | config | log | JSON log | checkpoint |',
-        '|---|---|---|---|---|',
-    ]
-    for run in runs:
-        lines.append(
-            f'| {run.label} | `{run.config}` | `{run.log_file}` | `{run.json_log}` '
-            f'| `{run.checkpoint or "none"}` |'
-        )
-    comparison_files = ', '.join(f'`{Path(p).name}`' for p in files.values())
-    lines += [
-        '',
-        f'Also here: {comparison_files} (the comparison: table, per-seed '
-        'values, delta plot), `loss.csv` (per-iteration losses of every run), '
-        '`summary.json` (everything, machine-readable).',
-        '',
-    ]
-    return '\n'.join(lines)
-
-
-def _mean(values: list[float]) -> str:
-    return f'{sum(values) / len(values):.3f}' if values else 'n/a'
-
-
-def _write_loss_csv(path: Path, runs: Sequence[DemoRun]) -> None:
-    losses = [dict(run.losses) for run in runs]
-    iters = sorted(set().union(*losses)) if losses else []
-    with open(path, 'w', newline='', encoding='utf-8') as f:
-        writer = csv.writer(f)
-        writer.writerow(['iter', *(f'{run.name}_seed{run.seed}' for run in runs)])
-        for it in iters:
-            writer.writerow([it, *(run_losses.get(it, '') for run_losses in losses)])
-
-
-def _moving_average(values: list[float], window: int) -> list[float]:
-    out, total = [], 0.0
-    for i, value in enumerate(values):
-        total += value
-        if i >= window:
-            total -= values[i - window]
-        out.append(total / min(i + 1, window))
-    return out
+        '', '![training loss](loss.png)', '',
+        *table(('run', 'first-10 mean loss', 'last-10 mean loss'),
+               [(r.label, mean(r.losses[:10]), mean(r.losses[-10:])) for r in runs], 'lrr'),
+        '', '## Time', '',
+        *table(('run', 'iterations', 'torch threads', 'training (s)', 's / iteration',
+                'training CPU (s)', 'evaluation (s)', 'whole run (s)'),
+               [(r.label, r.iters, r.threads, f'{r.train_s:.1f}',
+                 f'{r.train_s / r.iters:.3f}' if r.iters else 'nan', f'{r.train_cpu_s:.1f}',
+                 f'{r.eval_s:.1f}', f'{r.total_s:.1f}') for r in runs], 'lrrrrrrr'),
+        '', "GC's training-time overhead over the baseline (all seeds): "
+        f'{pct(summary["gc_train_time_overhead"])} in wall time, '
+        f'{pct(summary["gc_train_cpu_overhead"])} in CPU time. Whole demo (data, all runs, '
+        f'report): {summary["wall_s"]:.0f} s.',
+        'Wall times on a shared CPU are noisy; CPU time (all threads of the process) is less so.',
+        '', '## Files', '',
+        *table(('run', 'config', 'log', 'JSON log', 'checkpoint'),
+               [(r.label, f'`{r.config}`', f'`{r.log_file}`', f'`{r.json_log}`',
+                 f'`{r.checkpoint or "none"}`') for r in runs]),
+        '', f'Also here: {", ".join(f"`{Path(p).name}`" for p in files.values())} (the '
+        'comparison: table, per-seed values, delta plot), `loss.csv` (per-iteration losses of '
+        'every run), `summary.json` (everything, machine-readable).', '',
+    ])  # fmt: skip
 
 
 def loss_figure(runs: Sequence[DemoRun]) -> Any:
-    """Training loss against iteration, every run; legend below the axes.
-
-    Returns:
-        matplotlib.figure.Figure: Drawn on a bare figure (no pyplot).
-    """
+    """Every run's training loss against iteration (moving average; with one
+    seed also every value), on a bare ``matplotlib.figure.Figure``, the legend below."""
     from matplotlib.figure import Figure
 
     seeds = sorted({run.seed for run in runs})
     fig = Figure(figsize=(7, 4.6), layout='constrained')
     ax = fig.subplots()
-    for run in runs:
-        if not run.losses:
-            continue
-        colour = _COLOURS[run.name]
-        iters = [i for i, _ in run.losses]
-        values = [v for _, v in run.losses]
+    for run in (r for r in runs if r.losses):
+        colour, label = _SIDES[run.name]
+        iters, values = np.array(run.losses).T
         if len(seeds) == 1:
             ax.plot(iters, values, color=colour, alpha=0.25, linewidth=0.8)
-        style = _STYLES[seeds.index(run.seed) % len(_STYLES)]
-        label = _LABELS[run.name] + (f', seed {run.seed}' if len(seeds) > 1 else '')
-        ax.plot(
-            iters,
-            _moving_average(values, _SMOOTH),
-            color=colour,
-            linestyle=style,
-            linewidth=2,
-            label=label,
-        )
-    ax.set_xlabel('iteration')
-    ax.set_ylabel('training loss (total)')
-    ax.set_title('Mask R-CNN R18-FPN on synthetic shapes: training loss')
+        total = np.cumsum(np.concatenate([[0.0], values]))
+        n = np.minimum(np.arange(1, len(values) + 1), _SMOOTH)  # a shorter window at the start
+        smooth = (total[1:] - total[np.arange(1, len(values) + 1) - n]) / n
+        style = ('-', '--', ':', '-.')[seeds.index(run.seed) % 4]
+        label += f', seed {run.seed}' if len(seeds) > 1 else ''
+        ax.plot(iters, smooth, color=colour, linestyle=style, linewidth=2, label=label)
+    ax.set(xlabel='iteration', ylabel='training loss (total)',
+           title='Mask R-CNN R18-FPN on synthetic shapes: training loss')  # fmt: skip
     ax.grid(alpha=0.3)
     if ax.get_legend_handles_labels()[0]:
         fig.legend(loc='outside lower center', ncol=3 if len(seeds) > 1 else 2, fontsize=8)
@@ -344,50 +203,28 @@ def loss_figure(runs: Sequence[DemoRun]) -> Any:
 
 
 def ap_figure(comparison: compare.Comparison) -> Any:
-    """Both sides' mean AP / AP50 / AP75 (bbox, segm) with their spread.
-
-    Bars are the means over seeds, whiskers one standard deviation (with
-    several seeds); each bar is labelled with its mean above its whisker.
-    The legend sits below the axes, so it covers no label.
-
-    Returns:
-        matplotlib.figure.Figure: Drawn on a bare figure (no pyplot).
-    """
+    """Both sides' mean AP / AP50 / AP75 (bbox, segm) as bars, with one standard
+    deviation as whiskers (several seeds) and the mean written above; on a bare
+    ``matplotlib.figure.Figure``, the legend below."""
     from matplotlib.figure import Figure
 
-    shown = [r for r in comparison.rows if r.metric in _HEADLINE]
-    xs = list(range(len(shown)))
-    width = 0.38
+    shown = [r for r in comparison.rows if r.metric in ('AP', 'AP50', 'AP75')]
     fig = Figure(figsize=(7.5, 4.6), layout='constrained')
     ax = fig.subplots()
     top = 0.0
-    for offset, name, mean_key, std_key in (
-        (-width / 2, 'baseline', 'baseline', 'baseline_std'),
-        (width / 2, 'gc', 'gc', 'gc_std'),
-    ):
-        means = [getattr(r, mean_key) for r in shown]
-        stds = [getattr(r, std_key) for r in shown]
-        heights = [0.0 if m is None else m for m in means]
-        errors = [0.0 if s is None else s for s in stds]
-        positions = [x + offset for x in xs]
-        ax.bar(
-            positions,
-            heights,
-            width,
-            yerr=errors if any(errors) else None,
-            capsize=3,
-            color=_COLOURS[name],
-            label=_LABELS[name],
-        )
-        for x, mean, err in zip(positions, means, errors):
-            y = (mean or 0.0) + err + 1.0
-            top = max(top, y)
-            ax.text(
-                x, y, 'n/a' if mean is None else f'{mean:.1f}', ha='center', va='bottom', fontsize=7
-            )
-    ax.set_xticks(xs, [f'{r.task}\n{r.metric}' for r in shown])
-    ax.set_ylabel('AP (points)')
-    ax.set_ylim(0, max(105.0, top + 6.0))
+    for offset, side in ((-0.19, 'baseline'), (0.19, 'gc')):
+        means = [getattr(r, side) for r in shown]
+        errors = [getattr(r, f'{side}_std') or 0.0 for r in shown]
+        xs = [x + offset for x in range(len(shown))]
+        colour, label = _SIDES[side]
+        ax.bar(xs, [m or 0.0 for m in means], 0.38, yerr=errors if any(errors) else None,
+               capsize=3, color=colour, label=label)  # fmt: skip
+        for x, mean, err in zip(xs, means, errors):
+            top = max(top, (mean or 0.0) + err + 1.0)
+            ax.text(x, (mean or 0.0) + err + 1.0, 'n/a' if mean is None else f'{mean:.1f}',
+                    ha='center', va='bottom', fontsize=7)  # fmt: skip
+    ax.set_xticks(range(len(shown)), [f'{r.task}\n{r.metric}' for r in shown])
+    ax.set(ylabel='AP (points)', ylim=(0, max(105.0, top + 6.0)))
     seeds = comparison.seeds
     spread = ', mean ± 1 std over seeds ' + ', '.join(map(str, seeds)) if len(seeds) > 1 else ''
     ax.set_title(f'COCO AP on the val split{spread}')

@@ -1,30 +1,11 @@
-"""Distributed runs on machines without a GPU (gloo backend).
+"""Distributed runs without a GPU (gloo), and the process-group timeout.
 
-MMEngine 0.10's ``init_dist`` calls ``torch.cuda.set_device`` for the
-``pytorch``, ``slurm`` and ``mpi`` launchers, which fails on a CPU-only
-torch, and its ``Runner`` wraps the model in ``MMDistributedDataParallel``
-with ``device_ids=[LOCAL_RANK]``, which ``DistributedDataParallel`` refuses
-for a CPU module. When CUDA is absent, :func:`setup_cpu_distributed`
-therefore
-
-1. reads rank, world size and master address from the launcher's
-   environment the way MMEngine does, and initialises the default process
-   group with ``gloo`` (the ``Runner`` then sees it and skips ``init_dist``);
-2. records ``env_cfg.dist_cfg.backend='gloo'`` in the config, so the dumped
-   config says what ran;
-3. sets ``model_wrapper_cfg`` to :class:`CPUDistributedDataParallel`, which
-   drops ``device_ids``.
-
-With CUDA it does nothing: MMEngine's own path (NCCL by default) runs.
-
-A process of a distributed run that dies or hangs leaves the others waiting
-in a collective (gradient all-reduce, barrier) until the process group's
-timeout, 30 minutes by default. :func:`set_dist_timeout` sets it from
-``--dist-timeout SECONDS`` or the environment variable ``MMGC_DIST_TIMEOUT``
-(recorded as ``env_cfg.dist_cfg.timeout``, which both MMEngine's NCCL path
-and the gloo path here pass to ``init_process_group``). The surviving ranks
-then end with the backend's own error; torchrun's summary names the first
-failure ("Root Cause"), and ``tools/dist_train.sh`` ends with one line.
+The gap (MMEngine 0.10): ``init_dist`` calls ``torch.cuda.set_device`` for
+every launcher, which fails without CUDA, and ``Runner`` passes
+``device_ids=[LOCAL_RANK]`` to ``DistributedDataParallel``, which refuses them
+for a CPU module. A rank that dies or hangs leaves the others waiting until
+the process group's timeout (30 minutes by default), which only the config
+sets. :func:`setup_cpu_distributed` and :func:`set_dist_timeout` cover these.
 """
 
 from __future__ import annotations
@@ -36,8 +17,7 @@ from typing import Any, Optional
 
 import torch
 import torch.distributed as torch_dist
-from mmengine.logging import print_log
-from mmengine.model import MMDistributedDataParallel
+from mmengine.model import MMDistributedDataParallel as DDP
 from mmengine.registry import MODEL_WRAPPERS
 from torch import nn
 
@@ -55,25 +35,23 @@ __all__ = [
 #: The ``--launcher`` choices of MMDetection's tools.
 LAUNCHERS = ('none', 'pytorch', 'slurm', 'mpi')
 
-#: MMEngine's default port for torch.distributed.
-_DEFAULT_PORT = '29500'
-
 #: Environment variable with the default of ``--dist-timeout`` (seconds).
 DIST_TIMEOUT_ENV = 'MMGC_DIST_TIMEOUT'
 
+#: The variables each launcher must set: rank and world size first.
+_REQUIRED = {
+    'pytorch': ('RANK', 'WORLD_SIZE', 'LOCAL_RANK', 'MASTER_ADDR', 'MASTER_PORT'),
+    'slurm': ('SLURM_PROCID', 'SLURM_NTASKS'),
+    'mpi': ('OMPI_COMM_WORLD_RANK', 'OMPI_COMM_WORLD_SIZE', 'MASTER_ADDR'),
+}
+_LOCAL_RANK = dict(pytorch='LOCAL_RANK', slurm='SLURM_LOCALID', mpi='OMPI_COMM_WORLD_LOCAL_RANK')
+
 
 def parse_dist_timeout(value: Any, source: str = '--dist-timeout') -> float:
-    """Seconds of a process-group timeout, checked.
-
-    Args:
-        value: A number or a string holding one.
-        source (str): Where it came from, for the error message.
-
-    Returns:
-        float: The timeout in seconds (> 0).
+    """Seconds of a process-group timeout, from a number or a string.
 
     Raises:
-        ConfigError: If ``value`` is not a positive finite number.
+        ConfigError: If ``value`` is not a positive finite number (named by ``source``).
     """
     try:
         seconds = float(value)
@@ -85,18 +63,11 @@ def parse_dist_timeout(value: Any, source: str = '--dist-timeout') -> float:
 
 
 def set_dist_timeout(cfg: Any, seconds: Any = None) -> Optional[float]:
-    """Record the process-group timeout in ``cfg.env_cfg.dist_cfg.timeout``.
-
-    ``seconds`` (from ``--dist-timeout``) wins over the environment variable
-    ``MMGC_DIST_TIMEOUT``, which wins over the config's own value.
-
-    Args:
-        cfg (mmengine.Config): The run's config, changed in place.
-        seconds: The timeout, or None to take it from the environment.
+    """Record the process-group timeout in ``cfg.env_cfg.dist_cfg.timeout``: ``seconds``
+    (``--dist-timeout``), else ``MMGC_DIST_TIMEOUT``, else the config's own value.
 
     Returns:
-        float | None: The timeout now in the config (None: torch's default,
-        30 minutes).
+        float | None: The timeout now in the config (None: torch's default).
 
     Raises:
         ConfigError: If the given timeout is not a positive number.
@@ -108,92 +79,48 @@ def set_dist_timeout(cfg: Any, seconds: Any = None) -> Optional[float]:
     else:
         current = ((cfg.get('env_cfg') or {}).get('dist_cfg') or {}).get('timeout')
         return None if current is None else float(current)
-    env_cfg = cfg.setdefault('env_cfg', {})
-    env_cfg.setdefault('dist_cfg', {})['timeout'] = value
+    cfg.setdefault('env_cfg', {}).setdefault('dist_cfg', {})['timeout'] = value
     return value
 
 
 @MODEL_WRAPPERS.register_module()
-class CPUDistributedDataParallel(MMDistributedDataParallel):
-    """``MMDistributedDataParallel`` for a model on the CPU.
-
-    MMEngine's ``Runner`` always passes ``device_ids=[LOCAL_RANK]``;
-    ``DistributedDataParallel`` accepts device ids only for GPU modules, so
-    they are dropped here. Everything else is ``MMDistributedDataParallel``.
-
-    Args:
-        module (nn.Module): The model, on the CPU.
-        device_ids: Ignored (a CPU module has none).
-        **kwargs: Passed to ``MMDistributedDataParallel``.
-    """
+class CPUDistributedDataParallel(DDP):
+    """``MMDistributedDataParallel`` for a CPU model: drops the ``device_ids``
+    that MMEngine's ``Runner`` always passes."""
 
     def __init__(self, module: nn.Module, device_ids: Any = None, **kwargs: Any) -> None:
         super().__init__(module=module, device_ids=None, **kwargs)
 
 
-def _env_int(name: str, launcher: str) -> int:
-    value = os.environ.get(name)
-    if value is None:
-        raise ConfigError(
-            f'--launcher {launcher} needs the environment variable {name}, '
-            'which is not set; start the run with the matching launcher '
-            '(tools/dist_train.sh uses torchrun, tools/slurm_train.sh srun).'
-        )
-    try:
-        return int(value)
-    except ValueError:
-        raise ConfigError(f'{name} must be an integer; got {value!r}') from None
+def _launcher_env(launcher: str) -> None:
+    """Set ``RANK``, ``WORLD_SIZE``, ``LOCAL_RANK``, ``MASTER_ADDR`` and ``MASTER_PORT``
+    from the launcher's variables, as MMEngine's ``init_dist`` does.
 
-
-def _slurm_env() -> None:
-    """Fill torch.distributed's variables from Slurm's, as MMEngine does."""
-    proc_id = _env_int('SLURM_PROCID', 'slurm')
-    ntasks = _env_int('SLURM_NTASKS', 'slurm')
-    local_id = os.environ.get('SLURM_LOCALID', '0')
-    if 'MASTER_ADDR' not in os.environ:
-        node_list = os.environ.get('SLURM_NODELIST', '')
-        os.environ['MASTER_ADDR'] = subprocess.getoutput(
-            f'scontrol show hostname {node_list} | head -n1'
-        )
-    os.environ.setdefault('MASTER_PORT', _DEFAULT_PORT)
-    os.environ['WORLD_SIZE'] = str(ntasks)
-    os.environ['RANK'] = str(proc_id)
-    os.environ['LOCAL_RANK'] = local_id
-
-
-def _mpi_env() -> None:
-    """Fill torch.distributed's variables from Open MPI's, as MMEngine does."""
-    rank = _env_int('OMPI_COMM_WORLD_RANK', 'mpi')
-    size = _env_int('OMPI_COMM_WORLD_SIZE', 'mpi')
-    if 'MASTER_ADDR' not in os.environ:
-        raise ConfigError(
-            '--launcher mpi needs the environment variable MASTER_ADDR, which is not set.'
-        )
-    os.environ.setdefault('MASTER_PORT', _DEFAULT_PORT)
-    os.environ['WORLD_SIZE'] = str(size)
-    os.environ['RANK'] = str(rank)
-    os.environ['LOCAL_RANK'] = os.environ.get('OMPI_COMM_WORLD_LOCAL_RANK', '0')
-
-
-def _pytorch_env() -> None:
-    for name in ('RANK', 'WORLD_SIZE', 'LOCAL_RANK', 'MASTER_ADDR', 'MASTER_PORT'):
+    Raises:
+        ConfigError: If a variable the launcher sets is missing or not an integer.
+    """
+    for name in _REQUIRED[launcher]:
         if name not in os.environ:
             raise ConfigError(
-                f'--launcher pytorch needs the environment variable {name}, '
-                'which torchrun sets; start the run with tools/dist_train.sh '
-                'or torchrun.'
+                f'--launcher {launcher} needs the environment variable {name}, which is not '
+                'set; start the run with its launcher (tools/dist_train.sh uses torchrun, '
+                'tools/slurm_train.sh srun).'
             )
+    names = (*_REQUIRED[launcher][:2], _LOCAL_RANK[launcher])
+    values = [os.environ.get(name, '0') for name in names]
+    for name, value in zip(names, values):
+        if not value.strip().lstrip('-').isdigit():
+            raise ConfigError(f'{name} must be an integer; got {value!r}')
+    if launcher == 'slurm' and 'MASTER_ADDR' not in os.environ:  # the first node
+        hosts = f'scontrol show hostname {os.environ.get("SLURM_NODELIST", "")} | head -n1'
+        os.environ['MASTER_ADDR'] = subprocess.getoutput(hosts)
+    os.environ.setdefault('MASTER_PORT', '29500')  # MMEngine's default
+    os.environ.update(zip(('RANK', 'WORLD_SIZE', 'LOCAL_RANK'), values))
 
 
 def setup_cpu_distributed(cfg: Any) -> bool:
-    """Prepare ``cfg`` and the process group for a distributed CPU run.
-
-    Does nothing when ``cfg.launcher`` is ``'none'`` or CUDA is available.
-
-    Args:
-        cfg (mmengine.Config): The run's config; ``launcher`` must be set.
-            ``env_cfg.dist_cfg`` and ``model_wrapper_cfg`` are updated in
-            place.
+    """Prepare ``cfg`` (in place: gloo, :class:`CPUDistributedDataParallel`) and the
+    process group for a distributed CPU run; nothing for ``launcher='none'`` or with CUDA.
 
     Returns:
         bool: Whether a gloo process group was set up here.
@@ -207,40 +134,17 @@ def setup_cpu_distributed(cfg: Any) -> bool:
         raise ConfigError(f'launcher must be one of {LAUNCHERS}; got {launcher!r}')
     if launcher == 'none' or torch.cuda.is_available():
         return False
-
-    {'pytorch': _pytorch_env, 'slurm': _slurm_env, 'mpi': _mpi_env}[launcher]()
-
-    env_cfg = cfg.setdefault('env_cfg', {})
-    dist_cfg = env_cfg.setdefault('dist_cfg', {})
-    if dist_cfg.get('backend', 'gloo') != 'gloo':
-        print_log(
-            f'No CUDA device: using the gloo backend instead of {dist_cfg["backend"]!r}.',
-            logger='current',
-        )
-    dist_cfg['backend'] = 'gloo'
-
-    wrapper = cfg.get('model_wrapper_cfg')
-    if wrapper is None:
-        cfg.model_wrapper_cfg = dict(
-            type='CPUDistributedDataParallel',
-            broadcast_buffers=False,
-            find_unused_parameters=cfg.get('find_unused_parameters', False),
-        )
-    elif wrapper.get('type', 'MMDistributedDataParallel') in (
-        'MMDistributedDataParallel',
-        MMDistributedDataParallel,
-    ):
+    _launcher_env(launcher)
+    dist_cfg = cfg.setdefault('env_cfg', {}).setdefault('dist_cfg', {})
+    dist_cfg['backend'] = 'gloo'  # no CUDA: whatever the config asked
+    if cfg.get('model_wrapper_cfg') is None:  # Runner's default, on the CPU
+        unused = cfg.get('find_unused_parameters', False)
+        cfg.model_wrapper_cfg = dict(broadcast_buffers=False, find_unused_parameters=unused)
+    wrapper = cfg.model_wrapper_cfg
+    if wrapper.get('type', 'MMDistributedDataParallel') in ('MMDistributedDataParallel', DDP):
         wrapper['type'] = 'CPUDistributedDataParallel'
-
-    if not torch_dist.is_initialized():
-        kwargs: dict[str, Any] = {}
+    if not torch_dist.is_initialized():  # env:// reads RANK, WORLD_SIZE, MASTER_*
         timeout = dist_cfg.get('timeout')
-        if timeout is not None:
-            kwargs['timeout'] = datetime.timedelta(seconds=timeout)
-        torch_dist.init_process_group(
-            backend='gloo',
-            rank=int(os.environ['RANK']),
-            world_size=int(os.environ['WORLD_SIZE']),
-            **kwargs,
-        )
+        kwargs = {} if timeout is None else {'timeout': datetime.timedelta(seconds=timeout)}
+        torch_dist.init_process_group('gloo', **kwargs)
     return True

@@ -6,9 +6,6 @@ __all__ = ['ConfigError']
 class ConfigError(ValueError):
     """A command-line option or config value that a run refuses before it starts.
 
-    ``tools/train.py`` and ``tools/test.py`` end it in one line (exit status
-    2). A ``ValueError``, ``TypeError`` or ``KeyError`` raised while a run is
-    built from its config (before its first ``before_train`` /
-    ``before_test`` hook) reaches the tools as a ``ConfigError`` raised from
-    it (:func:`mmgc.runtime.cli.build_runner`).
+    The tools end it in one line, exit status 2 (:func:`mmgc.runtime.cli.exit_on_user_error`);
+    a config's bad value raised while the run is built reaches them as one.
     """

@@ -41,18 +41,13 @@ def load_gc_stats(path: str | Path) -> dict[str, dict[str, list[tuple[int, float
     """
     stats: dict[str, dict[str, list[tuple[int, float]]]] = defaultdict(lambda: defaultdict(list))
     for file in _scalar_files(Path(path)):
-        with open(file) as f:
-            for line in f:
-                line = line.strip()
-                if not line:
-                    continue
-                record = json.loads(line)
-                step = int(record.get('step', record.get('iter', 0)))
-                for key, value in record.items():
-                    parts = key.split('/')
-                    if len(parts) >= 3 and parts[0] == 'gc':
-                        layer, stat = '/'.join(parts[1:-1]), parts[-1]
-                        stats[layer][stat].append((step, float(value)))
+        for line in filter(None, map(str.strip, file.read_text().splitlines())):
+            record = json.loads(line)
+            step = int(record.get('step', record.get('iter', 0)))
+            for key, value in record.items():
+                parts = key.split('/')
+                if len(parts) >= 3 and parts[0] == 'gc':  # gc/<layer>/<stat>
+                    stats['/'.join(parts[1:-1])][parts[-1]].append((step, float(value)))
     if not stats:
         raise FileNotFoundError(f'no gc/ statistics in {path}: add GCDiagnosticsHook')
     return {layer: dict(per_stat) for layer, per_stat in stats.items()}
@@ -68,8 +63,7 @@ def plot_gc_stats(
     Args:
         runs: ``{label: load_gc_stats(...)}``.
         out_file: The PNG to write.
-        gc_runs: Labels of runs trained with GC: their curves show the
-            centralized gradient (``gc_grad_*``), the others the raw one.
+        gc_runs: Labels of GC runs: their curves show ``gc_grad_*``.
 
     Returns:
         Path: ``out_file``.

@@ -1,24 +1,8 @@
-"""The metric file that ``tools/test.py`` writes and the comparison reads.
+"""The metrics file that ``tools/test.py`` writes and ``tools/compare_ap.py`` reads.
 
-``<work_dir>/test_metrics.json``::
-
-    {
-      "format": "mmgc-test-metrics/2",
-      "config": "configs/mask_rcnn_r50_fpn_gc.py",   # as given to test.py
-      "checkpoint": "work_dirs/.../epoch_12.pth",
-      "metrics": {"coco/bbox_mAP": 0.374, ...},      # runner.test()'s dict
-      "config_text": "...",                          # the test-time merged config
-      "train_config_text": "...",                    # the training config
-      "seed": 0                                      # the training seed
-    }
-
-``train_config_text`` and ``seed`` are what the tested checkpoint recorded
-(MMEngine's ``meta['cfg']`` and ``meta['seed']``, read by
-:class:`TrainingRecordHook` as the checkpoint loads); ``null`` when it
-recorded none. So a metric file alone is enough for ``tools/compare_ap.py``
-to check that runs differ only in the optimizer and the seed, with the
-options they were trained with, and to pair them by seed. Files of format
-``/1`` have no such keys.
+MMEngine's ``LoggerHook`` dumps test metrics only to a timestamped file. The
+comparison needs a fixed path, ``<work_dir>/test_metrics.json``, and the config
+and seed that the checkpoint was *trained* with (``meta['cfg']``, ``meta['seed']``).
 """
 
 from __future__ import annotations
@@ -28,74 +12,29 @@ import math
 import numbers
 import os
 import os.path as osp
-from collections.abc import Mapping
 from typing import Any, Optional
 
+import mmengine
+from mmengine.dist import master_only
 from mmengine.hooks import Hook
+from mmengine.logging import print_log
 
 __all__ = [
     'METRICS_FILENAME',
     'TEST_CONFIG_SUFFIX',
-    'TrainingRecordHook',
-    'jsonable_metrics',
+    'TestMetricsHook',
     'read_metrics_file',
     'write_metrics_file',
 ]
 
-#: File name of the metrics in a test run's work dir.
 METRICS_FILENAME = 'test_metrics.json'
-#: ``tools/test.py`` dumps its test-time config into the work dir as
-#: ``<config stem>_test.py``, beside (not over) the training run's
-#: ``<config stem>.py``.
+#: ``tools/test.py`` dumps its config as ``<config stem>_test.py``, beside the training one.
 TEST_CONFIG_SUFFIX = '_test.py'
-
-_FORMAT = 'mmgc-test-metrics/2'
-
-
-class TrainingRecordHook(Hook):
-    """Keeps the training config and seed that a loaded checkpoint recorded.
-
-    MMEngine's ``Runner.save_checkpoint`` stores the training run's merged
-    config (``meta['cfg']``, ``Config.pretty_text``) and its seed
-    (``meta['seed']``) in every checkpoint; the test runner loads the
-    checkpoint and calls ``after_load_checkpoint`` with it.
-
-    Attributes:
-        config_text (str | None): The training config, if recorded.
-        seed (int | None): The training seed, if recorded.
-    """
-
-    priority = 'VERY_LOW'
-
-    def __init__(self) -> None:
-        self.config_text: Optional[str] = None
-        self.seed: Optional[int] = None
-
-    def after_load_checkpoint(self, runner: Any, checkpoint: dict) -> None:
-        meta = checkpoint.get('meta') if isinstance(checkpoint, Mapping) else None
-        meta = meta if isinstance(meta, Mapping) else {}
-        text, seed = meta.get('cfg'), meta.get('seed')
-        self.config_text = text if isinstance(text, str) and text.strip() else None
-        self.seed = seed if isinstance(seed, int) and not isinstance(seed, bool) else None
-
-
-def jsonable_metrics(metrics: Mapping[str, Any]) -> dict[str, Any]:
-    """Keep numbers (as floats, non-finite as None) and strings."""
-    out: dict[str, Any] = {}
-    for key, value in metrics.items():
-        if isinstance(value, bool):
-            out[str(key)] = value
-        elif isinstance(value, numbers.Real):
-            value = float(value)
-            out[str(key)] = value if math.isfinite(value) else None
-        elif isinstance(value, str):
-            out[str(key)] = value
-    return out
 
 
 def write_metrics_file(
     path: str,
-    metrics: Mapping[str, Any],
+    metrics: dict,
     *,
     config: str,
     checkpoint: str,
@@ -103,56 +42,68 @@ def write_metrics_file(
     train_config_text: Optional[str] = None,
     seed: Optional[int] = None,
 ) -> str:
-    """Write a test run's metrics (see the module docstring).
-
-    Args:
-        path (str): The JSON file to write; its folder is created.
-        metrics (Mapping): What ``Runner.test()`` returned.
-        config (str): The config file the run was given.
-        checkpoint (str): The checkpoint it tested.
-        config_text (str): The test-time merged config (``Config.pretty_text``).
-        train_config_text (str, optional): The config the checkpoint was
-            trained with.
-        seed (int, optional): The seed it was trained with.
+    """Write ``path`` atomically: the numbers of ``metrics`` (non-finite ones as
+    ``null``), the test's config, checkpoint and config text, and what the
+    checkpoint recorded of its training (``null`` if nothing).
 
     Returns:
         str: ``path``.
     """
-    os.makedirs(osp.dirname(osp.abspath(path)), exist_ok=True)
-    record = {
-        'format': _FORMAT,
-        'config': config,
-        'checkpoint': checkpoint,
-        'metrics': jsonable_metrics(metrics),
-        'config_text': config_text,
-        'train_config_text': train_config_text,
-        'seed': seed,
-    }
-    tmp = f'{path}.tmp'
-    with open(tmp, 'w', encoding='utf-8') as f:
-        json.dump(record, f, indent=2)
-        f.write('\n')
-    os.replace(tmp, path)
+    kept = {str(k): float(v) for k, v in metrics.items() if isinstance(v, numbers.Real)}
+    record = dict(format='mmgc-test-metrics/2', config=config, checkpoint=checkpoint)
+    record['metrics'] = {k: v if math.isfinite(v) else None for k, v in kept.items()}
+    record.update(config_text=config_text, train_config_text=train_config_text, seed=seed)
+    mmengine.dump(record, f'{path}.tmp', file_format='json', indent=2)
+    os.replace(f'{path}.tmp', path)
     return path
 
 
+class TestMetricsHook(Hook):
+    """Write ``<work_dir>/test_metrics.json`` after a test (rank 0).
+
+    Args:
+        config (str): The config file the test was given.
+        checkpoint (str): The checkpoint it tests.
+    """
+
+    priority = 'VERY_LOW'
+
+    def __init__(self, config: str, checkpoint: str) -> None:
+        self.config, self.checkpoint, self.meta = config, checkpoint, {}
+
+    def after_load_checkpoint(self, runner: Any, checkpoint: dict) -> None:
+        self.meta = checkpoint.get('meta') or {}
+
+    @master_only
+    def after_test_epoch(self, runner: Any, metrics: Optional[dict] = None) -> None:
+        path = osp.join(runner.work_dir, METRICS_FILENAME)
+        write_metrics_file(
+            path,
+            metrics or {},
+            config=self.config,
+            checkpoint=self.checkpoint,
+            config_text=runner.cfg.pretty_text,
+            train_config_text=self.meta.get('cfg'),
+            seed=self.meta.get('seed'),
+        )
+        print_log(f'Metrics written to {path}', logger='current')
+
+
 def read_metrics_file(path: str) -> dict[str, Any]:
-    """Read a file written by :func:`write_metrics_file`.
+    """Read a file that :func:`write_metrics_file` wrote.
 
     Raises:
         FileNotFoundError: If ``path`` does not exist.
-        ValueError: If it is not such a file.
+        ValueError: If it is not JSON with a ``metrics`` object.
     """
-    if not osp.isfile(path):
-        raise FileNotFoundError(f"Metrics file '{path}' does not exist.")
-    try:
-        with open(path, encoding='utf-8') as f:
+    with open(path, encoding='utf-8') as f:
+        try:
             record = json.load(f)
-    except json.JSONDecodeError as err:
-        raise ValueError(f"Metrics file '{path}' is not valid JSON: {err}") from None
+        except json.JSONDecodeError as err:
+            raise ValueError(f"Metrics file '{path}' is not valid JSON: {err}") from None
     if not isinstance(record, dict) or not isinstance(record.get('metrics'), dict):
         raise ValueError(
-            f"Metrics file '{path}' has no 'metrics' object; expected a file "
-            f'written by tools/test.py ({METRICS_FILENAME}).'
+            f"Metrics file '{path}' has no 'metrics' object; expected {METRICS_FILENAME} "
+            'written by tools/test.py.'
         )
     return record

@@ -1,14 +1,9 @@
-"""Which checkpoint ``--resume`` (without a path) resumes from.
+"""Which checkpoint ``--resume`` without a path resumes from.
 
-``--resume`` without a path (auto-resume) resumes from the checkpoint that
-``<work_dir>/last_checkpoint`` names, as MMEngine does
-(``mmengine.runner.find_latest_checkpoint``). :func:`latest_checkpoint`
-adds one check: a ``last_checkpoint`` that names a missing file stops the
-run in one sentence. The checkpoint is not read here: the tools' loader
-(:mod:`mmgc.runtime.checkpoint`) checks every member's CRC-32 as it loads
-it, so a truncated or corrupt checkpoint also ends in one sentence. Atomic
-saves (:mod:`mmgc.runtime.atomic_checkpoint`) never leave one behind, so
-there is no fallback to an older checkpoint.
+As MMEngine (``find_latest_checkpoint``): the one ``<work_dir>/last_checkpoint``
+names. Added: a ``last_checkpoint`` naming a missing file stops the run in one
+sentence. The file is not read here; the tools' loader (:mod:`.checkpoint`)
+CRC-checks it as it loads.
 """
 
 from __future__ import annotations
@@ -30,18 +25,16 @@ def latest_checkpoint(work_dir: str) -> Optional[str]:
         work_dir (str): The run's work dir.
 
     Returns:
-        str | None: The path that ``<work_dir>/last_checkpoint`` names; None
-        when there is no ``last_checkpoint`` (nothing to resume).
+        str | None: What ``<work_dir>/last_checkpoint`` names; None without one.
 
     Raises:
-        CheckpointLoadError: If ``last_checkpoint`` is empty or names a
-            local file that does not exist.
+        CheckpointLoadError: If it is empty or names a local file that does not exist.
     """
     path = find_latest_checkpoint(work_dir)
     if path is None or '://' in path or osp.isfile(path):
         return path
     raise CheckpointLoadError(
-        f'Cannot resume from {work_dir}: its last_checkpoint names {path!r}, which does '
-        'not exist; pass --resume CKPT with an existing checkpoint, or delete '
-        'last_checkpoint to start afresh.'
+        f'Cannot resume from {work_dir}: its last_checkpoint names {path!r}, which does not '
+        'exist; pass --resume CKPT with an existing checkpoint, or delete last_checkpoint to '
+        'start afresh.'
     )

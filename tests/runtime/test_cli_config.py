@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os.path as osp
-from pathlib import Path
 
 import pytest
 import torch
@@ -13,7 +12,13 @@ from mmgc.runtime import cli
 from mmgc.runtime.distributed import setup_cpu_distributed
 from mmgc.runtime.errors import ConfigError
 
-TINY = str(Path(__file__).resolve().parents[2] / 'tests/data/configs/mask_rcnn_tiny_gc.py')
+TINY = 'tests/data/configs/mask_rcnn_tiny_gc.py'
+
+
+@pytest.fixture(autouse=True)
+def _in_the_repository(tools, monkeypatch):
+    """The config paths are relative to the repository root."""
+    monkeypatch.chdir(tools.root)
 
 
 def _train_args(*argv: str):
@@ -114,6 +119,9 @@ def test_test_config(tmp_path):
         cli.test_config(cli.test_parser().parse_args([TINY, str(tmp_path / 'missing.pth')]))
     with pytest.raises(ConfigError, match=r'--out must name a \.pkl'):
         cli.test_config(cli.test_parser().parse_args([TINY, str(ckpt), '--out', 'r.json']))
+    no_vis = ['--show', '--cfg-options', 'default_hooks.visualization=None']
+    with pytest.raises(ConfigError, match='need default_hooks.visualization'):
+        cli.test_config(cli.test_parser().parse_args([TINY, str(ckpt), *no_vis]))
 
 
 def test_cpu_distributed_setup_is_a_no_op_without_launcher():

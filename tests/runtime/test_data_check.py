@@ -4,18 +4,23 @@ from __future__ import annotations
 
 import copy
 import shutil
-from pathlib import Path
 
 import pytest
 from mmengine.config import Config
 
 from mmgc.runtime.data_check import MissingDataError, check_data_paths, data_paths
 
-TINY = Path(__file__).resolve().parents[2] / 'tests' / 'data' / 'configs' / 'mask_rcnn_tiny_gc.py'
+TINY = 'tests/data/configs/mask_rcnn_tiny_gc.py'
+
+
+@pytest.fixture(autouse=True)
+def _in_the_repository(tools, monkeypatch):
+    """The config path is relative to the repository root."""
+    monkeypatch.chdir(tools.root)
 
 
 def _config(data_root: str) -> Config:
-    cfg = Config.fromfile(str(TINY))
+    cfg = Config.fromfile(TINY)
     ann = f'{data_root}/annotations/instances_val.json'
     cfg.merge_from_dict(
         {
@@ -123,3 +128,22 @@ def test_remote_paths_are_not_checked(shapes):
 def test_bad_run_kind():
     with pytest.raises(ValueError, match=r"run must be one of \('train', 'test'\); got 'val'"):
         data_paths({}, 'val')
+
+
+def test_evaluator_lists_and_wrapped_metrics_are_walked(shapes, tmp_path):
+    cfg = _config(shapes['data_root'])
+    missing = str(tmp_path / 'missing.json')
+    cfg.test_evaluator = [
+        dict(type='CocoMetric', ann_file=shapes['val_ann']),
+        dict(type='Evaluator', metrics=[dict(type='CocoMetric', ann_file=missing)]),
+    ]
+    wheres = [p.where for p in data_paths(cfg, 'test')]
+    assert wheres[-2:] == ['test_evaluator[0].ann_file', 'test_evaluator[1].metrics[0].ann_file']
+    # An evaluator's file is named as it is: there is no data_root to point elsewhere.
+    with pytest.raises(MissingDataError) as info:
+        check_data_paths(cfg, 'test')
+    assert str(info.value) == (
+        f"The annotation file '{missing}' (test_evaluator[1].metrics[0].ann_file) does not "
+        'exist: make the data first, or point the config at it (e.g. --cfg-options '
+        'test_evaluator[1].metrics[0].ann_file=...).'
+    )

@@ -1,5 +1,5 @@
 """The demo: its configs, its plots, and a small setting of its one-line
-command with two seeds, end to end."""
+command with two seeds, end to end (and again, reusing the finished runs)."""
 
 import ast
 import importlib.util
@@ -8,7 +8,6 @@ import math
 import os
 import re
 import statistics
-import subprocess
 import sys
 from pathlib import Path
 
@@ -19,9 +18,8 @@ from mmengine.hub import get_config
 
 from mmgc.runtime.shapes import SHAPES_CLASSES
 
-ROOT = Path(__file__).resolve().parents[2]
-GC_CONFIG = ROOT / 'configs/demo/mask_rcnn_r18_fpn_shapes_gc.py'
-BASELINE_CONFIG = ROOT / 'configs/demo/baselines/mask_rcnn_r18_fpn_shapes.py'
+GC = 'configs/demo/mask_rcnn_r18_fpn_shapes_gc.py'
+BASELINE = 'configs/demo/baselines/mask_rcnn_r18_fpn_shapes.py'
 ITERS = 2
 SEEDS = (0, 1)
 AP_KEYS = [
@@ -31,8 +29,27 @@ AP_KEYS = [
 ]
 
 
+@pytest.fixture(scope='module')
+def gc_config(tools) -> Path:
+    return tools.root / GC
+
+
+@pytest.fixture(scope='module')
+def baseline_config(tools) -> Path:
+    return tools.root / BASELINE
+
+
 def _load(path):
     return _unscoped(Config.fromfile(str(path)).to_dict())
+
+
+def _demo_config(path, **kwargs) -> Config:
+    """``path`` with the demo's options for one run merged in."""
+    from mmgc.runtime.demo import demo_options
+
+    cfg = Config.fromfile(str(path))
+    cfg.merge_from_dict(demo_options(path, **kwargs))
+    return cfg
 
 
 def _unscoped(obj):
@@ -44,8 +61,8 @@ def _unscoped(obj):
     return obj
 
 
-def test_demo_twins_differ_only_in_the_optimizer():
-    gc, base = _load(GC_CONFIG), _load(BASELINE_CONFIG)
+def test_demo_twins_differ_only_in_the_optimizer(gc_config, baseline_config):
+    gc, base = _load(gc_config), _load(baseline_config)
     differ = {k for k in set(gc) | set(base) if gc.get(k) != base.get(k)}
     assert differ == {'optim_wrapper', 'custom_imports'}
     assert gc['custom_imports'] == dict(imports=['mmgc'], allow_failed_imports=False)
@@ -59,8 +76,8 @@ def test_demo_twins_differ_only_in_the_optimizer():
     assert g['paramwise_cfg'] == dict(gc_layers=('conv', 'fc'))
 
 
-def test_demo_baseline_is_mmdetections_mask_rcnn_shrunk():
-    ours = _load(BASELINE_CONFIG)
+def test_demo_baseline_is_mmdetections_mask_rcnn_shrunk(baseline_config):
+    ours = _load(baseline_config)
     mmdet = _unscoped(get_config('mmdet::mask_rcnn/mask-rcnn_r50_fpn_1x_coco.py').to_dict())
     # MMDetection's optimizer, model type, heads, losses and metric are kept.
     assert ours['optim_wrapper'] == mmdet['optim_wrapper']
@@ -92,11 +109,11 @@ def test_demo_baseline_is_mmdetections_mask_rcnn_shrunk():
         (dict(seed=-2), 'seed must be an int >= 0; got -2'),
     ],
 )
-def test_demo_config_rejects_bad_settings(tmp_path, kwargs, match):
-    from mmgc.runtime.demo import demo_config
+def test_demo_options_reject_bad_settings(gc_config, tmp_path, kwargs, match):
+    from mmgc.runtime.demo import demo_options
 
     with pytest.raises(ValueError, match=match):
-        demo_config(GC_CONFIG, work_dir=tmp_path, data_root=tmp_path, **kwargs)
+        demo_options(gc_config, data_root=tmp_path, **kwargs)
 
 
 @pytest.mark.parametrize(
@@ -107,16 +124,18 @@ def test_demo_config_rejects_bad_settings(tmp_path, kwargs, match):
         ((2, 0, 2), r'seeds must differ; \[2\] given more than once'),
     ],
 )
-def test_run_demo_rejects_bad_seeds_before_any_work(tmp_path, seeds, match):
+def test_run_demo_rejects_bad_seeds_before_any_work(
+    gc_config, baseline_config, tmp_path, seeds, match
+):
     from mmgc.runtime.demo import run_demo
 
     with pytest.raises(ValueError, match=match):
-        run_demo(GC_CONFIG, BASELINE_CONFIG, seeds=seeds, data_root=tmp_path / 'data')
+        run_demo(gc_config, baseline_config, seeds=seeds, data_root=tmp_path / 'data')
     assert not (tmp_path / 'data').exists()
 
 
-def test_demo_command_rejects_a_repeated_seed(capsys):
-    spec = importlib.util.spec_from_file_location('run_demo', ROOT / 'tools' / 'run_demo.py')
+def test_demo_command_rejects_a_repeated_seed(tools, capsys):
+    spec = importlib.util.spec_from_file_location('run_demo', tools.root / 'tools/run_demo.py')
     tool = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(tool)
     assert tool.parse_args(['--seeds', '0', '1', '2']).seeds == [0, 1, 2]
@@ -125,15 +144,15 @@ def test_demo_command_rejects_a_repeated_seed(capsys):
     with pytest.raises(SystemExit):
         tool.parse_args(['--seeds', '1', '1'])
     assert '--seeds must differ; got 1 1' in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        tool.parse_args(['--iters', '0'])
+    assert 'must be an int >= 1; got 0' in capsys.readouterr().err
 
 
-def test_demo_config_scales_the_schedule_and_adds_the_recorder(tmp_path):
+def test_demo_options_scale_the_schedule_and_add_the_recorder(gc_config, baseline_config, tmp_path):
     from mmgc.runtime.compare import config_differences
-    from mmgc.runtime.demo import demo_config
 
-    cfg = demo_config(
-        BASELINE_CONFIG, work_dir=tmp_path / 'w', data_root=tmp_path / 'd', iters=120, seed=3
-    )
+    cfg = _demo_config(baseline_config, data_root=tmp_path / 'd', iters=120, seed=3)
     assert cfg.train_cfg.max_iters == cfg.train_cfg.val_interval == 120
     warmup, steps = cfg.param_scheduler
     assert warmup.end == 50 and steps.end == 120 and steps.milestones == [80, 110]
@@ -145,16 +164,19 @@ def test_demo_config_scales_the_schedule_and_adds_the_recorder(tmp_path):
     assert cfg.test_evaluator.ann_file == cfg.val_evaluator.ann_file
     assert [h.type for h in cfg.custom_hooks] == ['DemoRecorderHook']
     assert cfg.custom_imports.imports == ['mmgc.runtime.demo']
-    gc = demo_config(
-        GC_CONFIG, work_dir=tmp_path / 'g', data_root=tmp_path / 'd', iters=120, seed=3
-    )
+    gc = _demo_config(gc_config, data_root=tmp_path / 'd', iters=120, seed=3)
     assert gc.custom_imports.imports == ['mmgc', 'mmgc.runtime.demo']
     # The twins still differ only in the optimizer.
     assert config_differences(gc, cfg) == []
+    # Without iters and seed, the config's schedule and seed stay.
+    plain = _demo_config(baseline_config, data_root=tmp_path / 'd')
+    assert plain.train_cfg.max_iters == Config.fromfile(str(baseline_config)).train_cfg.max_iters
+    assert plain.param_scheduler == Config.fromfile(str(baseline_config)).param_scheduler
+    assert plain.randomness.seed == 0
 
 
-def test_demo_modules_do_not_import_each_other_in_a_cycle():
-    tree = ast.parse((ROOT / 'mmgc/runtime/demo_report.py').read_text())
+def test_demo_modules_do_not_import_each_other_in_a_cycle(tools):
+    tree = ast.parse((tools.root / 'mmgc/runtime/demo_report.py').read_text())
     imported = {
         (node.module or '') if isinstance(node, ast.ImportFrom) else alias.name
         for node in ast.walk(tree)
@@ -190,12 +212,12 @@ def assert_legend_clear(fig) -> None:
 
 
 @pytest.fixture(scope='module')
-def three_seeds():
+def three_seeds(gc_config, baseline_config):
     """Demo-like runs of three seeds (synthetic APs and losses) and their comparison."""
     from mmgc.runtime.compare import RunResult, compare_runs
     from mmgc.runtime.demo_report import DemoRun
 
-    gc_cfg, base_cfg = Config.fromfile(str(GC_CONFIG)), Config.fromfile(str(BASELINE_CONFIG))
+    gc_cfg, base_cfg = Config.fromfile(str(gc_config)), Config.fromfile(str(baseline_config))
     gen = torch.Generator().manual_seed(0)
     runs, results = [], {'gc': [], 'baseline': []}
     for seed in (0, 1, 2):
@@ -206,8 +228,9 @@ def three_seeds():
             losses = [
                 (i, 3.0 / i + 0.05 * float(torch.rand(1, generator=gen))) for i in range(1, 41)
             ]
-            runs.append(DemoRun(name, seed, str(cfg.filename), f'/w/seed{seed}/{name}', 40,
-                                metrics, losses, train_s=30.0, train_cpu_s=29.0))  # fmt: skip
+            runs.append(DemoRun(name=name, seed=seed, config=str(cfg.filename),
+                                work_dir=f'/w/seed{seed}/{name}', iters=40, metrics=metrics,
+                                losses=losses, train_s=30.0, train_cpu_s=29.0))  # fmt: skip
             seeded = Config(cfg.to_dict())
             seeded.merge_from_dict({'randomness.seed': seed})
             results[name].append(RunResult(f'/w/seed{seed}/{name}', metrics, seeded))
@@ -244,20 +267,17 @@ def test_ap_plot_labels_each_bar_with_its_mean(three_seeds):
 
 
 @pytest.fixture(scope='module')
-def demo(tmp_path_factory):
+def demo(tools, tmp_path_factory):
     """A small run of the README's demo command with two seeds (install step skipped)."""
     tmp = tmp_path_factory.mktemp('demo')
-    env = {**os.environ, 'MMGC_SKIP_SETUP': '1', 'MMGC_VENV': sys.prefix}
     cmd = [
-        'bash', str(ROOT / 'tools/run_demo.sh'),
-        '--seeds', *map(str, SEEDS), '--iters', str(ITERS), '--num-train', '6', '--num-val', '2',
-        '--data-root', str(tmp / 'data'),
-        '--work-dir', str(tmp / 'work'),
-        '--report-dir', str(tmp / 'report'),
+        'bash', 'tools/run_demo.sh',
+        '--seeds', *SEEDS, '--iters', ITERS, '--num-train', 6, '--num-val', 2,
+        '--data-root', tmp / 'data', '--work-dir', tmp / 'work', '--report-dir', tmp / 'report',
     ]  # fmt: skip
-    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=900)
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
-    return tmp, proc.stdout + proc.stderr
+    env = {'MMGC_SKIP_SETUP': '1', 'MMGC_VENV': sys.prefix}
+    proc = tools.ok(tools.run(cmd, env=env, timeout=900))
+    return tmp, tools.output(proc)
 
 
 @pytest.mark.slow
@@ -353,18 +373,17 @@ def _suffix(row) -> str:
 
 
 @pytest.mark.slow
-def test_demo_training_is_deterministic(demo):
-    """Re-running the GC run of seed 1 on its own (train_in_subprocess, the
-    path of --sequential) gives the same per-iteration losses and APs."""
-    from mmgc.runtime.demo import DemoJob, train_in_subprocess
+def test_demo_training_is_deterministic(demo, gc_config):
+    """Re-running the GC run of seed 1 on its own (as --sequential does) gives
+    the same per-iteration losses and APs."""
+    from mmgc.runtime.demo import DemoJob, train_in_parallel
 
     tmp, _ = demo
     # the demo ran a pair's runs side by side, each with half the CPU threads
     # (results depend on the thread count, so the re-run uses the same)
-    again = train_in_subprocess(
-        DemoJob('gc', str(GC_CONFIG), 1, str(tmp / 'again'), str(tmp / 'data'), ITERS),
-        threads=max(1, (os.cpu_count() or 1) // 2),
-    )
+    threads = max(1, (os.cpu_count() or 1) // 2)
+    job = DemoJob('gc', str(gc_config), 1, str(tmp / 'again'), str(tmp / 'data'), ITERS, threads)
+    (again,) = train_in_parallel([job])
     lines = (tmp / 'report' / 'loss.csv').read_text().splitlines()
     column = lines[0].split(',').index('gc_seed1')
     first = [(int(line.split(',')[0]), float(line.split(',')[column])) for line in lines[1:]]
@@ -372,3 +391,24 @@ def test_demo_training_is_deterministic(demo):
     summary = json.loads((tmp / 'report' / 'summary.json').read_text())
     (run,) = [r for r in summary['runs'] if (r['name'], r['seed']) == ('gc', 1)]
     assert again.metrics == run['metrics']
+
+
+@pytest.mark.slow
+def test_demo_again_reuses_the_finished_runs(demo, gc_config, baseline_config):
+    """The same demo again trains nothing: each run finished earlier is reused."""
+    from mmgc.runtime.demo import run_demo
+
+    tmp, _ = demo
+    logs = sorted((tmp / 'work').glob('seed*/*/console.log'))
+    assert len(logs) == 2 * len(SEEDS)
+    before = {log: log.read_bytes() for log in logs}
+    result = run_demo(
+        gc_config, baseline_config, seeds=SEEDS, iters=ITERS, num_train=6, num_val=2,
+        data_root=tmp / 'data', work_dir=tmp / 'work', report_dir=tmp / 'report_again',
+    )  # fmt: skip
+    assert {log: log.read_bytes() for log in logs} == before  # no run started again
+    assert result['report_dir'] == str((tmp / 'report_again').resolve())
+    first, again = (
+        json.loads((tmp / d / 'summary.json').read_text()) for d in ('report', 'report_again')
+    )
+    assert again['runs'] == first['runs'] and again['ap'] == first['ap']

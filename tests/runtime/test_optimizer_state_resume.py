@@ -4,8 +4,8 @@
 stem and stage 1 frozen, BN in eval mode) and ``configs/mask_rcnn_r50_fpn_gc.py``
 are run with ``tools/train.py`` as subprocesses, as a user runs them, shrunk
 only in what cannot run on a CPU in seconds: no pretrained backbone
-(``init_cfg=None``), two 64x64 images of the synthetic shapes dataset, one
-iteration per epoch, no validation. The baseline trains epoch 1; the GC twin
+(``init_cfg=None``), the first two 64x64 images of the shared shapes dataset
+(``indices=2``), one iteration per epoch, no validation. The baseline trains epoch 1; the GC twin
 resumes from its ``epoch_1.pth`` and trains epoch 2.
 ``OptimStateDumpHook`` (tests/data/fault_hooks.py) records the optimizer
 the resumed run starts with.
@@ -23,11 +23,8 @@ from mmengine.optim import build_optim_wrapper
 from mmengine.registry import DefaultScope
 
 from mmgc.runtime.checkpoint import safe_torch_load
-from mmgc.runtime.shapes import make_shapes_dataset
 
 pytestmark = pytest.mark.slow
-
-ROOT = Path(__file__).resolve().parents[2]
 
 SHRINK = """
 _base_ = '{base}'
@@ -45,6 +42,7 @@ train_dataloader = dict(
     persistent_workers=False,
     sampler=dict(type='DefaultSampler', shuffle=False),
     dataset=dict(
+        indices=2,
         data_root='{data_root}/',
         metainfo=dict(classes=('circle', 'triangle', 'square', 'star')),
         ann_file='annotations/instances_train.json',
@@ -61,9 +59,9 @@ randomness = dict(seed=0)
 """
 
 
-def _config(tmp_path: Path, name: str, base: str, data_root: str, epochs: int) -> Path:
+def _config(tools, tmp_path: Path, name: str, base: str, data_root: str, epochs: int) -> Path:
     path = tmp_path / f'{name}.py'
-    path.write_text(SHRINK.format(base=ROOT / base, data_root=data_root, epochs=epochs))
+    path.write_text(SHRINK.format(base=tools.root / base, data_root=data_root, epochs=epochs))
     return path
 
 
@@ -72,15 +70,15 @@ def _train(tools, config: Path, work_dir: Path, *extra: str) -> str:
     return tools.output(tools.ok(tools.run(args, timeout=600)))
 
 
-def test_the_gc_twin_holds_the_baselines_parameters_frozen_ones_with_gc():
+def test_the_gc_twin_holds_the_baselines_parameters_frozen_ones_with_gc(tools):
     """The real R50-FPN twins, built in-process: the same tensors in both
     optimizers, and each frozen conv weight already set up for GC."""
     from mmdet.registry import MODELS
     from mmdet.utils import register_all_modules
 
     register_all_modules(init_default_scope=False)
-    gc_cfg = Config.fromfile(str(ROOT / 'configs/mask_rcnn_r50_fpn_gc.py'))
-    base_cfg = Config.fromfile(str(ROOT / 'configs/baselines/mask_rcnn_r50_fpn.py'))
+    gc_cfg = Config.fromfile(str(tools.root / 'configs/mask_rcnn_r50_fpn_gc.py'))
+    base_cfg = Config.fromfile(str(tools.root / 'configs/baselines/mask_rcnn_r50_fpn.py'))
     gc_cfg.model.backbone.init_cfg = None
     with DefaultScope.overwrite_default_scope('mmdet'):
         model = MODELS.build(gc_cfg.model)
@@ -105,15 +103,13 @@ def test_the_gc_twin_holds_the_baselines_parameters_frozen_ones_with_gc():
     assert len(gc.param_groups) == 3
 
 
-def test_baseline_checkpoint_resumes_into_its_gc_twin(tools, tmp_path):
-    data = make_shapes_dataset(tmp_path / 'shapes', num_train=2, num_val=1, image_size=64, seed=0)
-    root = data['data_root']
+def test_baseline_checkpoint_resumes_into_its_gc_twin(tools, shapes, tmp_path):
+    root = shapes['data_root']
     base_dir, gc_dir = tmp_path / 'baseline', tmp_path / 'gc'
-    _train(
-        tools,
-        _config(tmp_path, 'base', 'configs/baselines/mask_rcnn_r50_fpn.py', root, 1),
-        base_dir,
+    base_config = _config(
+        tools, tmp_path, 'base', 'configs/baselines/mask_rcnn_r50_fpn.py', root, 1
     )
+    _train(tools, base_config, base_dir)
     baseline = safe_torch_load(str(base_dir / 'epoch_1.pth'))
     saved = baseline['optimizer']
     (saved_group,) = saved['param_groups']
@@ -126,7 +122,7 @@ def test_baseline_checkpoint_resumes_into_its_gc_twin(tools, tmp_path):
     ]
     assert frozen and not any(names.index(n) in saved['state'] for n in frozen)
 
-    gc_config = _config(tmp_path, 'gc', 'configs/mask_rcnn_r50_fpn_gc.py', root, 2)
+    gc_config = _config(tools, tmp_path, 'gc', 'configs/mask_rcnn_r50_fpn_gc.py', root, 2)
     log = _train(tools, gc_config, gc_dir, '--resume', base_dir / 'epoch_1.pth')
     assert 'resumed epoch: 1, iter: 1' in log
     assert 'Resuming SGDGC from the state of a plain optimizer' in log

@@ -23,17 +23,18 @@ import mmgc  # noqa: F401  (registers SGDGC)
 from mmgc.runtime.checkpoint import (
     CheckpointLoadError,
     UnsafeCheckpointError,
+    _AllowListUnpickler,
+    _torch_takes_named_globals,
     allowed_globals,
-    checkpoint_globals,
     install_safe_checkpoint_loader,
     load_from_local_safe,
     mmengine_safe_globals,
     safe_torch_load,
 )
 
-#: Where torch has safe_globals (2.5+), the load uses it; the other path,
-#: an allow-list unpickler for older torch, is tested on every torch by
-#: hiding safe_globals.
+#: Where torch's safe_globals takes (object, name) pairs (2.6+), the load uses
+#: it; the other path, an allow-list unpickler for older torch, is tested on
+#: every torch by hiding safe_globals.
 HAS_SAFE_GLOBALS = hasattr(torch.serialization, 'safe_globals')
 
 
@@ -126,27 +127,33 @@ def _assert_same(a, b) -> None:
         assert a == b
 
 
-def test_runner_checkpoint_needs_exactly_the_allowed_globals(runner_checkpoint):
-    found = checkpoint_globals(runner_checkpoint)
-    mmengine_names = {name for _, name in mmengine_safe_globals()}
-    assert found <= set(allowed_globals())
-    assert found & mmengine_names, 'MMEngine checkpoints no longer need extra types'
-    assert any(name.startswith('torch._utils._rebuild_tensor') for name in found)
+@pytest.mark.skipif(
+    not hasattr(torch.serialization, 'get_unsafe_globals_in_checkpoint'),
+    reason='this torch has no scanner of its own',
+)
+def test_torch_refuses_exactly_what_mmengine_adds(runner_checkpoint):
+    """torch's scanner (2.5+) lists what its weights-only unpickler refuses
+    by default: MMEngine's types, all in the allow list."""
+    theirs = set(torch.serialization.get_unsafe_globals_in_checkpoint(runner_checkpoint))
+    assert theirs, 'MMEngine checkpoints no longer need extra types'
+    assert theirs <= {name for _, name in mmengine_safe_globals()} | set(allowed_globals())
+    assert 'mmengine.logging.history_buffer.HistoryBuffer' in theirs
 
 
 @pytest.mark.skipif(
-    not hasattr(torch.serialization, 'get_unsafe_globals_in_checkpoint'),
-    reason='this torch has no scanner of its own to compare with',
+    not hasattr(torch.serialization, 'safe_globals'), reason='no safe_globals in this torch'
 )
-def test_scan_agrees_with_torchs_own_scanner(runner_checkpoint):
-    """torch's scanner (2.5+) lists what its weights-only unpickler does not
-    allow by default: exactly the MMEngine part of what mmgc's scan finds."""
-    theirs = set(torch.serialization.get_unsafe_globals_in_checkpoint(runner_checkpoint))
-    ours = checkpoint_globals(runner_checkpoint)
-    assert theirs
-    assert theirs <= ours
-    mmengine_names = {name for _, name in mmengine_safe_globals()}
-    assert ours - theirs <= set(allowed_globals()) - mmengine_names
+def test_torch_does_the_loading_where_it_takes_named_globals(runner_checkpoint, monkeypatch):
+    """On torch >= 2.6 torch's weights-only unpickler loads genuine checkpoints:
+    the allow-list unpickler is not used (fails when add_safe_globals no longer
+    takes (object, name) pairs, as on torch 2.5)."""
+    assert _torch_takes_named_globals()
+
+    def refuse(self, module, name):
+        raise AssertionError(f'the allow-list unpickler ran for {module}.{name}')
+
+    monkeypatch.setattr(_AllowListUnpickler, 'find_class', refuse)
+    assert safe_torch_load(runner_checkpoint)['meta']['epoch'] == 1
 
 
 def test_safe_load_gives_back_what_the_runner_saved(runner_checkpoint, load_path):

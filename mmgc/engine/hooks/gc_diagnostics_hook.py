@@ -1,15 +1,9 @@
-r"""Gradient statistics before and after GC, and the Eq. (3) constraint.
-
-The paper's Fig. 4 argues that GC lowers the gradient's L2 norm and max
-value; Eq. (3) says each output unit's weight sum :math:`\mathbf{e}^T\mathbf{w}`
-stays at its initial value under SGD with GC. :class:`GCDiagnosticsHook`
-measures both during training, for a few chosen layers.
-"""
+"""Gradient statistics before and after GC (the paper's Fig. 4) and the drift
+of each output unit's weight sum (constant under SGD with GC, Eq. 3)."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
 
 import torch
 from mmengine.hooks import Hook
@@ -28,26 +22,21 @@ __all__ = ['GCDiagnosticsHook']
 class GCDiagnosticsHook(Hook):
     r"""Log gradient norms before/after GC and the drift of weight sums.
 
-    Every ``interval`` training iterations, for each chosen layer's weight
-    :math:`\mathbf{w}` with gradient :math:`\mathbf{g}` (as the optimizer
-    receives it: after MMEngine's unscaling and clipping), it logs
+    Every ``interval`` training iterations, right after the optimizer step
+    (a step AMP skips records nothing), for each chosen layer's weight
+    :math:`\mathbf{w}` with gradient :math:`\mathbf{g}` as the optimizer
+    received it (after MMEngine's unscaling and clipping), it logs
 
-    - ``grad_norm`` / ``grad_max``: :math:`\|\mathbf{g}\|_2` and
-      :math:`\max|\mathbf{g}|` of the raw gradient;
-    - ``gc_grad_norm`` / ``gc_grad_max``: the same for
-      :math:`\mathbf{P}\mathbf{g}`, the centralized gradient (in a baseline run:
-      what GC would have produced);
+    - ``grad_norm`` / ``grad_max``: :math:`\|\mathbf{g}\|_2`, :math:`\max|\mathbf{g}|`;
+    - ``gc_grad_norm`` / ``gc_grad_max``: the same for :math:`\mathbf{P}\mathbf{g}`
+      (in a baseline run: what GC would have produced);
     - ``sum_drift``: :math:`\max_i |\mathbf{e}^T\mathbf{w}_i^t -
-      \mathbf{e}^T\mathbf{w}_i^0|` over output units, right after the step
-      (about float rounding with SGD + GC; grows without GC).
+      \mathbf{e}^T\mathbf{w}_i^0|` over output units (float rounding with
+      SGD + GC; grows without GC).
 
-    Values go to the logger and to every visualizer backend (``LocalVisBackend``
-    writes ``vis_data/scalars.json``; ``TensorboardVisBackend`` when
-    configured), under ``gc/<layer>/<stat>``. ``tools/plot_gc_stats.py``
-    draws GC and baseline runs side by side from those files (Fig. 4 style).
-
-    The statistics are read in an optimizer step *post*-hook, so a step that
-    AMP skips (inf/NaN gradients) records nothing.
+    Values go to the logger and every visualizer backend (``LocalVisBackend``:
+    ``vis_data/scalars.json``) under ``gc/<layer>/<stat>``;
+    ``tools/plot_gc_stats.py`` plots GC and baseline runs (Fig. 4 style).
 
     Args:
         interval (int): Log every ``interval`` iterations. Defaults to 50.
@@ -87,9 +76,8 @@ class GCDiagnosticsHook(Hook):
                     f'GCDiagnosticsHook: layer {name!r} is not a conv or Linear '
                     f'module of the model; conv/Linear layers are e.g. {candidates}'
                 )
-            weight = module.weight
-            sums = weight.detach().double().sum(reduce_dims(weight.dim(), target.out_dim))
-            self._watched[name] = (weight, target.out_dim, sums)
+            sums = _unit_sums(module.weight, target.out_dim)
+            self._watched[name] = (module.weight, target.out_dim, sums)
         optimizer = runner.optim_wrapper.optimizer
         self._handle = optimizer.register_step_post_hook(lambda *args: self._record(runner))
         print_log(
@@ -104,33 +92,25 @@ class GCDiagnosticsHook(Hook):
 
     def _record(self, runner) -> None:
         step = runner.iter + 1
-        if step % self.interval:
+        if step % self.interval or not self._watched:
             return
         scalars: dict[str, float] = {}
         for name, (weight, out_dim, initial) in self._watched.items():
-            scalars.update(_layer_stats(name, weight, out_dim, initial))
-        if not scalars:
-            return
+            if weight.grad is not None and not weight.grad.is_sparse:
+                g = weight.grad.detach().float()
+                for prefix, value in (('', g), ('gc_', centralize(g, out_dim))):
+                    scalars[f'gc/{name}/{prefix}grad_norm'] = float(torch.linalg.vector_norm(value))
+                    scalars[f'gc/{name}/{prefix}grad_max'] = float(value.abs().max())
+            drift = _unit_sums(weight, out_dim) - initial
+            scalars[f'gc/{name}/sum_drift'] = float(drift.abs().max())
         runner.visualizer.add_scalars(scalars, step=step)
         text = ', '.join(f'{k}: {v:.4g}' for k, v in scalars.items())
         print_log(f'Iter(train) [{step}] {text}', logger='current')
 
 
-def _layer_stats(
-    name: str, weight: nn.Parameter, out_dim: int, initial: torch.Tensor
-) -> dict[str, Any]:
-    grad = weight.grad
-    stats: dict[str, float] = {}
-    if grad is not None and not grad.is_sparse:
-        g = grad.detach().float()
-        gc = centralize(g, out_dim)
-        stats[f'gc/{name}/grad_norm'] = float(torch.linalg.vector_norm(g))
-        stats[f'gc/{name}/grad_max'] = float(g.abs().max())
-        stats[f'gc/{name}/gc_grad_norm'] = float(torch.linalg.vector_norm(gc))
-        stats[f'gc/{name}/gc_grad_max'] = float(gc.abs().max())
-    sums = weight.detach().double().sum(reduce_dims(weight.dim(), out_dim))
-    stats[f'gc/{name}/sum_drift'] = float((sums - initial).abs().max())
-    return stats
+def _unit_sums(weight: torch.Tensor, out_dim: int) -> torch.Tensor:
+    """Each output unit's weight sum, in float64."""
+    return weight.detach().double().sum(reduce_dims(weight.dim(), out_dim))
 
 
 def _default_layers(model: nn.Module) -> list[str]:

@@ -34,36 +34,17 @@ from .sgd_gc import _check_gc_options
 
 __all__ = ['GCOptimWrapperConstructor']
 
-#: ``paramwise_cfg`` keys of MMEngine's default constructor.
+#: ``paramwise_cfg`` keys of MMEngine's default constructor, and ours.
 MMENGINE_PARAMWISE_KEYS = (
-    'bias_lr_mult',
-    'bias_decay_mult',
-    'bypass_duplicate',
-    'custom_keys',
-    'dcn_offset_lr_mult',
-    'dwconv_decay_mult',
-    'flat_decay_mult',
-    'norm_decay_mult',
-)
-#: All ``paramwise_cfg`` keys this constructor takes.
+    'bias_lr_mult', 'bias_decay_mult', 'bypass_duplicate', 'custom_keys',
+    'dcn_offset_lr_mult', 'dwconv_decay_mult', 'flat_decay_mult', 'norm_decay_mult',
+)  # fmt: skip
 PARAMWISE_KEYS = (*MMENGINE_PARAMWISE_KEYS, 'gc_layers')
-
-#: ``custom_keys`` options that MMEngine copies into a group although their
-#: effect is already in its ``lr`` / ``weight_decay``; they do not keep
-#: groups apart.
+#: ``custom_keys`` options already applied to ``lr`` / ``weight_decay``: they
+#: do not keep groups apart.
 _MULTIPLIER_KEYS = ('lr_mult', 'decay_mult')
-
+_NOT_SETTINGS = ('params', *_MULTIPLIER_KEYS)
 _MISSING = object()
-
-
-def _all_registered(registry) -> dict[str, type]:
-    """Every name in ``registry`` and its parents, nearest first."""
-    found: dict[str, type] = {}
-    while registry is not None:
-        for name, cls in registry.module_dict.items():
-            found.setdefault(name, cls)
-        registry = registry.parent
-    return found
 
 
 def _check_paramwise_cfg(paramwise_cfg: Any) -> dict:
@@ -106,57 +87,41 @@ def _check_paramwise_cfg(paramwise_cfg: Any) -> dict:
 class GCOptimWrapperConstructor(DefaultOptimWrapperConstructor):
     """``DefaultOptimWrapperConstructor`` plus a per-tensor GC decision.
 
-    Every parameter gets the lr, weight decay and other options that
-    MMEngine's default constructor gives it, and the optimizer holds the
-    parameters MMEngine's would hold: without MMEngine ``paramwise_cfg``
-    options (``gc_layers`` does not count), all of ``model.parameters()``,
-    frozen ones included (with their GC setting, so a hook that unfreezes a
-    stage later trains it with GC, and checkpoints hold the tensors a
-    baseline's hold); with them, the trainable parameters that MMEngine's
-    ``add_params`` walk picks.
-    One ``paramwise_cfg`` option is added:
+    Every parameter gets the options MMEngine's default constructor gives it,
+    and the optimizer holds the parameters MMEngine's would hold: without
+    MMEngine ``paramwise_cfg`` options, all of ``model.parameters()``, frozen
+    ones included (with their GC setting, so a stage unfrozen later trains
+    with GC); with them, the trainable parameters of MMEngine's
+    ``add_params`` walk. One ``paramwise_cfg`` option is added:
 
     - ``gc_layers`` (str | tuple[str]): which weights get GC, a non-empty
-      subset of ``('conv', 'fc')``. ``conv`` selects the weight of every
-      convolution (``torch.nn`` Conv/ConvTranspose 1d/2d/3d and subclasses
-      such as MMCV's ``ConvWS2d``, plus MMCV's deformable convs), ``fc`` the
-      weight of every ``nn.Linear``. Defaults to both, as in the paper's
-      detection experiments. Biases, norm parameters and any other tensor
-      never get GC.
+      subset of ``('conv', 'fc')`` (see :mod:`mmgc.engine.optimizers.selection`:
+      every convolution's weight, every ``nn.Linear``'s). Defaults to both,
+      as in the paper's detection experiments. No other tensor gets GC.
 
     A ``custom_keys`` entry may set ``gc=False`` (or ``gc=True`` with an
-    optional ``gc_dim``) to override the decision for the parameters whose
-    names it matches, e.g. ``custom_keys={'roi_head.mask_head': dict(gc=False)}``.
-
-    Transposed convolutions are centralized per output channel (``gc_dim=1``),
-    unlike the authors' code, which uses dim 0 for every tensor; see
-    :mod:`mmgc.engine.optimizers.selection`. Parameters whose settings are
-    identical (lr, weight decay, ..., ``gc``, ``gc_dim``, counting an option
-    left to the optimizer's default as that default) share one parameter
-    group, so torch's multi-tensor kernels stay usable.
+    optional ``gc_dim``) for the parameters whose names it matches, e.g.
+    ``custom_keys={'roi_head.mask_head': dict(gc=False)}``. Parameters whose
+    settings are identical (an option left to the optimizer's default counts
+    as that default) share one parameter group, so torch's multi-tensor
+    kernels stay usable.
 
     Args:
         optim_wrapper_cfg (dict): The optim wrapper config. Its ``optimizer``
-            may be ``SGDGC`` / ``SGD_GC`` (GC inside its step) or any
-            ``torch.optim`` optimizer that
+            is ``SGDGC`` / ``SGD_GC`` or a ``torch.optim`` optimizer that
             :mod:`mmgc.engine.optimizers.gc_step_hooks` supports (``SGD``,
-            ``Adam``, ``AdamW``, ``Adagrad``, ``RMSprop``, ...), which then
-            sees centralized gradients through step hooks.
+            ``Adam``, ``AdamW``, ...), which then gets GC through step hooks.
         paramwise_cfg (dict, optional): See above. Defaults to None.
 
     Raises:
-        TypeError: If ``paramwise_cfg`` or its ``custom_keys`` is not a dict
-            (as MMEngine), or a ``custom_keys`` entry is not a dict or has a
-            ``gc`` / ``gc_dim`` of the wrong type.
+        TypeError: On a ``paramwise_cfg`` entry of the wrong type.
         ValueError: On an unknown ``paramwise_cfg`` key, an invalid
             ``gc_layers`` or an optimizer that cannot apply GC.
     """
 
     def __init__(self, optim_wrapper_cfg: dict, paramwise_cfg: dict | None = None) -> None:
         paramwise_cfg = _check_paramwise_cfg(paramwise_cfg)
-        self.gc_layers: tuple[str, ...] = parse_gc_layers(
-            paramwise_cfg.get('gc_layers', GC_LAYER_KINDS)
-        )
+        self.gc_layers = parse_gc_layers(paramwise_cfg.get('gc_layers', GC_LAYER_KINDS))
         self._use_mmengine_walk = bool(set(paramwise_cfg) - {'gc_layers'})
         # ``gc_layers`` keeps paramwise_cfg non-empty, so the parent always
         # calls add_params, through which every GC decision passes.
@@ -166,18 +131,18 @@ class GCOptimWrapperConstructor(DefaultOptimWrapperConstructor):
     def _check_optimizer(self) -> dict[str, Any]:
         """The optimizer's default group options (its signature, then the
         config), after checking that it can apply GC."""
-        optimizer_type = self.optimizer_cfg.get('type')
-        optimizer_cls = optimizer_type
+        optimizer_type = optimizer_cls = self.optimizer_cfg.get('type')
         with OPTIMIZERS.switch_scope_and_registry(None) as registry:
             if isinstance(optimizer_type, str):
                 optimizer_cls = registry.get(optimizer_type)
             if not supports_gc(optimizer_cls):
-                valid = sorted(
-                    name for name, cls in _all_registered(registry).items() if supports_gc(cls)
-                )
+                valid = set()
+                while registry is not None:  # its names and its parents'
+                    valid.update(n for n, c in registry.module_dict.items() if supports_gc(c))
+                    registry = registry.parent
                 raise ValueError(
                     f'GCOptimWrapperConstructor needs an optimizer that can '
-                    f'apply gradient centralization, one of {valid}; got '
+                    f'apply gradient centralization, one of {sorted(valid)}; got '
                     f'optimizer type {optimizer_type!r}'
                 )
         defaults = {
@@ -185,8 +150,7 @@ class GCOptimWrapperConstructor(DefaultOptimWrapperConstructor):
             for name, parameter in inspect.signature(optimizer_cls).parameters.items()
             if parameter.default is not inspect.Parameter.empty
         }
-        defaults.update((k, v) for k, v in self.optimizer_cfg.items() if k != 'type')
-        return defaults
+        return {**defaults, **{k: v for k, v in self.optimizer_cfg.items() if k != 'type'}}
 
     def __call__(self, model: nn.Module) -> OptimWrapper:
         """Build the optim wrapper; optimizers other than SGDGC get GC hooks."""
@@ -202,13 +166,9 @@ class GCOptimWrapperConstructor(DefaultOptimWrapperConstructor):
         prefix: str = '',
         is_dcn_module: int | float | None = None,
     ) -> None:
-        """Add the parameter groups of ``module`` to ``params``.
-
-        At the top-level call (``prefix == ''``) this makes one group per
-        parameter as MMEngine's default constructor would (its ``add_params``
-        walk with MMEngine options, else ``model.parameters()``), sets each
-        group's ``gc`` / ``gc_dim`` and merges groups with identical settings.
-        """
+        """Add the parameter groups of ``module`` to ``params``: at the top
+        level, one group per parameter as MMEngine would make it, with its
+        ``gc`` / ``gc_dim`` set, then groups with identical settings merged."""
         if prefix:  # recursion of the parent's walk: nothing to add here
             super().add_params(params, module, prefix, is_dcn_module)
             return
@@ -221,8 +181,11 @@ class GCOptimWrapperConstructor(DefaultOptimWrapperConstructor):
         for name, param in module.named_parameters(remove_duplicate=False):
             names.setdefault(id(param), name)
         targets = self._gc_targets(module)
-        for group in per_param:
-            _decide_gc(group, targets)
+        for group in per_param:  # an explicit custom_keys gc wins over the module type
+            (param,) = group['params']
+            target = targets.get(id(param))
+            group.setdefault('gc', target is not None and param.ndim > 1)
+            group.setdefault('gc_dim', target.out_dim if group['gc'] and target else 0)
         merged = _merge_groups(per_param, names, self._optimizer_defaults)
         self._log_summary(per_param, merged, targets)
         params.extend(merged)
@@ -234,7 +197,10 @@ class GCOptimWrapperConstructor(DefaultOptimWrapperConstructor):
             weight = dict(mod.named_parameters(recurse=False)).get('weight')
             if weight is None:
                 continue
-            if is_grouped_transposed_conv(mod) and 'conv' in self.gc_layers:
+            target = gc_target_of(mod)
+            if target is not None and target.kind in self.gc_layers:
+                targets.setdefault(id(weight), target)
+            elif 'conv' in self.gc_layers and is_grouped_transposed_conv(mod):
                 print_log(
                     f'GCOptimWrapperConstructor: {name}.weight (grouped '
                     f'transposed conv, groups={mod.groups}) is not centralized: '
@@ -242,28 +208,17 @@ class GCOptimWrapperConstructor(DefaultOptimWrapperConstructor):
                     logger='current',
                     level=logging.WARNING,
                 )
-            target = gc_target_of(mod)
-            if target is not None and target.kind in self.gc_layers:
-                targets.setdefault(id(weight), target)
         return targets
 
     def _log_summary(
-        self,
-        per_param: list[dict],
-        merged: list[dict],
-        targets: dict[int, GCTarget],
+        self, per_param: list[dict], merged: list[dict], targets: dict[int, GCTarget]
     ) -> None:
         counts: dict[str, list[int]] = {}
-        total_tensors = total_numel = frozen = 0
         for group in per_param:
             (param,) = group['params']
-            total_tensors += 1
-            total_numel += param.numel()
-            frozen += not param.requires_grad
             if group['gc'] and param.ndim > 1:
                 target = targets.get(id(param))
-                kind = target.kind if target else 'custom_keys'
-                entry = counts.setdefault(kind, [0, 0])
+                entry = counts.setdefault(target.kind if target else 'custom_keys', [0, 0])
                 entry[0] += 1
                 entry[1] += param.numel()
         if not counts:
@@ -274,11 +229,11 @@ class GCOptimWrapperConstructor(DefaultOptimWrapperConstructor):
                 logger='current',
                 level=logging.WARNING,
             )
-        gc_tensors = sum(c[0] for c in counts.values())
-        gc_numel = sum(c[1] for c in counts.values())
-        detail = ', '.join(
-            f'{kind} {n} tensors / {numel:,} params' for kind, (n, numel) in counts.items()
-        )
+        all_params = [group['params'][0] for group in per_param]
+        frozen = sum(not param.requires_grad for param in all_params)
+        total = f'{sum(c[0] for c in counts.values())} of {len(all_params)} tensors'
+        numel = f'{sum(c[1] for c in counts.values()):,} of {sum(p.numel() for p in all_params):,}'
+        detail = ', '.join(f'{k} {n} tensors / {size:,} params' for k, (n, size) in counts.items())
         kept = (
             f'; {frozen} frozen tensors (requires_grad=False) are kept in the '
             "optimizer, as MMEngine's default constructor keeps them"
@@ -286,32 +241,20 @@ class GCOptimWrapperConstructor(DefaultOptimWrapperConstructor):
             else ''
         )
         print_log(
-            f'GCOptimWrapperConstructor: gradient centralization on {gc_tensors} '
-            f'of {total_tensors} tensors in the optimizer ({gc_numel:,} of '
-            f'{total_numel:,} params; {detail or "none"}), '
+            f'GCOptimWrapperConstructor: gradient centralization on {total} in the '
+            f'optimizer ({numel} params; {detail or "none"}), '
             f'gc_layers={self.gc_layers}, {len(merged)} parameter groups{kept}',
             logger='current',
         )
 
 
-def _decide_gc(group: dict, targets: dict[int, GCTarget]) -> None:
-    """Set the one-parameter ``group``'s ``gc`` / ``gc_dim`` (a ``custom_keys``
-    entry's explicit ``gc`` wins over the module-type decision)."""
-    (param,) = group['params']
-    target = targets.get(id(param))
-    if 'gc' not in group:
-        group['gc'] = target is not None and param.ndim > 1
-    group.setdefault('gc_dim', target.out_dim if group['gc'] and target else 0)
-
-
 def _merge_groups(groups: list[dict], names: dict[int, str], defaults: dict) -> list[dict]:
     """Merge parameter groups whose settings are equal, in first-seen order.
 
-    An option a group leaves out counts as its value in ``defaults`` (what
-    the optimizer fills in), so ``dict(gc=False)`` from ``custom_keys``, which
-    MMEngine turns into an explicit base ``lr`` and ``weight_decay``, joins
-    the other ``gc=False`` group. ``lr_mult`` / ``decay_mult`` (already applied
-    to ``lr`` / ``weight_decay``) do not count; a merged group keeps them only
+    An option a group leaves out counts as its value in ``defaults``, so
+    ``dict(gc=False)`` from ``custom_keys`` (to which MMEngine adds the base
+    ``lr`` and ``weight_decay``) joins the other ``gc=False`` group.
+    ``lr_mult`` / ``decay_mult`` do not count; a merged group keeps them only
     where all its members agree.
 
     Raises:
@@ -329,14 +272,8 @@ def _merge_groups(groups: list[dict], names: dict[int, str], defaults: dict) -> 
                     f'paramwise_cfg.bypass_duplicate=True to add it once'
                 )
             seen.add(id(param))
-        settings = {**defaults, **group}
-        key = tuple(
-            sorted(
-                (k, _hashable(v))
-                for k, v in settings.items()
-                if k != 'params' and k not in _MULTIPLIER_KEYS
-            )
-        )
+        settings = {k: v for k, v in {**defaults, **group}.items() if k not in _NOT_SETTINGS}
+        key = tuple(sorted((k, _hashable(v)) for k, v in settings.items()))
         if key not in merged:
             merged[key] = {**group, 'params': list(group['params'])}
             continue

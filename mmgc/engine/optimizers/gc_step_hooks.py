@@ -1,27 +1,23 @@
 r"""Gradient Centralization for any ``torch.optim`` optimizer, through step hooks.
 
-:class:`~mmgc.SGDGC` applies GC inside its own step. Every other optimizer
-gets it from a pair of step hooks attached by :func:`attach_gc_hooks`: just
-before ``optimizer.step()``, each parameter of a group with ``gc=True`` has
-its ``.grad`` replaced by the gradient the optimizer should see; just after,
-the original ``.grad`` (and the group's decay) is put back, so ``step()``
-still leaves ``p.grad`` as it found it. A step that is never called (an AMP
-step skipped for inf/NaN gradients) centralizes nothing.
+:class:`~mmgc.SGDGC` applies GC inside its own step. Other optimizers get it
+from step hooks (:func:`attach_gc_hooks`): just before ``optimizer.step()``
+each parameter of a ``gc=True`` group has its ``.grad`` replaced by the
+gradient the optimizer should see; just after, the original ``.grad`` (and
+the group's decay) is put back. A step that never runs (AMP skipping
+inf/NaN gradients) centralizes nothing. The decay meets the projection as
+the optimizer applies it:
 
-How weight decay meets the projection depends on how the optimizer applies it:
-
-- **L2-coupled decay** (``SGD``, ``Adam``, ``Adamax``, ``Adagrad``,
-  ``Adadelta``, ``RMSprop``, ``ASGD``, ``NAdam``, ``RAdam``): the decay is a
-  gradient term, and is centralized with it, as the paper's
-  :math:`\hat{\mathbf{g}} = \mathbf{P}(\mathbf{g} + \lambda\mathbf{w})`. The hook
-  hands the optimizer :math:`\mathbf{P}(\mathbf{g} \pm \lambda\mathbf{w})`
-  (``-`` under ``maximize``, which the optimizer negates) and sets the group's
+- **L2-coupled** (``SGD``, ``Adam``, ``Adamax``, ``Adagrad``, ``Adadelta``,
+  ``RMSprop``, ``ASGD``, ``NAdam``, ``RAdam``): the hook hands over
+  :math:`\mathbf{P}(\mathbf{g} \pm \lambda\mathbf{w})` (``-`` under
+  ``maximize``, which the optimizer negates), the paper's
+  :math:`\mathbf{P}(\mathbf{g} + \lambda\mathbf{w})`, and sets the group's
   ``weight_decay`` to 0 for that step.
-- **Decoupled decay** (``AdamW``; ``Adam``/``NAdam``/``RAdam`` with
-  ``decoupled_weight_decay=True``): the decay acts on the weight directly and
-  stays outside the projection, as the paper's Table 2 treats AdamW/SGDW; the
-  hook hands over :math:`\mathbf{P}\mathbf{g}`.
-- **No decay** (``Rprop``): :math:`\mathbf{P}\mathbf{g}`.
+- **Decoupled** (``AdamW``; ``Adam``/``NAdam``/``RAdam`` with
+  ``decoupled_weight_decay=True``) and **none** (``Rprop``):
+  :math:`\mathbf{P}\mathbf{g}`; decoupled decay stays outside the projection,
+  as the paper's Table 2 treats AdamW/SGDW.
 
 ``LBFGS`` (re-evaluates gradients inside its step) and ``SparseAdam`` (sparse
 gradients only) cannot be centralized this way and are refused.
@@ -39,25 +35,12 @@ from torch.utils.hooks import RemovableHandle
 from ...ops import centralize_
 from .sgd_gc import GC_GROUP_DEFAULTS, SGDGC
 
-__all__ = [
-    'COUPLED_DECAY',
-    'DECOUPLED_DECAY',
-    'NO_DECAY',
-    'attach_gc_hooks',
-    'supports_gc',
-    'uses_gc_hooks',
-]
+__all__ = ['attach_gc_hooks', 'supports_gc', 'uses_gc_hooks']
 
-COUPLED_DECAY: tuple[type[Optimizer], ...] = (
-    torch.optim.SGD,
-    torch.optim.Adam,  # AdamW subclasses Adam: its groups say decoupled
-    torch.optim.Adamax,
-    torch.optim.Adagrad,
-    torch.optim.Adadelta,
-    torch.optim.RMSprop,
-    torch.optim.ASGD,
-    torch.optim.NAdam,
-    torch.optim.RAdam,
+#: Optimizers whose decay is a gradient term (AdamW subclasses Adam: its groups say decoupled).
+COUPLED_DECAY: tuple[type[Optimizer], ...] = tuple(
+    getattr(torch.optim, name)
+    for name in 'SGD Adam Adamax Adagrad Adadelta RMSprop ASGD NAdam RAdam'.split()
 )
 DECOUPLED_DECAY: tuple[type[Optimizer], ...] = (torch.optim.AdamW,)
 NO_DECAY: tuple[type[Optimizer], ...] = (torch.optim.Rprop,)

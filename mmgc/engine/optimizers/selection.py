@@ -1,17 +1,16 @@
 """Which weights get Gradient Centralization, decided by the owning module's type.
 
 ``conv``: every convolution: ``torch.nn`` ``Conv{1,2,3}d`` and
-``ConvTranspose{1,2,3}d`` (and their subclasses: lazy variants, MMCV's
-``ConvWS2d``, ``ConvAWS2d``, ``MaskedConv2d``, wrapper convs) and MMCV's
-deformable convolutions (``DeformConv2d``, ``ModulatedDeformConv2d`` and their
-``*Pack`` subclasses), when MMCV's ops are built.
-``fc``: ``nn.Linear`` and its subclasses.
+``ConvTranspose{1,2,3}d`` and their subclasses (lazy variants, MMCV's
+``ConvWS2d``, ``ConvAWS2d``, ``MaskedConv2d``, ...), and MMCV's
+``DeformConv2d`` / ``ModulatedDeformConv2d`` (and ``*Pack``) when MMCV's ops
+are built. ``fc``: ``nn.Linear`` and its subclasses.
 
 Only a module's ``weight`` is selected. Its output-unit dim is 0, except for
 transposed convolutions, which store ``(in, out / groups, *kernel)``: there
-output units run along dim 1. The authors' code centralizes every weight over
-all dims but 0, which for a transposed convolution averages per *input*
-channel and does not keep each output unit's weight sum constant (Eq. 3).
+output units run along dim 1. (The authors' code uses dim 0 for every weight,
+which for a transposed convolution averages per *input* channel and breaks
+Eq. 3.)
 """
 
 from __future__ import annotations
@@ -39,22 +38,17 @@ class GCTarget(NamedTuple):
 
 @functools.lru_cache(maxsize=1)
 def _conv_types() -> tuple[type, ...]:
-    types: list[type] = [nn.Conv1d, nn.Conv2d, nn.Conv3d, *_TRANSPOSED_CONVS]
+    convs = (nn.Conv1d, nn.Conv2d, nn.Conv3d, *_TRANSPOSED_CONVS)
     try:  # MMCV's compiled ops; absent in an MMCV built without ops
         from mmcv.ops import DeformConv2d, ModulatedDeformConv2d
     except ImportError:
-        pass
-    else:
-        types += [DeformConv2d, ModulatedDeformConv2d]
-    return tuple(types)
+        return convs
+    return (*convs, DeformConv2d, ModulatedDeformConv2d)
 
 
 def parse_gc_layers(gc_layers: str | Iterable[str]) -> tuple[str, ...]:
-    """Normalize ``gc_layers`` to a tuple in canonical order.
-
-    Args:
-        gc_layers (str | Iterable[str]): ``'conv'``, ``'fc'``, or a non-empty
-            tuple/list of them.
+    """Normalize ``gc_layers`` (``'conv'``, ``'fc'`` or a non-empty tuple/list
+    of them) to a tuple in canonical order.
 
     Raises:
         ValueError: If it is empty or names an unknown kind.
@@ -72,12 +66,8 @@ def parse_gc_layers(gc_layers: str | Iterable[str]) -> tuple[str, ...]:
 
 
 def gc_target_of(module: nn.Module) -> GCTarget | None:
-    """The GC target of ``module.weight``, or None if it has none.
-
-    A grouped transposed convolution (``groups > 1``) has none: its output
-    units are not one dim of its weight, so no single ``gc_dim`` describes
-    them; it is left uncentralized and the constructor says so.
-    """
+    """The GC target of ``module.weight``, or None if it has none (as a
+    grouped transposed convolution: its output units are not one dim)."""
     if isinstance(module, nn.Linear):
         return GCTarget('fc', 0)
     if isinstance(module, _conv_types()):
@@ -88,5 +78,5 @@ def gc_target_of(module: nn.Module) -> GCTarget | None:
 
 
 def is_grouped_transposed_conv(module: nn.Module) -> bool:
-    """True for a ``ConvTranspose*d`` with ``groups > 1`` (see above)."""
+    """True for a ``ConvTranspose*d`` with ``groups > 1`` (no GC target)."""
     return isinstance(module, _TRANSPOSED_CONVS) and module.groups > 1

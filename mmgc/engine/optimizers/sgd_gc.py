@@ -23,47 +23,32 @@ from torch.optim import Optimizer
 from torch.optim.sgd import sgd as torch_sgd
 
 from ...ops import gc_update_directions, reduce_dims
-from ...ops.cpu_kernel import (
-    cpu_kernel_supports,
-    fused_sgd_gc_cpu_,
-    load_cpu_kernel,
-)
+from ...ops.cpu_kernel import cpu_kernel_supports, fused_sgd_gc_cpu_, load_cpu_kernel
 
 __all__ = ['SGDGC', 'sgd_gc', 'GC_GROUP_DEFAULTS', 'torch_has_fused_sgd', 'torch_fused_sgd_on_cpu']
 
-#: Per-parameter-group options that SGDGC adds to ``torch.optim.SGD``'s.
-#: ``gc``: centralize the group's tensors with ``ndim > 1``;
-#: ``gc_dim``: the dim of those tensors that indexes output units.
+#: Per-parameter-group options that SGDGC adds to ``torch.optim.SGD``'s
+#: (see :class:`SGDGC`).
 GC_GROUP_DEFAULTS: dict[str, Any] = {'gc': True, 'gc_dim': 0}
+#: The group options :meth:`SGDGC.step` hands to :func:`sgd_gc`.
+_STEP_OPTIONS = ('lr', 'dampening', 'weight_decay', 'nesterov', 'maximize', 'foreach', 'fused')
 
 
 def torch_has_fused_sgd() -> bool:
-    """Whether this torch's ``torch.optim.sgd.sgd`` has a fused kernel (it
-    takes ``fused``; torch 2.1's does not)."""
+    """Whether ``torch.optim.sgd.sgd`` takes ``fused`` (torch 2.1's does not)."""
     return 'fused' in inspect.signature(torch_sgd).parameters
 
 
 @functools.cache
 def torch_fused_sgd_on_cpu() -> bool:
     """Whether this torch's fused SGD runs on CPU tensors (tried once on a
-    one-element tensor: the first torches with a fused SGD had it for CUDA
-    only)."""
+    one-element tensor: the first fused SGDs were CUDA-only)."""
     if not torch_has_fused_sgd():
         return False
     param = torch.zeros(1)
+    zero = dict(weight_decay=0.0, momentum=0.0, dampening=0.0, nesterov=False, maximize=False)
     try:
-        torch_sgd(
-            [param],
-            [torch.ones(1)],
-            [None],
-            weight_decay=0.0,
-            momentum=0.0,
-            lr=1.0,
-            dampening=0.0,
-            nesterov=False,
-            maximize=False,
-            fused=True,
-        )
+        torch_sgd([param], [torch.ones(1)], [None], lr=1.0, fused=True, **zero)
     except RuntimeError:
         return False
     return bool(param.item() == -1.0)
@@ -86,7 +71,8 @@ def _check_fused_supported(params: Iterable[Tensor]) -> None:
 
 
 def _check_gc_options(group: dict) -> None:
-    """Raise if a parameter group's GC options have the wrong type."""
+    """Raise ``TypeError`` if a group's (or ``custom_keys`` entry's) ``gc`` /
+    ``gc_dim`` has the wrong type."""
     gc = group.get('gc', GC_GROUP_DEFAULTS['gc'])
     if not isinstance(gc, bool):
         raise TypeError(f'param group option gc must be True or False; got {gc!r}')
@@ -126,40 +112,35 @@ class SGDGC(Optimizer):
         \end{aligned}
 
     Other tensors (biases, norm parameters, groups with ``gc=False``) follow
-    ``torch.optim.SGD`` (by default, on the CPU, its fused kernel). Because
-    decay is projected too, each output unit's weight sum
-    :math:`\mathbf{e}^T\theta` keeps its initial value (the paper's Eq. 3).
-    The momentum follows torch's convention, not the
-    :math:`(1-\beta)` form of the paper's Algorithm 1, as the authors' code
-    and MMDetection's learning-rate schedules do.
+    ``torch.optim.SGD``. Because decay is projected too, each output unit's
+    weight sum :math:`\mathbf{e}^T\theta` keeps its initial value (Eq. 3).
+    The momentum follows torch's convention, not the :math:`(1-\beta)` form
+    of the paper's Algorithm 1, as the authors' code and MMDetection's
+    learning-rate schedules do.
 
-    Per-group options (stored in ``param_groups``, hence in ``state_dict()``):
+    Per-group options (in ``param_groups``, hence in ``state_dict()``), set
+    per tensor by :class:`~mmgc.GCOptimWrapperConstructor`:
 
-    - ``gc`` (bool): centralize this group's ``ndim > 1`` tensors.
-      Defaults to True, i.e. without a constructor SGDGC behaves like the
-      authors' ``SGD_GC``: every tensor with ``ndim > 1``, over all dims but 0.
+    - ``gc`` (bool): centralize this group's ``ndim > 1`` tensors. Defaults
+      to True: without a constructor SGDGC is the authors' ``SGD_GC``.
     - ``gc_dim`` (int): the dim that indexes output units. Defaults to 0
       (``Conv*d``, ``Linear``); ``ConvTranspose*d`` weights need 1.
-      :class:`~mmgc.GCOptimWrapperConstructor` sets both per tensor.
 
     Args:
-        params (iterable): Parameters or parameter-group dicts; a group may
-            carry ``gc`` and ``gc_dim``.
+        params (iterable): Parameters or parameter-group dicts.
         lr (float | Tensor): Learning rate :math:`\gamma`. Defaults to 1e-3.
         momentum (float): Momentum factor :math:`\mu`. Defaults to 0.
         dampening (float): Dampening :math:`\tau`. Defaults to 0.
-        weight_decay (float | Tensor): L2 decay :math:`\lambda`, projected
-            with the gradient. Defaults to 0.
+        weight_decay (float | Tensor): L2 decay :math:`\lambda`. Defaults to 0.
         nesterov (bool): Nesterov momentum. Defaults to False.
         maximize (bool): Maximize the objective. Defaults to False.
-        foreach (bool, optional): Use torch's multi-tensor kernels for the
-            momentum update (False: torch's for-loop). Defaults to None:
-            mmgc's fused CPU kernel for dense float32/float64 CPU tensors,
-            torch's choice for the others.
+        foreach (bool, optional): Use torch's multi-tensor kernels (False:
+            torch's for-loop). Defaults to None: mmgc's fused CPU kernel for
+            dense float32/float64 CPU tensors, torch's choice for the others.
         differentiable (bool): Let autograd run through the step.
             Defaults to False.
-        fused (bool, optional): Use torch's fused SGD kernel for the momentum
-            update. Defaults to None (see ``foreach``).
+        fused (bool, optional): Use torch's fused SGD kernel. Defaults to
+            None (see ``foreach``).
 
     Example:
         >>> model = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3), torch.nn.ReLU())
@@ -200,18 +181,9 @@ class SGDGC(Optimizer):
             raise ValueError('fused=True does not support differentiable=True')
         if fused and foreach:
             raise ValueError('fused=True and foreach=True cannot be set together')
-        defaults = dict(
-            lr=lr,
-            momentum=momentum,
-            dampening=dampening,
-            weight_decay=weight_decay,
-            nesterov=nesterov,
-            maximize=maximize,
-            foreach=foreach,
-            differentiable=differentiable,
-            fused=fused,
-            **GC_GROUP_DEFAULTS,
-        )
+        defaults = dict(lr=lr, momentum=momentum, dampening=dampening, weight_decay=weight_decay)
+        defaults.update(nesterov=nesterov, maximize=maximize, foreach=foreach)
+        defaults.update(differentiable=differentiable, fused=fused, **GC_GROUP_DEFAULTS)
         super().__init__(params, defaults)
         if fused:
             _check_fused_supported(p for group in self.param_groups for p in group['params'])
@@ -229,37 +201,28 @@ class SGDGC(Optimizer):
         if not isinstance(params, set):  # torch's own error for sets
             params = [params] if isinstance(params, Tensor) else list(params)
             seen: set[int] = set()
-            for p in params:
-                if id(p) in seen:
-                    raise ValueError(
-                        f'a parameter group lists the same tensor (shape '
-                        f'{tuple(p.shape)}) more than once; list each tensor once'
-                    )
-                seen.add(id(p))
+            twice = [p for p in params if id(p) in seen or seen.add(id(p))]
+            if twice:
+                raise ValueError(
+                    f'a parameter group lists the same tensor (shape '
+                    f'{tuple(twice[0].shape)}) more than once; list each tensor once'
+                )
             param_group = {**param_group, 'params': params}
         super().add_param_group(param_group)
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         super().__setstate__(state)
+        defaults = dict(nesterov=False, maximize=False, foreach=None, differentiable=False)
         for group in self.param_groups:
-            group.setdefault('nesterov', False)
-            group.setdefault('maximize', False)
-            group.setdefault('foreach', None)
-            group.setdefault('differentiable', False)
-            group.setdefault('fused', False)
-            for key, value in GC_GROUP_DEFAULTS.items():
+            for key, value in {**defaults, 'fused': False, **GC_GROUP_DEFAULTS}.items():
                 group.setdefault(key, value)
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         """Load an ``SGDGC`` state dict.
 
         Raises:
-            ValueError: If a group of ``state_dict`` has no GC options (a
-                ``torch.optim.SGD`` state): torch would give it ``gc=True``,
-                ``gc_dim=0``, wrong for transposed convs and ``gc=False``
-                groups. Runs resumed from a baseline checkpoint map its state
-                onto the GC groups by parameter
-                (:mod:`mmgc.runtime.optimizer_state`, ``tools/train.py --resume``).
+            ValueError: If a group has no GC options (a ``torch.optim.SGD``
+                state, whose groups torch would give ``gc=True, gc_dim=0``).
         """
         missing = [i for i, g in enumerate(state_dict['param_groups']) if 'gc' not in g]
         if missing:
@@ -307,20 +270,8 @@ class SGDGC(Optimizer):
             buffers.append(self.state[p].get('momentum_buffer') if momentum != 0 else None)
         if not params:
             return
-        sgd_gc(
-            params,
-            grads,
-            buffers,
-            gc_dims,
-            lr=group['lr'],
-            momentum=momentum,
-            dampening=group['dampening'],
-            weight_decay=group['weight_decay'],
-            nesterov=group['nesterov'],
-            maximize=group['maximize'],
-            foreach=group['foreach'],
-            fused=group['fused'],
-        )
+        options = {key: group[key] for key in _STEP_OPTIONS}
+        sgd_gc(params, grads, buffers, gc_dims, momentum=momentum, **options)
         if momentum != 0:
             for p, buffer in zip(params, buffers):
                 self.state[p]['momentum_buffer'] = buffer
@@ -341,137 +292,71 @@ def sgd_gc(
     foreach: bool | None = None,
     fused: bool | None = None,
 ) -> None:
-    r"""Functional :class:`SGDGC` step over lists of tensors (the update rule
-    is in :class:`SGDGC`'s docstring).
+    r"""Functional :class:`SGDGC` step over lists of tensors (the rule is in
+    :class:`SGDGC`'s docstring).
 
     ``gc_dims[i]`` is the output-unit dim of ``params[i]``, or None to leave
     it uncentralized. ``momentum_buffers`` is updated in place (new buffers
-    on the first step).
-
-    The tensors are sorted once into kernels, and each kernel is called once:
+    on the first step). The tensors are sorted once by kernel:
 
     - default (``foreach`` and ``fused`` both None), dense contiguous
-      float32/float64 CPU tensors: centralized ones go to mmgc's CPU kernel
-      (:mod:`mmgc.ops.cpu_kernel`: one pass over memory, no temporaries);
-      the others to torch's fused SGD where this torch has one for the CPU,
-      else to mmgc's kernel too;
-    - everything else (``foreach`` / ``fused`` set, other devices or dtypes,
-      or no kernel could be built): the PyTorch path. Since
-      :math:`\mathbf{P}` is linear, centralizing :math:`\pm g + \lambda\theta`
-      once (a new tensor per weight) and then running ``torch.optim.sgd.sgd``
-      with decay and sign already applied is the whole algorithm.
+      float32/float64 CPU tensors: centralized ones go to mmgc's CPU kernel,
+      the others to torch's fused SGD where it runs on the CPU, else to
+      mmgc's kernel too;
+    - everything else: ``torch.optim.sgd.sgd`` on the centralized
+      directions :math:`\mathbf{P}(\pm g + \lambda\theta)` (new tensors), with
+      decay and sign already applied, since :math:`\mathbf{P}` is linear.
 
     Raises:
         ValueError: If a ``gc_dim`` is out of range, before any tensor moves.
     """
-    for param, dim in zip(params, gc_dims):
-        if dim is not None and param.dim() > 1:
-            reduce_dims(param.dim(), dim)
+    default = foreach is None and fused is None
+    default = default and not any(
+        isinstance(value, Tensor) and value.device.type != 'cpu' for value in (lr, weight_decay)
+    )
+    autograd = torch.is_grad_enabled()
+    kernels: dict[_Kernel, list[int]] = {}  # tensor indices by the call that updates them
+    for i, (param, grad, dim) in enumerate(zip(params, grads, gc_dims)):
+        centralized = dim is not None and param.dim() > 1
+        if centralized:
+            reduce_dims(param.dim(), dim)  # raises before any tensor moves
+        kernel = _Kernel(mmgc=False, foreach=foreach, fused=fused)
+        if default and cpu_kernel_supports(param, grad, momentum_buffers[i], autograd):
+            if not centralized and torch_fused_sgd_on_cpu():
+                kernel = _Kernel(mmgc=False, fused=True)
+            elif load_cpu_kernel() is not None:
+                kernel = _Kernel(mmgc=True)
+        if kernel.fused:
+            kernel = kernel._replace(first_step=momentum_buffers[i] is None)
+        if centralized and not kernel.mmgc:
+            kernel = kernel._replace(centralized=True)
+        kernels.setdefault(kernel, []).append(i)
     hyper = dict(lr=lr, momentum=momentum, dampening=dampening, nesterov=nesterov)
-    for kernel, indices in _partition(
-        params, grads, momentum_buffers, gc_dims, lr, weight_decay, foreach, fused
-    ).items():
-        sub_params = [params[i] for i in indices]
-        sub_grads = [grads[i] for i in indices]
+    for kernel, indices in kernels.items():
+        sub_params, sub_grads = [params[i] for i in indices], [grads[i] for i in indices]
         sub_buffers = [momentum_buffers[i] for i in indices]
+        sub_dims = [gc_dims[i] for i in indices]
+        decay = dict(weight_decay=weight_decay, maximize=maximize)
         if kernel.mmgc:
-            sub_dims = [gc_dims[i] for i in indices]
-            fused_sgd_gc_cpu_(
-                sub_params,
-                sub_grads,
-                sub_buffers,
-                sub_dims,
-                weight_decay=weight_decay,
-                maximize=maximize,
-                **hyper,
-            )
-        elif kernel.centralized:
-            directions = gc_update_directions(
-                sub_params,
-                sub_grads,
-                [gc_dims[i] for i in indices],
-                weight_decay=weight_decay,
-                maximize=maximize,
-            )
-            _torch_sgd(sub_params, directions, sub_buffers, kernel, 0.0, False, **hyper)
+            fused_sgd_gc_cpu_(sub_params, sub_grads, sub_buffers, sub_dims, **decay, **hyper)
         else:
-            _torch_sgd(sub_params, sub_grads, sub_buffers, kernel, weight_decay, maximize, **hyper)
+            if kernel.centralized:  # decay and sign go into the directions
+                sub_grads = gc_update_directions(sub_params, sub_grads, sub_dims, **decay)
+                decay = dict(weight_decay=0.0, maximize=False)
+            sparse = any(g.is_sparse for g in sub_grads)
+            options = dict(foreach=kernel.foreach, has_sparse_grad=sparse)
+            if kernel.fused:  # only set where torch has it (SGDGC checks fused=True)
+                options['fused'] = True
+            torch_sgd(sub_params, sub_grads, sub_buffers, **options, **decay, **hyper)
         for i, buffer in zip(indices, sub_buffers):
             momentum_buffers[i] = buffer
 
 
 class _Kernel(NamedTuple):
-    """Which call updates a tensor (the key :func:`_partition` sorts by)."""
+    """Which call updates a tensor (the key :func:`sgd_gc` sorts tensors by)."""
 
     mmgc: bool  # mmgc's CPU kernel; the rest: torch.optim.sgd.sgd
     centralized: bool = False  # torch: the gradient is replaced by P(+-g + wd w)
     foreach: bool | None = None
     fused: bool | None = None
     first_step: bool = False  # torch fused: lists where all or none have a buffer
-
-
-_MMGC_KERNEL = _Kernel(mmgc=True)
-
-
-def _partition(
-    params: list[Tensor],
-    grads: list[Tensor],
-    momentum_buffers: list[Tensor | None],
-    gc_dims: list[int | None],
-    lr: float | Tensor,
-    weight_decay: float | Tensor,
-    foreach: bool | None,
-    fused: bool | None,
-) -> dict[_Kernel, list[int]]:
-    """Sort tensor indices by the kernel that updates them, in one pass."""
-    default = foreach is None and fused is None
-    hyper_on_cpu = not any(
-        isinstance(value, Tensor) and value.device.type != 'cpu' for value in (lr, weight_decay)
-    )
-    autograd = torch.is_grad_enabled()
-    kernels: dict[_Kernel, list[int]] = {}
-    for i, (param, grad) in enumerate(zip(params, grads)):
-        centralized = gc_dims[i] is not None and param.dim() > 1
-        kernel = None
-        if (
-            default
-            and hyper_on_cpu
-            and cpu_kernel_supports(param, grad, momentum_buffers[i], autograd)
-        ):
-            if not centralized and torch_fused_sgd_on_cpu():
-                kernel = _Kernel(mmgc=False, fused=True)
-            elif load_cpu_kernel() is not None:
-                kernel = _MMGC_KERNEL
-        if kernel is None:
-            kernel = _Kernel(mmgc=False, foreach=foreach, fused=fused)
-        if kernel.fused:
-            kernel = kernel._replace(first_step=momentum_buffers[i] is None)
-        if centralized and not kernel.mmgc:
-            kernel = kernel._replace(centralized=True)
-        kernels.setdefault(kernel, []).append(i)
-    return kernels
-
-
-def _torch_sgd(
-    params: list[Tensor],
-    grads: list[Tensor],
-    momentum_buffers: list[Tensor | None],
-    kernel: _Kernel,
-    weight_decay: float | Tensor,
-    maximize: bool,
-    **hyper: Any,
-) -> None:
-    """``torch.optim.sgd.sgd`` with the kernel's ``foreach`` / ``fused``."""
-    options = dict(foreach=kernel.foreach)
-    if kernel.fused:  # only passed where torch has it (SGDGC checks fused=True)
-        options['fused'] = True
-    torch_sgd(
-        params,
-        grads,
-        momentum_buffers,
-        has_sparse_grad=any(g.is_sparse for g in grads),
-        weight_decay=weight_decay,
-        maximize=maximize,
-        **options,
-        **hyper,
-    )
