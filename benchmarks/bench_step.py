@@ -6,14 +6,18 @@ Usage::
     python benchmarks/bench_step.py                       # CPU (+ CUDA if any)
     python benchmarks/bench_step.py --models mask_rcnn_r50 --iters 50
     python benchmarks/bench_step.py --device cuda --out-dir work_dirs/bench
+    python benchmarks/bench_step.py --models tiny --iters 3 --output step.md  # CI
 
 For each model (built from MMDetection's config with ``init_cfg=None``,
 random gradients) and device, every variant below takes ``--warmup`` steps,
 then ``--iters`` timed steps; the variants take turns step by step, so a
 change of machine load hits all of them alike. Reported: the median step
-time, its ratio to torch's fused SGD without GC, and the peak memory a
+time, its ratio to torch's fused SGD without GC, the peak memory a
 steady-state step allocates beyond what it holds before (momentum buffers
-exist by then, as in training).
+exist by then, as in training), and the ops one steady-state step runs,
+counted with ``torch.profiler``: the aten ops the step calls (top-level
+``aten::`` events; nested ones, such as the per-tensor ops inside a foreach
+fallback, are not counted) and, on CUDA, the GPU kernels it launches.
 
 Memory is measured on CUDA with ``torch.cuda.max_memory_allocated``; on the
 CPU (torch keeps no CPU allocator statistics) by a ``TorchDispatchMode`` that
@@ -27,7 +31,9 @@ with ``gc_layers=('conv', 'fc')`` for ``SGDGC``. lr 0.02, momentum 0.9, weight
 decay 1e-4, as in the 1x schedules.
 
 Writes ``step_<device>.md`` (the table) and ``step_<device>.png`` (a bar
-chart) into ``--out-dir``.
+chart) into ``--out-dir``, and with ``--output PATH`` all devices' tables
+into one Markdown file. ``--models tiny`` is a small built-in conv net (no
+MMDetection model is built), for a run of seconds.
 """
 
 from __future__ import annotations
@@ -48,8 +54,10 @@ from mmengine.logging import MMLogger, print_log
 from mmengine.optim import DefaultOptimWrapperConstructor
 from mmengine.utils import ProgressBar
 from torch import Tensor, nn
+from torch.autograd import DeviceType
+from torch.profiler import ProfilerActivity, profile
 from torch.utils._python_dispatch import TorchDispatchMode
-from torch.utils._pytree import tree_leaves
+from torch.utils._pytree import tree_flatten
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
@@ -83,6 +91,9 @@ class Result:
     name: str
     times_ms: list[float] = field(default_factory=list)
     peak_extra_bytes: int = 0
+    aten_ops: int = 0
+    all_aten_ops: int = 0
+    gpu_kernels: int | None = None
     note: str = ''
 
     @property
@@ -106,11 +117,11 @@ class AllocationTracker(TorchDispatchMode):
         kwargs = kwargs or {}
         inputs = {
             t.untyped_storage().data_ptr()
-            for t in tree_leaves((args, kwargs))
+            for t in tree_flatten((args, kwargs))[0]
             if isinstance(t, Tensor)
         }
         out = func(*args, **kwargs)
-        for t in tree_leaves(out):
+        for t in tree_flatten(out)[0]:
             if not isinstance(t, Tensor):
                 continue
             storage = t.untyped_storage()
@@ -136,8 +147,23 @@ def config_path(name: str) -> str:
     return str(path)
 
 
+def tiny_model() -> nn.Module:
+    """A small conv net (conv, BN, grouped conv, deconv, FC) for quick runs."""
+    return nn.Sequential(
+        nn.Conv2d(3, 32, 3),
+        nn.BatchNorm2d(32),
+        nn.Conv2d(32, 64, 3, groups=4),
+        nn.ConvTranspose2d(64, 32, 2),
+        nn.Flatten(),
+        nn.Linear(32 * 4 * 4, 64),
+    )
+
+
 def build_model(name: str, device: torch.device) -> nn.Module:
-    """An MMDetection model from its config, without pretrained weights."""
+    """An MMDetection model from its config, without pretrained weights
+    (``tiny``: :func:`tiny_model`)."""
+    if name == 'tiny':
+        return tiny_model().to(device)
     from mmdet.registry import MODELS
     from mmdet.utils import register_all_modules
 
@@ -250,12 +276,39 @@ def _peak_extra(step: Callable[[], None], device: torch.device) -> int:
     return tracker.peak
 
 
+def count_ops(step: Callable[[], None], device: torch.device) -> tuple[int, int, int | None]:
+    """The aten ops one call of ``step`` runs (``torch.profiler``'s
+    ``aten::`` events: top-level ones, and all, nested included) and, on
+    CUDA, the GPU kernels it launches."""
+    activities = [ProfilerActivity.CPU]
+    if device.type == 'cuda':
+        activities.append(ProfilerActivity.CUDA)
+        torch.cuda.synchronize(device)
+    with profile(activities=activities) as prof:
+        step()
+        if device.type == 'cuda':
+            torch.cuda.synchronize(device)
+    top, nested, kernels = 0, 0, 0
+    for event in prof.events():
+        if event.device_type == DeviceType.CUDA:
+            kernels += 1
+        elif event.name.startswith('aten::'):
+            nested += 1
+            parent = event.cpu_parent
+            while parent is not None and not parent.name.startswith('aten::'):
+                parent = parent.cpu_parent
+            top += parent is None
+    return top, nested, kernels if device.type == 'cuda' else None
+
+
 def _path_note(name: str, device: torch.device) -> str:
     if name != 'SGDGC default':
         return ''
     if device.type == 'cpu' and cpu_kernel.load_cpu_kernel() is not None:
         return 'mmgc CPU kernel'
-    return "torch's default kernel"
+    if baseline_name(device) == 'SGD fused':
+        return "torch's fused SGD + per-unit means"
+    return "torch's default kernel + per-unit means"
 
 
 def bench_model(
@@ -292,14 +345,17 @@ def bench_model(
     sys.stdout.write('\n')
     for key, step in steps.items():
         results[key].peak_extra_bytes = _peak_extra(step, device)
+        counts = count_ops(step, device)
+        results[key].aten_ops, results[key].all_aten_ops, results[key].gpu_kernels = counts
     return list(results.values()), facts
 
 
 def format_table(model_results: dict[str, tuple[list[Result], dict]], device: torch.device) -> str:
     """A Markdown table: one row per variant, one column block per model."""
     names = list(model_results)
-    head = '| variant |' + ''.join(f' {m}: ms | ratio | extra MB (x grad) |' for m in names)
-    sep = '|---|' + '---:|---:|---:|' * len(names)
+    ops = 'aten ops (all) / GPU kernels' if device.type == 'cuda' else 'aten ops (all)'
+    head = '| variant |' + ''.join(f' {m}: ms | ratio | extra MB (x grad) | {ops} |' for m in names)
+    sep = '|---|' + '---:|---:|---:|---:|' * len(names)
     rows = [head, sep]
     variant_names = [r.name for r in model_results[names[0]][0]]
     for vname in variant_names:
@@ -310,9 +366,11 @@ def format_table(model_results: dict[str, tuple[list[Result], dict]], device: to
             r, base = by_name[vname], by_name[baseline_name(device)]
             extra = r.peak_extra_bytes / 2**20
             rel = r.peak_extra_bytes / facts['grad_bytes']
+            count = f'{r.aten_ops} ({r.all_aten_ops})'
+            count += '' if r.gpu_kernels is None else f' / {r.gpu_kernels}'
             cells.append(
                 f' {r.median_ms:.1f} | {r.median_ms / base.median_ms:.2f} | '
-                f'{extra:.0f} ({rel:.2f}) |'
+                f'{extra:.0f} ({rel:.2f}) | {count} |'
             )
         label = vname + (f' [{by_name[vname].note}]' if by_name[vname].note else '')
         rows.append(f'| {label} |' + ''.join(cells))
@@ -363,7 +421,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         '--models',
         nargs='+',
         default=['mask_rcnn_r50', 'mask_rcnn_x101_64x4d'],
-        help=f'names ({", ".join(MODEL_CONFIGS)}) or config paths',
+        help=f'names ({", ".join(MODEL_CONFIGS)}, tiny) or config paths',
     )
     parser.add_argument('--iters', type=int, default=30, help='timed steps')
     parser.add_argument('--warmup', type=int, default=3, help='untimed steps')
@@ -377,6 +435,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         '--threads', type=int, default=None, help='torch CPU threads (default: all)'
     )
     parser.add_argument('--out-dir', default='work_dirs/benchmarks')
+    parser.add_argument(
+        '--output', default=None, help="also write every device's Markdown table to this file"
+    )
+    parser.add_argument('--no-plot', action='store_true', help='skip the bar charts')
     args = parser.parse_args(argv)
     if args.iters < 1 or args.warmup < 1:
         parser.error(f'--iters and --warmup must be >= 1; got {args.iters}, {args.warmup}')
@@ -391,7 +453,7 @@ def main(argv: list[str] | None = None) -> dict:
     devices = args.device or (['cpu'] + (['cuda'] if torch.cuda.is_available() else []))
     out_dir = Path(args.out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    report = {}
+    report, texts = {}, []
     for dev_name in devices:
         device = torch.device(dev_name)
         if device.type == 'cuda' and not torch.cuda.is_available():
@@ -437,14 +499,24 @@ def main(argv: list[str] | None = None) -> dict:
             f'Median of {args.iters} steps after {args.warmup} warm-up steps; '
             f'ratio = time / {baseline} (no GC); extra = peak bytes allocated '
             f'during a steady-state step ({measured}), '
-            f'x grad = in units of all trainable gradients.'
+            f'x grad = in units of all trainable gradients; ops of one '
+            f'steady-state step (torch.profiler: top-level aten ops, in brackets '
+            f'all aten ops, nested ones included'
+            f'{"; CUDA kernels launched" if device.type == "cuda" else ""}).'
         )
         text = '\n\n'.join(lines[:1] + [table] + lines[1:])
         print_log('\n' + text, logger='current')
         (out_dir / f'step_{device.type}.md').write_text(text + '\n')
-        plot(model_results, device, out_dir / f'step_{device.type}.png')
+        if not args.no_plot:
+            plot(model_results, device, out_dir / f'step_{device.type}.png')
         report[device.type] = model_results
-        print_log(f'wrote {out_dir}/step_{device.type}.md and .png', logger='current')
+        texts.append(text)
+        print_log(f'wrote {out_dir}/step_{device.type}.md', logger='current')
+    if args.output:
+        output = Path(args.output)
+        output.parent.mkdir(parents=True, exist_ok=True)
+        output.write_text('\n\n'.join(texts) + '\n')
+        print_log(f'wrote {output}', logger='current')
     return report
 
 

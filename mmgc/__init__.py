@@ -5,9 +5,11 @@ MMDetection.
 and registers, in MMEngine's root registries (visible from the ``mmdet``
 scope), what configs name: the optimizer ``SGDGC`` (alias ``SGD_GC``), the
 optim-wrapper constructor ``GCOptimWrapperConstructor`` and the hook
-``GCDiagnosticsHook``. It first checks that torch and MMEngine are versions
-mmgc is tested with. Nothing else happens on import: the tools' runtime
-(:mod:`mmgc.runtime`) is imported by the tools that use it.
+``GCDiagnosticsHook``; and it adds the scope ``mmgc`` to MMEngine's table of
+packages that ship configs, so that a config loaded afterwards can inherit
+``'mmgc::baselines/...'`` (:mod:`mmgc.mim`). It first checks that torch and
+MMEngine are versions mmgc is tested with. Nothing else happens on import: the
+tools' runtime (:mod:`mmgc.runtime`) is imported by the tools that use it.
 """
 
 import mmengine
@@ -19,7 +21,10 @@ check_version('torch', torch.__version__)
 check_version('mmengine', mmengine.__version__)
 
 from .engine import SGDGC, GCDiagnosticsHook, GCOptimWrapperConstructor, sgd_gc  # noqa: E402
+from .mim import register_config_scope  # noqa: E402
 from .ops import centralize, centralize_  # noqa: E402
+
+register_config_scope()
 
 __all__ = [
     'GCDiagnosticsHook',

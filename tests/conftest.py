@@ -18,6 +18,21 @@ ROOT = Path(__file__).resolve().parents[1]
 TEST_CONFIGS = ROOT / 'tests' / 'data' / 'configs'
 
 
+def pytest_collection_modifyitems(config, items):
+    """Skip the tests marked ``cuda`` where torch sees no GPU, saying so."""
+    import torch
+
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(
+        reason=f'needs a CUDA GPU: torch {torch.__version__} sees none '
+        f'(torch.cuda.is_available() is False)'
+    )
+    for item in items:
+        if item.get_closest_marker('cuda') is not None:
+            item.add_marker(skip)
+
+
 @pytest.fixture(scope='session')
 def _make_shapes(tmp_path_factory):
     @functools.cache

@@ -146,3 +146,70 @@ class ReferenceRMSpropGC:
             g_hat = project(g.detach().to(torch.float64) + self.weight_decay * w, self.out_dims[i])
             self.sq[i] = self.alpha * self.sq[i] + (1 - self.alpha) * g_hat * g_hat
             self.weights[i] = w - self.lr * g_hat / (self.sq[i].sqrt() + self.eps)
+
+
+class ReferenceGCOnUpdate:
+    """The authors' GC on the update (``Adam_GC2`` / ``Adam_GCC2`` /
+    ``AdamW_GCC2``): the wrapped reference steps on the raw gradient (its
+    ``out_dims`` must be None: no GC inside), then each weight's whole update
+    :math:`\\Delta = \\mathbf{w}_{t-1} - \\mathbf{w}_t` (decoupled decay
+    included, as ``AdamW_GCC2`` puts ``wd * w`` inside its centralized
+    ``delta``) is projected: :math:`\\mathbf{w}_t = \\mathbf{w}_{t-1} -
+    \\mathbf{P}\\Delta`, with the explicit ``P`` of :func:`project`."""
+
+    def __init__(self, plain, out_dims):
+        self.plain = plain
+        self.out_dims = list(out_dims)
+
+    @property
+    def weights(self):
+        return self.plain.weights
+
+    def step(self, grads) -> None:
+        before = [w.clone() for w in self.plain.weights]
+        self.plain.step(grads)
+        for i, (old, out_dim) in enumerate(zip(before, self.out_dims)):
+            delta = old - self.plain.weights[i]
+            self.plain.weights[i] = old - project(delta, out_dim)
+
+
+class ReferenceSGDWGC:
+    """The authors' ``SGDW_GC`` (their CIFAR-100 ``algorithm/SGD.py``), in
+    float64: ``d = P(±g)`` (no decay in the gradient), torch-SGD momentum on
+    ``d`` (first step ``b = d``), then ``w <- w - lr * d - lr * wd * w_old``
+    with ``w_old`` the weight before the step (applied to every tensor,
+    centralized or not). ``maximize`` negates the gradient first, as torch
+    does; the authors' code has no such option."""
+
+    def __init__(
+        self,
+        weights,
+        out_dims,
+        *,
+        lr,
+        momentum=0.0,
+        dampening=0.0,
+        weight_decay=0.0,
+        nesterov=False,
+        maximize=False,
+    ):
+        self.weights = [w.detach().clone().to(torch.float64) for w in weights]
+        self.out_dims = list(out_dims)
+        self.buffers = [None] * len(self.weights)
+        self.lr, self.momentum, self.dampening = lr, momentum, dampening
+        self.weight_decay, self.nesterov, self.maximize = weight_decay, nesterov, maximize
+
+    def step(self, grads) -> None:
+        for i, (w, g) in enumerate(zip(self.weights, grads)):
+            if g is None:
+                continue
+            old = w.clone()
+            d = g.detach().to(torch.float64)
+            d = project(-d if self.maximize else d, self.out_dims[i])
+            if self.momentum != 0:
+                if self.buffers[i] is None:
+                    self.buffers[i] = d.clone()
+                else:
+                    self.buffers[i] = self.momentum * self.buffers[i] + (1 - self.dampening) * d
+                d = d + self.momentum * self.buffers[i] if self.nesterov else self.buffers[i]
+            self.weights[i] = w - self.lr * d - self.weight_decay * self.lr * old

@@ -7,34 +7,14 @@ configs.
 Example:
     python tools/plot_gc_stats.py work_dirs/mask_rcnn_r50_fpn_gc \\
         work_dirs/mask_rcnn_r50_fpn --out gc_grad_stats.png
+
+The same as the console script ``mmgc-plot-gc-stats`` of an installed mmgc:
+both call :func:`mmgc.runtime.entry_points.main_plot_gc_stats`.
 """
 
-from __future__ import annotations
-
-import argparse
 import sys
 
-from mmgc.runtime.gc_stats import load_gc_stats, plot_gc_stats
-
-
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument('gc_run', help='work dir (or scalars.json) of the GC run')
-    parser.add_argument('baseline_run', help='work dir (or scalars.json) of the baseline run')
-    parser.add_argument('--out', default='gc_grad_stats.png', help='PNG to write')
-    args = parser.parse_args(argv)
-    try:
-        runs = {
-            'with GC': load_gc_stats(args.gc_run),
-            'without GC': load_gc_stats(args.baseline_run),
-        }
-    except FileNotFoundError as err:
-        print(f'error: {err}', file=sys.stderr)
-        return 1
-    out = plot_gc_stats(runs, args.out, gc_runs=('with GC',))
-    print(f'wrote {out}')
-    return 0
-
+from mmgc.runtime.entry_points import main_plot_gc_stats as main
 
 if __name__ == '__main__':
-    sys.exit(main())
+    sys.exit(main(sys.argv[1:]))

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Run the test suite on the CPU, on each tested stack, installing what is
 # missing first (tools/setup_env.sh: the first run builds MMCV once per torch
-# version). Extra arguments go to pytest.
+# version). Extra arguments go to pytest, which runs MMGC_TEST_WORKERS (default 2)
+# pytest-xdist workers.
 #
 #   bash tools/run_tests.sh                    both stacks: newest (torch 2.13), then oldest (torch 2.1)
 #   MMGC_STACKS=newest bash tools/run_tests.sh one stack
@@ -22,7 +23,9 @@ for stack in ${MMGC_STACKS:-newest oldest}; do
   installed=$(date +%s)
   MMGC_STACK=$stack source "$ROOT/tools/_stack.sh"
   echo "[run_tests] stack $stack: pytest with $VENV/bin/python"
-  "$VENV/bin/python" -m pytest "$@"
+  # two workers (pytest-xdist) for the two cores; a test file stays on one worker,
+  # so its module-scoped runs are made once
+  "$VENV/bin/python" -m pytest -n "${MMGC_TEST_WORKERS:-2}" --dist loadfile "$@"
   rc=$?
   done_at=$(date +%s)
   summary+=("$stack: pytest exit $rc; install $((installed - start)) s, tests $((done_at - installed)) s")

@@ -4,9 +4,13 @@
 # spread, the paired delta with its 95% interval, a verdict per metric).
 #
 #   bash tools/train_pair.sh CONFIG GPUS --seeds 0 1 2 [options] [-- train.py args]
+#   bash tools/train_pair.sh CONFIG GPUS --seeds 0 1 --gc [--gc-layers conv fc] [--gc-variant V]
 #
 # CONFIG is the GC config; its twin is --base-config, else the metafile's
 # convention: <dir>/baselines/<name without _gc>.py, else <dir>/<name without _gc>.py.
+# With --gc, CONFIG is any config (no twin file): the GC side trains it with
+# tools/train.py --gc (and --gc-layers / --gc-variant), the baseline is CONFIG
+# itself, and the comparison still checks that the sides differ only in GC.
 # GPUS is the number of processes per run: 1 runs tools/train.py and
 # tools/test.py in this process's shell; more run tools/dist_train.sh and
 # tools/dist_test.sh (torchrun; gloo CPU processes without CUDA); with
@@ -16,6 +20,8 @@
 # Options:
 #   --seeds S [S ...]      training seeds (required); each trains one GC and one baseline run
 #   --base-config CFG      the baseline twin
+#   --gc                   GC on CONFIG (tools/train.py --gc) against CONFIG itself
+#   --gc-layers KIND ...   with --gc: conv, fc (default both); --gc-variant V: grad, update, sgdw
 #   --work-dir DIR         runs go to DIR/seed<S>/{gc,baseline} (default work_dirs/pairs/<config name>)
 #   --out-dir DIR          the comparison's report (default DIR/compare under --work-dir)
 #   --cfg-options K=V ...  given to both train.py and test.py (e.g. a data root)
@@ -27,12 +33,15 @@
 # training finished (the file train_done in its work dir) is only tested; a
 # run with a checkpoint (last_checkpoint) continues with --resume. So after a
 # crash or a kill, the same command carries on where it stopped.
-# Environment: PYTHON (python), and the launchers' own (PORT, GPUS_PER_NODE, ...).
+# Environment: the interpreter as for the launchers (PYTHON, else
+# $MMGC_VENV/bin/python, else <repo>/.venv/bin/python, else python), and the
+# launchers' own (PORT, GPUS_PER_NODE, ...).
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 ME=$(basename "$0")
-PYTHON=${PYTHON:-python}
+source "$ROOT/tools/_python.sh"
+PYTHON=$PY
 export PYTHON
 export PYTHONPATH="$ROOT${PYTHONPATH:+:$PYTHONPATH}"
 
@@ -42,7 +51,7 @@ fail() {
 }
 
 if [ $# -lt 2 ]; then
-  fail "usage: $ME CONFIG GPUS --seeds S [S ...] [--base-config CFG] [--work-dir DIR] [--out-dir DIR] [--cfg-options K=V ...] [--slurm PARTITION] [--job-name NAME] [--dry-run] [-- train.py args]"
+  fail "usage: $ME CONFIG GPUS --seeds S [S ...] [--base-config CFG | --gc [--gc-layers KIND ...] [--gc-variant V]] [--work-dir DIR] [--out-dir DIR] [--cfg-options K=V ...] [--slurm PARTITION] [--job-name NAME] [--dry-run] [-- train.py args]"
 fi
 CONFIG=$1
 GPUS=$2
@@ -54,6 +63,8 @@ OUT_DIR=''
 PARTITION=''
 JOB_NAME=''
 DRY_RUN=0
+GC=0
+GC_ARGS=()
 CFG_OPTIONS=()
 TRAIN_ARGS=()
 while [ $# -gt 0 ]; do
@@ -65,6 +76,17 @@ while [ $# -gt 0 ]; do
     --cfg-options)
       shift
       while [ $# -gt 0 ] && [[ $1 != --* ]]; do CFG_OPTIONS+=("$1"); shift; done
+      ;;
+    --gc) GC=1; shift ;;
+    --gc-layers)
+      GC_ARGS+=("$1")
+      shift
+      while [ $# -gt 0 ] && [[ $1 != --* ]]; do GC_ARGS+=("$1"); shift; done
+      ;;
+    --gc-variant)
+      [ $# -ge 2 ] && [[ $2 != --* ]] || fail "$1 needs a value: grad, update or sgdw"
+      GC_ARGS+=("$1" "$2")
+      shift 2
       ;;
     --base-config | --work-dir | --out-dir | --slurm | --job-name)
       [ $# -ge 2 ] || fail "$1 needs a value"
@@ -79,7 +101,7 @@ while [ $# -gt 0 ]; do
       ;;
     --dry-run) DRY_RUN=1; shift ;;
     --) shift; TRAIN_ARGS=("$@"); break ;;
-    *) fail "unknown argument '$1'; valid: --seeds, --base-config, --work-dir, --out-dir, --cfg-options, --slurm, --job-name, --dry-run, -- (train.py args)" ;;
+    *) fail "unknown argument '$1'; valid: --seeds, --base-config, --gc, --gc-layers, --gc-variant, --work-dir, --out-dir, --cfg-options, --slurm, --job-name, --dry-run, -- (train.py args)" ;;
   esac
 done
 
@@ -93,7 +115,13 @@ REPEATED=$(printf '%s\n' "${SEEDS[@]}" | sort | uniq -d | tr '\n' ' ')
 [ -z "$REPEATED" ] || fail "seeds must differ; given more than once: ${REPEATED% }"
 
 NAME=$(basename "$CONFIG" .py)
-if [ -z "$BASE_CONFIG" ]; then
+if [ "$GC" = 1 ]; then
+  [ -z "$BASE_CONFIG" ] || fail "--gc trains CONFIG itself as the baseline; drop --base-config '$BASE_CONFIG'"
+  BASE_CONFIG=$CONFIG
+  GC_ARGS=(--gc "${GC_ARGS[@]+"${GC_ARGS[@]}"}")
+elif [ ${#GC_ARGS[@]} -gt 0 ]; then
+  fail "${GC_ARGS[0]} needs --gc (which turns GC on for CONFIG); add --gc, or drop ${GC_ARGS[0]}"
+elif [ -z "$BASE_CONFIG" ]; then
   [[ $NAME == *_gc ]] || fail "cannot find the baseline twin of '$CONFIG' (its name does not end in _gc); pass --base-config"
   DIR=$(dirname "$CONFIG")
   for candidate in "$DIR/baselines/${NAME%_gc}.py" "$DIR/${NAME%_gc}.py"; do
@@ -127,6 +155,7 @@ train() {
   else
     say "seed $seed $side: training"
   fi
+  if [ "$side" = gc ]; then extra+=("${GC_ARGS[@]+"${GC_ARGS[@]}"}"); fi
   extra+=("${TRAIN_ARGS[@]+"${TRAIN_ARGS[@]}"}" --cfg-options "randomness.seed=$seed")
   extra+=("${CFG_OPTIONS[@]+"${CFG_OPTIONS[@]}"}")
   if [ -n "$PARTITION" ]; then
@@ -162,7 +191,7 @@ test_run() {
   fi
 }
 
-say "GC $CONFIG, baseline $BASE_CONFIG, seeds ${SEEDS[*]}, $GPUS process(es) per run${PARTITION:+ on Slurm partition $PARTITION}; work dirs $WORK_ROOT/seed<S>/{gc,baseline}"
+say "GC $CONFIG${GC_ARGS[*]:+ with ${GC_ARGS[*]}}, baseline $BASE_CONFIG, seeds ${SEEDS[*]}, $GPUS process(es) per run${PARTITION:+ on Slurm partition $PARTITION}; work dirs $WORK_ROOT/seed<S>/{gc,baseline}"
 GC_RUNS=()
 BASE_RUNS=()
 for seed in "${SEEDS[@]}"; do

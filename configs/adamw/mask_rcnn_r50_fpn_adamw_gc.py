@@ -6,5 +6,5 @@
 _base_ = './baselines/mask_rcnn_r50_fpn_adamw.py'
 custom_imports = dict(imports=['mmgc'], allow_failed_imports=False)
 optim_wrapper = dict(
-    constructor='GCOptimWrapperConstructor',
-    paramwise_cfg=dict(gc_layers=('conv', 'fc')))
+    constructor='GCOptimWrapperConstructor', paramwise_cfg=dict(gc_layers=('conv', 'fc'))
+)

@@ -16,7 +16,10 @@
 // So the step reads w, g, buf from memory and writes w, buf once, as torch's
 // fused SGD does; pass 2 touches only the unit's elements, still in cache.
 // Without momentum, pass 1 only sums. Tensors that are not centralized get
-// torch's SGD update on chunks of elements. Means are summed in double; the
+// torch's SGD update on chunks of elements. With decoupled decay (SGDW) the
+// decay is not in r (wd = 0 there) and the weight update is
+// w = shrink * w - lr * d, shrink = 1 - lr * wd, from the weight before the
+// step. Means are summed in double; the
 // update is computed in the tensor's type, as torch's fused kernel does. A
 // unit with a single input (M = 1) gets the exact zero direction its
 // projection gives.
@@ -32,9 +35,15 @@ constexpr int32_t kInitBuffer = 2;  // first momentum step: buf = d
 constexpr int64_t kChunk = 1 << 15;  // elements per work item (about)
 
 struct Hyper {
-  double lr, momentum, dampening, wd, sign;
-  bool nesterov;
+  double lr, momentum, dampening, wd, sign, shrink;
+  bool nesterov, decoupled;
 };
+
+// The weight after its step: w - lr * d, or shrink * w - lr * d (decoupled).
+template <typename C>
+inline C step_weight(C w, C lr_d, bool decoupled, C shrink) {
+  return (decoupled ? shrink * w : w) - lr_d;
+}
 
 struct Item {
   int64_t tensor;  // index into the lists
@@ -57,19 +66,20 @@ inline void update_span_impl(T* __restrict w, const T* __restrict g,
   using C = Compute<T>;
   const C s = h.sign, wd = h.wd, lr = h.lr, mu = h.momentum;
   const C keep = 1.0 - h.dampening;
-  const bool nesterov = h.nesterov;
+  const C shrink = h.shrink;
+  const bool nesterov = h.nesterov, dec = h.decoupled;
   if (h.momentum == 0.0) {
 #pragma omp simd
     for (int64_t i = 0; i < n; ++i) {
       const C d = ZERO ? C(0) : (s * g[i] + wd * w[i]) - shift;
-      w[i] = w[i] - lr * d;
+      w[i] = step_weight<C>(w[i], lr * d, dec, shrink);
     }
   } else if (init) {
 #pragma omp simd
     for (int64_t i = 0; i < n; ++i) {
       const C d = ZERO ? C(0) : (s * g[i] + wd * w[i]) - shift;
       buf[i] = d;
-      w[i] = w[i] - lr * (nesterov ? d + mu * d : d);
+      w[i] = step_weight<C>(w[i], lr * (nesterov ? d + mu * d : d), dec, shrink);
     }
   } else {
 #pragma omp simd
@@ -77,7 +87,7 @@ inline void update_span_impl(T* __restrict w, const T* __restrict g,
       const C d = ZERO ? C(0) : (s * g[i] + wd * w[i]) - shift;
       const C b = mu * buf[i] + keep * d;
       buf[i] = b;
-      w[i] = w[i] - lr * (nesterov ? d + mu * b : b);
+      w[i] = step_weight<C>(w[i], lr * (nesterov ? d + mu * b : b), dec, shrink);
     }
   }
 }
@@ -142,20 +152,22 @@ inline void shift_pass(T* __restrict w, const T* __restrict g, T* __restrict buf
   using C = Compute<T>;
   const C s = h.sign, wd = h.wd, lr = h.lr, mu = h.momentum;
   const C shift = init ? mean : C(1.0 - h.dampening) * mean;
+  const C shrink = h.shrink;
+  const bool dec = h.decoupled;
   if (h.nesterov) {
 #pragma omp simd
     for (int64_t i = 0; i < n; ++i) {
       const C d = (s * g[i] + wd * w[i]) - mean;
       const C b = buf[i] - shift;
       buf[i] = b;
-      w[i] = w[i] - lr * (d + mu * b);
+      w[i] = step_weight<C>(w[i], lr * (d + mu * b), dec, shrink);
     }
   } else {
 #pragma omp simd
     for (int64_t i = 0; i < n; ++i) {
       const C b = buf[i] - shift;
       buf[i] = b;
-      w[i] = w[i] - lr * b;
+      w[i] = step_weight<C>(w[i], lr * b, dec, shrink);
     }
   }
 }
@@ -235,18 +247,20 @@ int step(int64_t n, void* const* params, void* const* grads, void* const* bufs,
 extern "C" {
 
 // Abi version, checked by the loader.
-int mmgc_sgd_gc_abi_version() { return 1; }
+int mmgc_sgd_gc_abi_version() { return 2; }
 
 // params, grads, bufs: n pointers to contiguous tensors of the same shape
 // (bufs ignored when momentum == 0); shapes: n x (A, O, B); flags: n x
-// (kCenter | kInitBuffer). Returns 0.
+// (kCenter | kInitBuffer); decoupled: weight_decay shrinks the weight
+// (SGDW) instead of entering the direction. Returns 0.
 int mmgc_sgd_gc_step_f32(int64_t n, void* const* params, void* const* grads,
                          void* const* bufs, const int64_t* shapes,
                          const int32_t* flags, double lr, double momentum,
                          double dampening, double weight_decay, int nesterov,
-                         int maximize, int num_threads) {
-  const Hyper h{lr, momentum, dampening, weight_decay, maximize ? -1.0 : 1.0,
-                nesterov != 0};
+                         int maximize, int decoupled, int num_threads) {
+  const Hyper h{lr, momentum, dampening, decoupled ? 0.0 : weight_decay,
+                maximize ? -1.0 : 1.0, 1.0 - lr * weight_decay,
+                nesterov != 0, decoupled != 0};
   return step<float>(n, params, grads, bufs, shapes, flags, h, num_threads);
 }
 
@@ -254,9 +268,10 @@ int mmgc_sgd_gc_step_f64(int64_t n, void* const* params, void* const* grads,
                          void* const* bufs, const int64_t* shapes,
                          const int32_t* flags, double lr, double momentum,
                          double dampening, double weight_decay, int nesterov,
-                         int maximize, int num_threads) {
-  const Hyper h{lr, momentum, dampening, weight_decay, maximize ? -1.0 : 1.0,
-                nesterov != 0};
+                         int maximize, int decoupled, int num_threads) {
+  const Hyper h{lr, momentum, dampening, decoupled ? 0.0 : weight_decay,
+                maximize ? -1.0 : 1.0, 1.0 - lr * weight_decay,
+                nesterov != 0, decoupled != 0};
   return step<double>(n, params, grads, bufs, shapes, flags, h, num_threads);
 }
 

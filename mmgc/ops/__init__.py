@@ -1,5 +1,17 @@
 """Tensor operations of Gradient Centralization."""
 
-from .centralize import centralize, centralize_, gc_update_directions, reduce_dims
+from .centralize import (
+    centralize,
+    centralize_,
+    gc_direction_means,
+    gc_update_directions,
+    reduce_dims,
+)
 
-__all__ = ['centralize', 'centralize_', 'gc_update_directions', 'reduce_dims']
+__all__ = [
+    'centralize',
+    'centralize_',
+    'gc_direction_means',
+    'gc_update_directions',
+    'reduce_dims',
+]

@@ -22,7 +22,7 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
-__all__ = ['centralize', 'centralize_', 'gc_update_directions', 'reduce_dims']
+__all__ = ['centralize', 'centralize_', 'gc_direction_means', 'gc_update_directions', 'reduce_dims']
 
 
 def reduce_dims(ndim: int, out_dim: int) -> tuple[int, ...]:
@@ -97,3 +97,53 @@ def gc_update_directions(
             direction = torch.add(grad, param, alpha=weight_decay)
         directions.append(centralize_(direction, out_dim))
     return directions
+
+
+def gc_direction_means(
+    params: Sequence[Tensor],
+    grads: Sequence[Tensor],
+    out_dims: Sequence[int],
+    *,
+    weight_decay: float | Tensor,
+    maximize: bool,
+) -> list[Tensor]:
+    r"""Per-output-unit means :math:`\mathbf{a} = \mathrm{mean}_i(\pm\mathbf{g}
+    + \lambda\mathbf{w})`, the part that :math:`\mathbf{P}` removes:
+    :math:`\mathbf{P}(\pm\mathbf{g} + \lambda\mathbf{w}) = \pm\mathbf{g} +
+    \lambda\mathbf{w} - \mathbf{a}` (broadcast over each unit's elements).
+
+    Two reductions per tensor and no full-size temporary: each result has the
+    weight's shape with every dim but ``out_dim`` of size 1. An empty tensor
+    gives zeros.
+
+    Args:
+        params (Sequence[Tensor]): The weights :math:`\mathbf{w}` (``ndim > 1``).
+        grads (Sequence[Tensor]): Their gradients :math:`\mathbf{g}`.
+        out_dims (Sequence[int]): The output-unit dim of each weight.
+        weight_decay (float | Tensor): L2 decay :math:`\lambda` (0: the
+            weights are not read).
+        maximize (bool): ``-g`` instead of ``g``.
+
+    Returns:
+        list[Tensor]: One small tensor per weight, in the gradient's dtype.
+    """
+    decayed = isinstance(weight_decay, Tensor) or weight_decay != 0
+    means, param_means = [], []
+    for param, grad, out_dim in zip(params, grads, out_dims):
+        dims = reduce_dims(grad.ndim, out_dim)
+        if grad.numel() == 0:
+            shape = [1 if d in dims else n for d, n in enumerate(grad.shape)]
+            means.append(grad.new_zeros(shape))
+            param_means.append(grad.new_zeros(shape))
+            continue
+        means.append(grad.mean(dim=dims, keepdim=True))
+        if decayed:
+            param_means.append(param.detach().mean(dim=dims, keepdim=True))
+    if maximize:
+        torch._foreach_neg_(means)
+    if decayed and isinstance(weight_decay, Tensor):
+        for mean, param_mean in zip(means, param_means):
+            mean.add_(param_mean.mul_(weight_decay))
+    elif decayed:
+        torch._foreach_add_(means, param_means, alpha=weight_decay)
+    return means

@@ -44,7 +44,7 @@ BUILD_TIMEOUT_S = 120.0
 
 _SOURCE = Path(__file__).resolve().parent.parent / 'csrc' / 'sgd_gc_cpu.cpp'
 _FLAGS = ('-O3', '-march=native', '-fopenmp', '-fPIC', '-shared', '-std=c++17')
-_ABI_VERSION = 1
+_ABI_VERSION = 2
 _CENTER, _INIT_BUFFER = 1, 2
 
 
@@ -118,7 +118,7 @@ def _build() -> KernelBuild:
             raise RuntimeError('stale kernel library: ABI version mismatch')
         c = ctypes
         for func in (library.mmgc_sgd_gc_step_f32, library.mmgc_sgd_gc_step_f64):
-            func.argtypes = [c.c_int64, *[c.c_void_p] * 5, *[c.c_double] * 4, *[c.c_int] * 3]
+            func.argtypes = [c.c_int64, *[c.c_void_p] * 5, *[c.c_double] * 4, *[c.c_int] * 4]
             func.restype = c.c_int
     except (OSError, RuntimeError, subprocess.SubprocessError, AttributeError) as err:
         return KernelBuild(path=path, compile_seconds=seconds, error=str(err))
@@ -168,21 +168,42 @@ def _reset_for_tests() -> None:
     _BUILD = None
 
 
+#: The only tensor types the kernel takes: plain tensors, no subclass (a
+#: DTensor, a ``__torch_dispatch__`` wrapper, ``class T(torch.Tensor)``), whose
+#: ``data_ptr`` may not be the data its values are read from.
+_PLAIN_TYPES = (Tensor, torch.nn.Parameter)
+
+
+def _addressable(tensor: Tensor) -> bool:
+    """A plain, dense, contiguous CPU tensor whose memory holds its values as
+    they read (no lazy negation or conjugation bit)."""
+    return (
+        type(tensor) in _PLAIN_TYPES
+        and tensor.layout == torch.strided
+        and tensor.is_cpu
+        and tensor.is_contiguous()
+        and not tensor.is_neg()
+        and not tensor.is_conj()
+    )
+
+
 def cpu_kernel_supports(
     param: Tensor, grad: Tensor, buffer: Tensor | None, requires_autograd: bool
 ) -> bool:
-    """Whether the kernel can update ``param`` in place: dense contiguous CPU
-    float32/float64 tensors of one dtype, no autograd through the step.
+    """Whether the kernel can update ``param`` in place: plain ``torch.Tensor``
+    / ``nn.Parameter`` objects only (no tensor subclass such as a DTensor),
+    dense, contiguous, on the CPU, float32/float64 of one dtype and shape, and
+    no autograd through the step. Everything else takes the generic path.
     (Called per tensor and step, so it reads only cheap attributes.)"""
     dtype, shape = param.dtype, param.shape
     if (requires_autograd and param.requires_grad) or dtype not in CPU_KERNEL_DTYPES:
         return False
-    if not (param.is_cpu and grad.is_cpu and grad.dtype == dtype and grad.layout == torch.strided):
+    if not (_addressable(param) and _addressable(grad)):
         return False
-    if not (param.is_contiguous() and grad.is_contiguous() and grad.shape == shape):
+    if grad.dtype != dtype or grad.shape != shape:
         return False
     return buffer is None or (
-        buffer.is_cpu and buffer.dtype == dtype and buffer.is_contiguous() and buffer.shape == shape
+        _addressable(buffer) and buffer.dtype == dtype and buffer.shape == shape
     )
 
 
@@ -206,9 +227,11 @@ def fused_sgd_gc_cpu_(
     weight_decay: float | Tensor,
     nesterov: bool,
     maximize: bool,
+    decoupled_weight_decay: bool = False,
 ) -> None:
     """One SGD(-GC) step with the kernel, in place (the rule is in
-    :class:`~mmgc.SGDGC`'s docstring; ``gc_dims[i]`` None: no GC). All tensors
+    :class:`~mmgc.SGDGC`'s docstring; ``gc_dims[i]`` None: no GC;
+    ``decoupled_weight_decay``: SGDW's decay of the weight). All tensors
     must pass :func:`cpu_kernel_supports`; ``gc_dims`` must be valid. Where
     ``momentum != 0``, ``momentum_buffers`` gets new buffers in place of None.
 
@@ -220,7 +243,7 @@ def fused_sgd_gc_cpu_(
         raise RuntimeError(f'the CPU SGD-GC kernel is unavailable: {cpu_kernel_build().error}')
     args = (_as_float(lr, 'lr'), float(momentum), float(dampening))
     args += (_as_float(weight_decay, 'weight_decay'), int(nesterov), int(maximize))
-    args += (torch.get_num_threads(),)
+    args += (int(decoupled_weight_decay), torch.get_num_threads())
     by_dtype: dict[torch.dtype, list[int]] = {}
     for i, param in enumerate(params):
         by_dtype.setdefault(param.dtype, []).append(i)

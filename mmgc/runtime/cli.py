@@ -1,6 +1,7 @@
 """The logic behind ``tools/train.py`` and ``tools/test.py``: MMDetection 3.3's
 command lines and steps, with each module of :mod:`mmgc.runtime` plugged in
-(docs/tools.md says which MMEngine gap each covers), ``--gc-diagnostics``,
+(docs/tools.md says which MMEngine gap each covers), ``--gc`` (GC on any
+config, :func:`mmgc.engine.optimizers.gc_switch.enable_gc`), ``--gc-diagnostics``,
 ``--dist-timeout`` and one-line user errors (:func:`exit_on_user_error`).
 """
 
@@ -26,10 +27,17 @@ from mmengine.logging import print_log
 from mmengine.runner import Runner
 
 from ..engine.hooks import GCDiagnosticsHook
+from ..engine.optimizers.coverage import GCCoverageError, check_gc_runner_strategy
 from .atomic_checkpoint import use_atomic_checkpoints
 from .checkpoint import CheckpointLoadError, install_safe_checkpoint_loader
 from .data_check import MissingDataError, check_data_paths
-from .distributed import DIST_TIMEOUT_ENV, LAUNCHERS, set_dist_timeout, setup_cpu_distributed
+from .distributed import (
+    DIST_TIMEOUT_ENV,
+    LAUNCHERS,
+    set_dist_timeout,
+    setup_cpu_distributed,
+    torch_default_timeout,
+)
 from .errors import ConfigError
 from .hooks import StepSeedHook
 from .metrics import TEST_CONFIG_SUFFIX, TestMetricsHook
@@ -50,7 +58,13 @@ __all__ = [
 ]
 
 #: Errors a user causes: mmgc's own and a missing file. The tools end them in one line.
-USER_ERRORS = (ConfigError, MissingDataError, CheckpointLoadError, FileNotFoundError)
+USER_ERRORS = (
+    ConfigError,
+    MissingDataError,
+    CheckpointLoadError,
+    FileNotFoundError,
+    GCCoverageError,
+)
 
 
 def _text(err: BaseException) -> str:
@@ -114,7 +128,7 @@ def _parser(description: str, *positional: str) -> argparse.ArgumentParser:
         '--dist-timeout',
         metavar='SECONDS',
         help=f'how long a process waits for a dead or hung peer (default ${DIST_TIMEOUT_ENV}, '
-        "else env_cfg.dist_cfg.timeout, else torch's 30 minutes)",
+        f"else env_cfg.dist_cfg.timeout, else this torch's default: {torch_default_timeout()})",
     )
     # torch.distributed.launch passes --local-rank (older: --local_rank).
     parser.add_argument('--local_rank', '--local-rank', type=int, default=0)
@@ -122,8 +136,26 @@ def _parser(description: str, *positional: str) -> argparse.ArgumentParser:
 
 
 def train_parser() -> argparse.ArgumentParser:
-    """MMDetection's ``tools/train.py`` command line, and ``--gc-diagnostics``."""
+    """MMDetection's ``tools/train.py`` command line, ``--gc`` (with ``--gc-layers``
+    and ``--gc-variant``) and ``--gc-diagnostics``."""
     parser = _parser('Train a detector (mmgc)', 'config')
+    parser.add_argument(
+        '--gc',
+        action='store_true',
+        help='add GC to whatever optimizer and constructor the config has (enable_gc)',
+    )
+    parser.add_argument(
+        '--gc-layers',
+        nargs='+',
+        metavar='KIND',
+        help='with --gc: the module kinds whose weights get GC, from conv, fc (default: both)',
+    )
+    parser.add_argument(
+        '--gc-variant',
+        metavar='VARIANT',
+        help='with --gc: grad (GC on the gradient, default), update (on the update) or '
+        'sgdw (SGD with decoupled decay)',
+    )
     parser.add_argument('--amp', action='store_true', help='mixed precision (needs a GPU)')
     parser.add_argument('--auto-scale-lr', action='store_true', help='scale the lr by batch size')
     parser.add_argument('--resume', nargs='?', const='auto', help='CKPT, or last_checkpoint')
@@ -179,10 +211,16 @@ def train_config(args: argparse.Namespace) -> Config:
         FileNotFoundError: If the config file does not exist.
         ConfigError: For ``--amp`` without a GPU or with an optim wrapper other
             than ``OptimWrapper``, ``--auto-scale-lr`` without ``auto_scale_lr``,
-            a ``--dist-timeout`` that is not a positive number.
+            a ``--dist-timeout`` that is not a positive number, ``--gc-layers`` or
+            ``--gc-variant`` without ``--gc``, a value ``enable_gc`` refuses.
         CheckpointLoadError: If ``last_checkpoint`` names a missing file.
     """
     cfg = _load(args)
+    if args.gc:
+        _enable_gc(cfg, args.gc_layers, args.gc_variant)
+    elif args.gc_layers is not None or args.gc_variant is not None:
+        given = '--gc-layers' if args.gc_layers is not None else '--gc-variant'
+        raise ConfigError(f'{given} needs --gc (which turns GC on); add --gc, or drop {given}')
     if args.amp:
         if not (is_cuda_available() or is_npu_available() or is_mlu_available()):
             raise ConfigError('--amp needs a CUDA (or NPU/MLU) device; this machine has none')
@@ -201,6 +239,28 @@ def train_config(args: argparse.Namespace) -> Config:
     if args.gc_diagnostics is not None:
         _add_gc_diagnostics(cfg, args.gc_diagnostics)
     return cfg
+
+
+def _enable_gc(cfg: Config, layers: Sequence[str] | None, variant: str | None) -> None:
+    """``--gc``: ``enable_gc`` on ``cfg``, in place; its refusal becomes a ``ConfigError``."""
+    from ..engine.optimizers.gc_switch import enable_gc
+
+    options: dict[str, Any] = {}
+    if layers is not None:
+        options['layers'] = tuple(layers)
+    if variant is not None:
+        options['variant'] = variant
+    try:
+        enable_gc(cfg, **options)
+    except ValueError as err:
+        raise ConfigError(_text(err)) from err
+    gc = cfg.optim_wrapper.get('gc') or {}
+    print_log(
+        f'--gc: GC on {gc.get("layers")} weights, variant {gc.get("variant")!r}, optimizer '
+        f'{cfg.optim_wrapper.optimizer.get("type")!r}, inner constructor '
+        f'{gc.get("constructor")!r}.',
+        logger='current',
+    )
 
 
 def _add_gc_diagnostics(cfg: Config, interval: int) -> None:
@@ -237,6 +297,20 @@ def test_config(args: argparse.Namespace) -> Config:
     return cfg
 
 
+#: Optimizer types that apply GC by themselves (mmgc's SGDGC family).
+_GC_OPTIMIZERS = ('SGDGC', 'SGD_GC', 'SGDWGC', 'SGDW_GC')
+
+
+def _wants_gc(cfg: Config) -> bool:
+    """Whether ``cfg``'s run is configured for GC (its constructor or optimizer)."""
+    wrapper = cfg.get('optim_wrapper') or {}
+    optimizer = wrapper.get('optimizer') or {}
+    return (
+        wrapper.get('constructor') == 'GCOptimWrapperConstructor'
+        or optimizer.get('type') in _GC_OPTIMIZERS
+    )
+
+
 def build_runner(cfg: Config) -> Any:
     """Build ``cfg``'s runner (``runner_type``, default MMEngine's ``Runner``).
 
@@ -244,6 +318,8 @@ def build_runner(cfg: Config) -> Any:
         ConfigError: From a config's bad value (a misspelt type, a bad model argument).
     """
     with _bad_values_refused():
+        if _wants_gc(cfg):  # FlexibleRunner: DeepSpeed, FSDP1 flatten the weights
+            check_gc_runner_strategy(cfg.get('strategy'))
         return RUNNERS.build(cfg) if 'runner_type' in cfg else Runner.from_cfg(cfg)
 
 

@@ -8,10 +8,12 @@ the *training* config the tested checkpoint recorded, not the test-time dump.
 The configs are checked first: within a side runs may differ only in
 :data:`SEED_KEY` and :data:`RUN_LOCAL_KEYS`, across the sides also in
 :data:`OPTIMIZER_KEYS`; anything else raises :class:`ConfigMismatchError`
-naming the keys. Runs that share a seed are paired; a seed on one side only
-is named and left out. Per task and metric: each side's mean and sample
-standard deviation, each seed's delta (GC - baseline), their mean with a
-Student's t interval (:func:`paired_interval`), a verdict read from it
+naming the keys. With one run per side the two are paired whatever their
+seeds (MMEngine draws a random seed for a config without one), and the report
+names both seeds; with several, runs that share a seed are paired and a seed
+on one side only is named and left out. Per task and metric: each side's
+mean and sample standard deviation, each seed's delta (GC - baseline), their
+mean with a Student's t interval (:func:`paired_interval`), a verdict read from it
 (:data:`VERDICTS`; :data:`SPREAD_UNKNOWN` with one pair) and the paper's delta
 from ``configs/metafile.yml``. APs are in percent (CocoMetric's x 100).
 """
@@ -32,6 +34,7 @@ from typing import Any, NamedTuple, Optional, Union
 
 from mmengine.config import Config
 
+from mmgc.runtime.errors import ConfigError
 from mmgc.runtime.metrics import METRICS_FILENAME, TEST_CONFIG_SUFFIX, read_metrics_file
 
 #: COCO tasks: CocoMetric's prefix -> the metafile's AP prefix.
@@ -39,9 +42,10 @@ TASKS = {'bbox': 'box', 'segm': 'mask'}
 #: Metric label -> CocoMetric's key suffix (``coco/<task>_<suffix>``).
 METRICS = {'AP': 'mAP', 'AP50': 'mAP_50', 'AP75': 'mAP_75', 'APs': 'mAP_s', 'APm': 'mAP_m',
            'APl': 'mAP_l'}  # fmt: skip
-#: Keys in which a GC config may differ from its baseline: what the GC configs change.
+#: Keys (or prefixes) in which a GC config may differ from its baseline: what the GC
+#: configs change, and what ``enable_gc`` (``tools/train.py --gc``) changes.
 OPTIMIZER_KEYS = ('custom_imports', 'optim_wrapper.optimizer.type', 'optim_wrapper.constructor',
-                  'optim_wrapper.paramwise_cfg.gc_layers')  # fmt: skip
+                  'optim_wrapper.gc', 'optim_wrapper.paramwise_cfg.gc_layers')  # fmt: skip
 #: Keys (or prefixes) that say where and how a run was launched or tested, not
 #: what it computed (tools/train.py picks a CPU DDP wrapper without CUDA).
 RUN_LOCAL_KEYS = ('work_dir', 'launcher', 'load_from', 'resume', 'env_cfg', 'model_wrapper_cfg',
@@ -59,8 +63,8 @@ REPORT_FILES = {'markdown': 'ap_comparison.md', 'csv': 'ap_comparison.csv',
 Seed = Optional[int]
 
 
-class ConfigMismatchError(ValueError):
-    """Runs' configs differ in more than they may."""
+class ConfigMismatchError(ConfigError):
+    """Runs' configs differ in more than they may (a user's error: the tools exit 2)."""
 
 
 class MissingMetricsError(FileNotFoundError):
@@ -99,11 +103,19 @@ class RunResult:
 
 
 class RunPair(NamedTuple):
-    """A GC run and the baseline run with the same seed."""
+    """A GC run and its baseline run: the same seed, or the only run of each
+    side (``seed`` is None then if their seeds differ)."""
 
     seed: Seed
     gc: RunResult
     base: RunResult
+
+    @property
+    def label(self) -> str:
+        """The seed, or both seeds when they differ (``'3 (GC) / 7 (baseline)'``)."""
+        if self.gc.seed == self.base.seed:
+            return _seed(self.gc.seed)
+        return f'{_seed(self.gc.seed)} (GC) / {_seed(self.base.seed)} (baseline)'
 
 
 def _read_config(path: str, text: Optional[str] = None) -> Config:
@@ -153,11 +165,14 @@ def load_run(path: str, config: Optional[str] = None) -> RunResult:
     Raises:
         FileNotFoundError: If ``path`` or ``config`` does not exist.
         MissingMetricsError: If ``path`` holds no COCO bbox or segm AP.
-        ValueError: If a metrics file is malformed.
+        ConfigError: If a metrics file is malformed.
     """
     file = osp.join(path, METRICS_FILENAME) if osp.isdir(path) else path
     if osp.isfile(file):
-        record = read_metrics_file(file)
+        try:
+            record = read_metrics_file(file)
+        except ValueError as err:  # a malformed file: the user's
+            raise ConfigError(str(err)) from err
         seed = record.get('seed') if isinstance(record.get('seed'), int) else None
         run = RunResult(file, record['metrics'], None, _stem(record.get('config')), seed)
         texts = [record.get(k) for k in ('train_config_text', 'config_text')]  # test-time: /1
@@ -268,7 +283,7 @@ def paper_deltas(
         if required:
             valid = [m['Name'] for m in models if isinstance(m.get('Name'), str)]
             valid = ', '.join(sorted(valid)) or 'none'
-            raise ValueError(f'--model {name!r} is not in {metafile}; valid names: {valid}.')
+            raise ConfigError(f'--model {name!r} is not in {metafile}; valid names: {valid}.')
         return {}
     tasks, deltas = {prefix: task for task, prefix in TASKS.items()}, {}
     results = model.get('Results')
@@ -378,6 +393,14 @@ class Comparison:
         ]
         out += [f"left out: '{path}': {reason}" for path, reason in self.skipped]
         if len(self.pairs) == 1:
+            pair = self.pairs[0]
+            if pair.gc.seed != pair.base.seed:
+                out.append(
+                    f'one run per side, paired although their seeds differ (GC seed '
+                    f'{_seed(pair.gc.seed)}, baseline seed {_seed(pair.base.seed)}): the delta '
+                    "holds the seed's effect too; train both with the same seed "
+                    '(--cfg-options randomness.seed=S) to pair them by seed.'
+                )
             out.append(
                 'one run per side: the spread over seeds is unknown, so the delta may be noise; '
                 'pass several runs per side (--gc RUN... --base RUN...).'
@@ -389,17 +412,40 @@ def _by_seed(runs: Sequence[RunResult], side: str) -> dict[Seed, RunResult]:
     out: dict[Seed, RunResult] = {}
     for run in runs:
         if run.seed in out:
-            raise ValueError(
+            raise ConfigError(
                 f"The {side} runs '{out[run.seed].source}' and '{run.source}' have the same seed "
                 f'({_seed(run.seed)}); give each seed once per side.'
             )
         out[run.seed] = run
     if None in out and len(runs) > 1:
-        raise ValueError(
+        raise ConfigError(
             f"The {side} run '{out[None].source}' has no known seed (its config sets none and "
             'none was recorded), so it cannot be paired among several runs.'
         )
     return out
+
+
+def _pair_by_seed(
+    gc_runs: Sequence[RunResult], base_runs: Sequence[RunResult]
+) -> tuple[list[RunPair], list[tuple[str, RunResult]]]:
+    """Runs of several per side, paired by seed; and ``(side, run)`` of each left out.
+
+    Raises:
+        ConfigError: If a seed is twice on a side, a run's seed is unknown, or
+            no seed is on both sides.
+    """
+    by_gc, by_base = _by_seed(gc_runs, 'GC'), _by_seed(base_runs, 'baseline')
+    pairs = [RunPair(s, by_gc[s], by_base[s]) for s in sorted(by_gc.keys() & by_base.keys())]
+    if not pairs:
+        raise ConfigError(
+            f'No seed is on both sides: GC runs have seeds {sorted(map(_seed, by_gc))}, baseline '
+            f'runs {sorted(map(_seed, by_base))}. Several runs per side are paired by seed: '
+            'train both sides with the same seeds (--cfg-options randomness.seed=S), or compare '
+            'one run per side.'
+        )
+    unpaired = [('GC', r) for s, r in by_gc.items() if s not in by_base]
+    unpaired += [('baseline', r) for s, r in by_base.items() if s not in by_gc]
+    return pairs, unpaired
 
 
 def compare_runs(
@@ -412,7 +458,11 @@ def compare_runs(
     skipped: Sequence[tuple[str, str]] = (),
     confidence: float = 0.95,
 ) -> Comparison:
-    """Check the runs' configs, pair them by seed, and summarize their APs.
+    """Check the runs' configs, pair them, and summarize their APs.
+
+    One run per side: the two are paired whatever their seeds (the notes name
+    both when they differ), and the spread over seeds is unknown. Several runs
+    on a side: runs are paired by seed, and a seed on one side only is left out.
 
     Args:
         gc (RunResult | Sequence[RunResult]): The GC run(s).
@@ -427,8 +477,9 @@ def compare_runs(
 
     Raises:
         ConfigMismatchError: If the configs differ in more than they may.
-        ValueError: If a side is empty, a seed is given twice on a side, no
-            seed is on both sides, or ``model`` is not in the metafile.
+        ConfigError: If a side is empty, or (several runs on a side) a seed
+            is given twice on a side, a run's seed is unknown or no seed is
+            on both sides, or ``model`` is not in the metafile.
     """
     gc_runs = [gc] if isinstance(gc, RunResult) else list(gc)
     base_runs = [base] if isinstance(base, RunResult) else list(base)
@@ -436,19 +487,14 @@ def compare_runs(
         if not runs:
             left = '; '.join(f"'{p}': {why}" for p, why in skipped)
             left = left and f' (left out: {left})'
-            raise ValueError(f'No {side} run with metrics to compare{left}')
+            raise ConfigError(f'No {side} run with metrics to compare{left}')
     _check_configs(gc_runs, base_runs, ignore)
-    by_gc, by_base = _by_seed(gc_runs, 'GC'), _by_seed(base_runs, 'baseline')
-    if len(gc_runs) == len(base_runs) == 1 and None in (gc_runs[0].seed, base_runs[0].seed):
-        by_gc, by_base = {None: gc_runs[0]}, {None: base_runs[0]}  # a seed unknown: pair them
-    pairs = [RunPair(s, by_gc[s], by_base[s]) for s in sorted(by_gc.keys() & by_base.keys())]
-    if not pairs:
-        raise ValueError(
-            f'No seed is on both sides: GC runs have seeds {sorted(map(_seed, by_gc))}, baseline '
-            f'runs {sorted(map(_seed, by_base))}. Runs are paired by seed.'
-        )
-    unpaired = [('GC', r) for s, r in by_gc.items() if s not in by_base]
-    unpaired += [('baseline', r) for s, r in by_base.items() if s not in by_gc]
+    if len(gc_runs) == len(base_runs) == 1:  # one run per side: paired, whatever their seeds
+        gc_run, base_run = gc_runs[0], base_runs[0]
+        same = gc_run.seed == base_run.seed
+        pairs, unpaired = [RunPair(gc_run.seed if same else None, gc_run, base_run)], []
+    else:
+        pairs, unpaired = _pair_by_seed(gc_runs, base_runs)
     name = model or pairs[0].gc.config_name
     paper = paper_deltas(metafile, name, required=model is not None)
     rows = []
@@ -458,7 +504,7 @@ def compare_runs(
             rows += [ComparisonRow(task, m, *values[m], paper.get((task, m)), confidence)
                      for m in METRICS]  # fmt: skip
     if not rows:
-        raise ValueError('None of the paired runs holds COCO bbox or segm metrics.')
+        raise ConfigError('None of the paired runs holds COCO bbox or segm metrics.')
     return Comparison(rows, pairs, unpaired, list(skipped), name if paper else None, confidence)
 
 
@@ -471,12 +517,12 @@ def _fmt(value: Optional[float], spec: str = '+.1f') -> str:
     return 'n/a' if value is None else format(value, spec)
 
 
-def _cells(row: ComparisonRow) -> tuple[str, ...]:
+def _cells(row: ComparisonRow, labels: Mapping[Seed, str]) -> tuple[str, ...]:
     def side(mean: Optional[float], std: Optional[float]) -> str:
         return _fmt(mean, '.1f') if std is None else f'{mean:.2f} ± {std:.2f}'
 
     interval = row.interval and '[{:+.2f}, {:+.2f}]'.format(*row.interval)
-    seeds = ', '.join(f'{_seed(s)}: {d:+.1f}' for s, d in row.seed_deltas.items())
+    seeds = ', '.join(f'{labels.get(s, _seed(s))}: {d:+.1f}' for s, d in row.seed_deltas.items())
     return (row.metric, side(row.gc, row.gc_std), side(row.baseline, row.baseline_std),
             _fmt(row.delta, '+.2f'), interval or ('n/a' if row.delta is None else 'unknown'),
             seeds or 'n/a', _fmt(row.paper_delta), row.verdict)  # fmt: skip
@@ -492,10 +538,11 @@ def markdown_table(header: Sequence[str], rows: Sequence[Sequence], align: str =
 def comparison_to_markdown(comparison: Comparison) -> str:
     """The runs, one table per task (``### bbox (AP in %)``, ...) and the notes, in Markdown."""
     c, level, n = comparison, f'{100 * comparison.confidence:g}%', len(comparison.pairs)
-    runs = [(_seed(p.seed), f'`{p.gc.source}`', f'`{p.base.source}`') for p in c.pairs]
+    runs = [(p.label, f'`{p.gc.source}`', f'`{p.base.source}`') for p in c.pairs]
+    one = n == 1 and c.pairs[0].gc.seed != c.pairs[0].base.seed
     lines = [
-        f'{n} pair{"s" * (n != 1)} of runs (seeds {", ".join(map(_seed, c.seeds))}), paired by '
-        'seed:',
+        f'{n} pair{"s" * (n != 1)} of runs (seeds {", ".join(p.label for p in c.pairs)}), '
+        f'{"the only run of each side" if one else "paired by seed"}:',
         '',
         *markdown_table(('seed', 'GC run', 'baseline run'), runs),
         '',
@@ -510,7 +557,7 @@ def comparison_to_markdown(comparison: Comparison) -> str:
     header = ('metric', 'GC', 'baseline', 'delta', f'{level} interval', 'per seed', 'paper delta',
               'verdict')  # fmt: skip
     for task in dict.fromkeys(r.task for r in c.rows):
-        rows = [_cells(r) for r in c.rows if r.task == task]
+        rows = [_cells(r, {p.seed: p.label for p in c.pairs}) for r in c.rows if r.task == task]
         lines += [f'### {task} (AP in %)', '', *markdown_table(header, rows, 'lrrrrlrl'), '']
     return '\n'.join(lines + [f'- {note}' for note in c.notes()]) + '\n'
 
@@ -552,7 +599,7 @@ def delta_figure(comparison: Comparison, title: str = '') -> Any:
         ax.grid(axis='y', alpha=0.3)
     fig.legend(list(handles.values()), [h.get_label() for h in handles.values()],
                loc='outside lower center', ncol=max(1, len(handles)), fontsize=8)  # fmt: skip
-    seeds = ', '.join(map(_seed, comparison.seeds))
+    seeds = ', '.join(pair.label for pair in comparison.pairs)
     fig.suptitle(f'{title + ": " if title else ""}GC vs baseline, seeds {seeds}')
     return fig
 

@@ -4,8 +4,10 @@ The gap (MMEngine 0.10): ``init_dist`` calls ``torch.cuda.set_device`` for
 every launcher, which fails without CUDA, and ``Runner`` passes
 ``device_ids=[LOCAL_RANK]`` to ``DistributedDataParallel``, which refuses them
 for a CPU module. A rank that dies or hangs leaves the others waiting until
-the process group's timeout (30 minutes by default), which only the config
-sets. :func:`setup_cpu_distributed` and :func:`set_dist_timeout` cover these.
+the process group's timeout (torch's default: :func:`torch_default_timeout`;
+30 minutes for gloo, and on torch 2.1 for NCCL too; recent CUDA builds use 10
+minutes for NCCL), which only the config sets. :func:`setup_cpu_distributed`
+and :func:`set_dist_timeout` cover these.
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ __all__ = [
     'parse_dist_timeout',
     'set_dist_timeout',
     'setup_cpu_distributed',
+    'torch_default_timeout',
 ]
 
 #: The ``--launcher`` choices of MMDetection's tools.
@@ -45,6 +48,31 @@ _REQUIRED = {
     'mpi': ('OMPI_COMM_WORLD_RANK', 'OMPI_COMM_WORLD_SIZE', 'MASTER_ADDR'),
 }
 _LOCAL_RANK = dict(pytorch='LOCAL_RANK', slurm='SLURM_LOCALID', mpi='OMPI_COMM_WORLD_LOCAL_RANK')
+
+
+def _minutes(delta: datetime.timedelta) -> str:
+    minutes = delta.total_seconds() / 60
+    return f'{minutes:g} minute{"s" * (minutes != 1)}'
+
+
+def torch_default_timeout() -> str:
+    """The process-group timeout that this torch uses when none is given, read
+    from ``torch.distributed.constants``: ``default_pg_timeout`` (gloo, and
+    every backend where there is no ``default_pg_nccl_timeout``, as on torch
+    2.1) and ``default_pg_nccl_timeout`` (NCCL, on builds with NCCL).
+
+    Returns:
+        str: E.g. ``'30 minutes'`` or ``'30 minutes; NCCL: 10 minutes'``.
+    """
+    try:
+        from torch.distributed import constants
+    except ImportError:  # a torch built without torch.distributed
+        return 'none: this torch has no torch.distributed'
+    text = _minutes(constants.default_pg_timeout)
+    nccl = getattr(constants, 'default_pg_nccl_timeout', None)
+    if isinstance(nccl, datetime.timedelta) and nccl != constants.default_pg_timeout:
+        text += f'; NCCL: {_minutes(nccl)}'
+    return text
 
 
 def parse_dist_timeout(value: Any, source: str = '--dist-timeout') -> float:

@@ -2,7 +2,7 @@ import pytest
 import torch
 from torch.testing import assert_close
 
-from mmgc.ops import centralize, centralize_, gc_update_directions, reduce_dims
+from mmgc.ops import centralize, centralize_, gc_direction_means, gc_update_directions, reduce_dims
 from tests.reference import project
 
 SHAPES_AND_DIMS = [
@@ -71,5 +71,23 @@ def test_update_directions(maximize, weight_decay):
     for p, grad, dim, d in zip(params, grads_before, [0, 1], out):
         signed = -grad if maximize else grad
         assert_close(d, project(signed + wd * p, dim))
+    for grad, before in zip(grads, grads_before):
+        assert torch.equal(grad, before)
+
+
+@pytest.mark.parametrize('maximize', [False, True])
+@pytest.mark.parametrize('weight_decay', [0.0, 0.1, torch.tensor(0.1)])
+def test_direction_means_are_what_projection_removes(maximize, weight_decay):
+    g = torch.Generator().manual_seed(2)
+    shapes, dims = [(4, 3, 3), (3, 5, 2), (0, 3), (4, 0)], [0, 1, 0, 0]
+    params = [torch.randn(s, generator=g, dtype=torch.float64) for s in shapes]
+    grads = [torch.randn_like(p) for p in params]
+    grads_before = [x.clone() for x in grads]
+    means = gc_direction_means(params, grads, dims, weight_decay=weight_decay, maximize=maximize)
+    wd = float(weight_decay)
+    for p, grad, dim, mean in zip(params, grads_before, dims, means):
+        direction = (-grad if maximize else grad) + wd * p
+        assert mean.shape == tuple(n if d == dim else 1 for d, n in enumerate(p.shape))
+        assert_close(direction - mean, project(direction, dim), rtol=1e-12, atol=1e-12)
     for grad, before in zip(grads, grads_before):
         assert torch.equal(grad, before)

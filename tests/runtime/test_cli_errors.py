@@ -36,6 +36,10 @@ def _assert_one_line(proc, expected: str) -> None:
             ['tools/train.py', DEMO_GC, '--dist-timeout', '0'],
             "ConfigError: --dist-timeout must be a positive number of seconds; got '0'",
         ),
+        (
+            ['tools/train.py', DEMO_GC, '--gc', '--gc-variant', 'nope'],
+            "ValueError: the GC variant must be one of ('grad', ",
+        ),
     ],
 )
 def test_user_error_is_one_line(tools, tmp_path, args, expected):

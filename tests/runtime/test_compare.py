@@ -29,6 +29,7 @@ from mmgc.runtime.compare import (
     paper_deltas,
     write_report,
 )
+from mmgc.runtime.errors import ConfigError
 from mmgc.runtime.metrics import write_metrics_file
 
 # Student's t quantiles t(0.975, df), from printed tables: an independent
@@ -295,13 +296,62 @@ def test_unpaired_seeds_are_named_and_left_out(tiny):
             {2: 0.4, 3: 0.4},
             r'No seed is on both sides.*\[.0., .1.\].*\[.2., .3.\]',
         ),
-        ({0: 0.4}, {1: 0.4}, 'No seed is on both sides'),
+        ({0: 0.4, 1: 0.4}, {2: 0.4}, 'No seed is on both sides'),
     ],
 )
-def test_no_shared_seed_is_an_error(tiny, gc_seeds, base_seeds, match):
+def test_several_runs_per_side_without_a_shared_seed_is_an_error(tiny, gc_seeds, base_seeds, match):
     gc_cfg, base_cfg = tiny
-    with pytest.raises(ValueError, match=match):
+    with pytest.raises(ConfigError, match=match):
         compare_runs(_runs(gc_cfg, 'gc', gc_seeds), _runs(base_cfg, 'base', base_seeds))
+
+
+def test_one_run_per_side_pairs_whatever_the_seeds(tiny):
+    """MMEngine draws a random seed for a config without one: the README's
+    flow (one run of each twin) must still end in a comparison."""
+    gc_cfg, base_cfg = tiny
+    comparison = compare_runs(
+        _runs(gc_cfg, 'gc', {159606443: 0.42}), _runs(base_cfg, 'base', {1021236518: 0.40})
+    )
+    ((seed, gc, base),) = comparison.pairs
+    assert seed is None and (gc.seed, base.seed) == (159606443, 1021236518)
+    row = _row(comparison)
+    assert row.delta == pytest.approx(2.0) and row.verdict == SPREAD_UNKNOWN
+    markdown = comparison_to_markdown(comparison)
+    label = '159606443 (GC) / 1021236518 (baseline)'
+    assert f'1 pair of runs (seeds {label}), the only run of each side:' in markdown
+    assert f'| {label} | `gc159606443` | `base1021236518` |' in markdown
+    assert f'| {label}: +2.0 |' in markdown
+    notes = comparison.notes()
+    assert any(
+        'paired although their seeds differ (GC seed 159606443, baseline seed 1021236518)' in n
+        for n in notes
+    )
+    assert any('spread over seeds is unknown' in n for n in notes)
+    # the same seed on both sides: an ordinary pair, nothing more said
+    same = compare_runs(_runs(gc_cfg, 'gc', {3: 0.42}), _runs(base_cfg, 'base', {3: 0.40}))
+    assert same.seeds == [3] and not any('differ' in n for n in same.notes())
+    assert '1 pair of runs (seeds 3), paired by seed:' in comparison_to_markdown(same)
+
+
+def test_the_comparisons_refusals_are_user_errors(tiny):
+    """ConfigError: the tools end them in one line with exit status 2."""
+    assert issubclass(ConfigMismatchError, ConfigError)
+    gc_cfg, base_cfg = tiny
+    with pytest.raises(ConfigError, match='No GC run with metrics to compare'):
+        compare_runs([], _runs(base_cfg, 'base', {0: 0.4}))
+
+
+def test_enable_gc_on_a_config_is_comparable_with_the_config(tiny):
+    """A pair without a twin file (train_pair.sh --gc): the config with
+    enable_gc against the config itself differs only in the allowed keys."""
+    from mmgc.engine.optimizers.gc_switch import enable_gc
+
+    _, base_cfg = tiny
+    for options in ({}, dict(layers=('conv',), variant='update'), dict(variant='sgdw')):
+        gc = Config(base_cfg.to_dict())
+        enable_gc(gc, **options)
+        assert config_differences(gc, base_cfg) == [], options
+        assert 'optim_wrapper.gc.variant' in config_differences(gc, base_cfg, allowed=())
 
 
 def test_a_seed_twice_on_a_side_is_an_error(tiny):
@@ -600,7 +650,7 @@ def test_tool_with_several_runs_per_side(tools, tiny, tmp_path, capsys):
             2,
             'differ in more than the optimizer, in: train_dataloader.batch_size',
         ),
-        ({}, 1, "--model 'nope' is not in"),
+        ({}, 2, "--model 'nope' is not in"),
     ],
 )
 def test_tool_writes_nothing_on_refusal(tools, tiny, tmp_path, capsys, change, status, match):

@@ -1,5 +1,6 @@
 """Gradient statistics before and after GC (the paper's Fig. 4) and the drift
-of each output unit's weight sum (constant under SGD with GC, Eq. 3)."""
+of each output unit's weight sum (constant under SGD with GC and under GC on the
+update, Eq. 3)."""
 
 from __future__ import annotations
 
@@ -22,24 +23,44 @@ __all__ = ['GCDiagnosticsHook']
 class GCDiagnosticsHook(Hook):
     r"""Log gradient norms before/after GC and the drift of weight sums.
 
-    Every ``interval`` training iterations, right after the optimizer step
-    (a step AMP skips records nothing), for each chosen layer's weight
-    :math:`\mathbf{w}` with gradient :math:`\mathbf{g}` as the optimizer
-    received it (after MMEngine's unscaling and clipping), it logs
+    It samples optimizer steps, not iterations: at the first optimizer step
+    taken at or after each multiple of ``interval`` (iterations counted from
+    1), right after that step, it records one sample. With
+    ``optim_wrapper.accumulative_counts=N`` the optimizer steps at every
+    ``N``-th iteration, so e.g. ``interval=2, N=3`` records at iterations
+    3, 6, 9, ... (every step) and ``interval=5, N=3`` at 6, 12, 15, 21, ...
+    (the first steps at or after 5, 10, 15, 20). A step skipped for inf/NaN
+    gradients records nothing and the sample moves to the next step taken: an
+    unfused optimizer's step is never called by ``GradScaler``, and a fused
+    one's is called with ``optimizer.found_inf`` set (then nothing is
+    recorded). The last step before a resumed iteration is taken to be at the
+    last multiple of ``N``, as MMEngine counts it, so a resumed run samples
+    the iterations an uninterrupted one does.
+
+    For each chosen layer's weight :math:`\mathbf{w}` with gradient
+    :math:`\mathbf{g}`, the unscaled gradient of the step (after MMEngine's
+    unscaling and clipping; with a fused optimizer under ``GradScaler`` the
+    kernel, and for centralized weights mmgc's GC hooks, leave ``.grad``
+    divided by the scale after a step taken), it logs
 
     - ``grad_norm`` / ``grad_max``: :math:`\|\mathbf{g}\|_2`, :math:`\max|\mathbf{g}|`;
     - ``gc_grad_norm`` / ``gc_grad_max``: the same for :math:`\mathbf{P}\mathbf{g}`
-      (in a baseline run: what GC would have produced);
+      (in a baseline run, or with ``gc_variant='update'``: what GC on the
+      gradient would have produced);
     - ``sum_drift``: :math:`\max_i |\mathbf{e}^T\mathbf{w}_i^t -
       \mathbf{e}^T\mathbf{w}_i^0|` over output units (float rounding with
-      SGD + GC; grows without GC).
+      SGD + GC and with GC on the update; grows otherwise).
 
     Values go to the logger and every visualizer backend (``LocalVisBackend``:
-    ``vis_data/scalars.json``) under ``gc/<layer>/<stat>``;
-    ``tools/plot_gc_stats.py`` plots GC and baseline runs (Fig. 4 style).
+    ``vis_data/scalars.json``) under ``gc/<layer>/<stat>``, at the step's
+    iteration; ``tools/plot_gc_stats.py`` plots GC and baseline runs (Fig. 4
+    style). The hook registers its optimizer post-step hook in
+    ``before_train``, after the optim wrapper (and mmgc's GC hooks) are
+    built, so it sees the gradient those hooks put back.
 
     Args:
-        interval (int): Log every ``interval`` iterations. Defaults to 50.
+        interval (int): Sample the first optimizer step at or after every
+            ``interval`` iterations. Defaults to 50.
         layers (Sequence[str], optional): Module names (as in
             ``model.named_modules()``) of conv or Linear layers. Defaults to
             None: the first trainable convolution and the last trainable
@@ -62,6 +83,7 @@ class GCDiagnosticsHook(Hook):
         self.layers = list(layers) if layers is not None else None
         self._watched: dict[str, tuple[nn.Parameter, int, torch.Tensor]] = {}
         self._handle = None
+        self._last_step = 0  # iteration (from 1) of the last optimizer step taken
 
     def before_train(self, runner) -> None:
         model = runner.model.module if is_model_wrapper(runner.model) else runner.model
@@ -78,8 +100,12 @@ class GCDiagnosticsHook(Hook):
                 )
             sums = _unit_sums(module.weight, target.out_dim)
             self._watched[name] = (module.weight, target.out_dim, sums)
+        counts = getattr(runner.optim_wrapper, '_accumulative_counts', 1)
+        self._last_step = runner.iter - runner.iter % counts  # MMEngine's last step
         optimizer = runner.optim_wrapper.optimizer
-        self._handle = optimizer.register_step_post_hook(lambda *args: self._record(runner))
+        self._handle = optimizer.register_step_post_hook(
+            lambda opt, *args: self._record(runner, opt)
+        )
         print_log(
             f'GCDiagnosticsHook: every {self.interval} iterations, layers {list(self._watched)}',
             logger='current',
@@ -90,9 +116,16 @@ class GCDiagnosticsHook(Hook):
             self._handle.remove()
             self._handle = None
 
-    def _record(self, runner) -> None:
-        step = runner.iter + 1
-        if step % self.interval or not self._watched:
+    def _record(self, runner, optimizer) -> None:
+        step, last = runner.iter + 1, self._last_step
+        found_inf = getattr(optimizer, 'found_inf', None)  # a fused step under GradScaler
+        if step // self.interval <= last // self.interval:
+            self._last_step = step
+            return
+        if isinstance(found_inf, torch.Tensor) and float(found_inf.sum()) > 0:
+            return  # skipped: no update; the sample moves to the next step taken
+        self._last_step = step
+        if not self._watched:
             return
         scalars: dict[str, float] = {}
         for name, (weight, out_dim, initial) in self._watched.items():

@@ -1,38 +1,63 @@
-"""An optim-wrapper constructor that chooses, by module type, which weights
-get Gradient Centralization.
+r"""An optim-wrapper constructor that adds Gradient Centralization on top of
+whatever constructor a config uses.
 
-Config interface::
+New form (what :func:`mmgc.engine.optimizers.gc_switch.enable_gc` writes): the
+config's own optimizer, wrapper and ``paramwise_cfg`` stay as they are, and
+``gc`` names the constructor that builds the parameter groups::
+
+    optim_wrapper = dict(
+        constructor='GCOptimWrapperConstructor',
+        gc=dict(constructor='LearningRateDecayOptimizerConstructor',
+                layers=('conv', 'fc'), variant='grad'),
+        ...)  # the config's type, optimizer, paramwise_cfg, clip_grad, ...
+
+Old form (MMEngine's default constructor inside, ``gc_layers`` among its
+options)::
 
     optim_wrapper = dict(
         type='OptimWrapper',
         optimizer=dict(type='SGDGC', lr=0.02, momentum=0.9, weight_decay=1e-4),
         constructor='GCOptimWrapperConstructor',
         paramwise_cfg=dict(gc_layers=('conv', 'fc')))
+
+How it composes: the inner constructor runs unchanged, except that the
+optimizer and optim-wrapper types it is handed are two recorders
+(:class:`_RecordedOptimizer`, :class:`_RecordedOptimWrapper`) that keep what it
+passes to them. mmgc then annotates the recorded parameter groups, builds the
+config's real optimizer from them with the recorded arguments, and the
+config's real optim wrapper around it. So every parameter keeps every group
+option the inner constructor gave it, and the only keys added are
+``gc``, ``gc_dim`` and (new form) ``gc_variant``.
 """
 
 from __future__ import annotations
 
 import inspect
-import logging
 from typing import Any
 
 import torch
 from mmengine.logging import print_log
 from mmengine.optim import DefaultOptimWrapperConstructor, OptimWrapper
-from mmengine.registry import OPTIM_WRAPPER_CONSTRUCTORS, OPTIMIZERS
+from mmengine.registry import OPTIM_WRAPPER_CONSTRUCTORS, OPTIM_WRAPPERS, OPTIMIZERS
 from torch import nn
 
-from .gc_step_hooks import attach_gc_hooks, supports_gc, uses_gc_hooks
-from .selection import (
-    GC_LAYER_KINDS,
-    GCTarget,
-    gc_target_of,
-    is_grouped_transposed_conv,
-    parse_gc_layers,
+from .coverage import (
+    check_gc_strategy,
+    gc_local_optimizer,
+    install_gc_coverage_check,
+    require_gc_coverage,
 )
-from .sgd_gc import _check_gc_options
+from .gc_step_hooks import attach_gc_hooks, supports_gc, supports_gc_variant, uses_gc_hooks
+from .selection import GC_LAYER_KINDS, GCTarget, parse_gc_layers, select_gc_weights
+from .sgd_gc import SGDGC, _check_gc_options
+from .variants import GC_VARIANTS
 
-__all__ = ['GCOptimWrapperConstructor']
+__all__ = [
+    'GC_SWITCH_VARIANTS',
+    'GCOptimWrapperConstructor',
+    'check_gc_switch_variant',
+    'takes_gc_variant',
+]
 
 #: ``paramwise_cfg`` keys of MMEngine's default constructor, and ours.
 MMENGINE_PARAMWISE_KEYS = (
@@ -40,15 +65,45 @@ MMENGINE_PARAMWISE_KEYS = (
     'dcn_offset_lr_mult', 'dwconv_decay_mult', 'flat_decay_mult', 'norm_decay_mult',
 )  # fmt: skip
 PARAMWISE_KEYS = (*MMENGINE_PARAMWISE_KEYS, 'gc_layers')
-#: ``custom_keys`` options already applied to ``lr`` / ``weight_decay``: they
-#: do not keep groups apart.
+#: The keys of the ``gc`` option (new form).
+GC_CFG_KEYS = ('constructor', 'layers', 'variant')
+#: The variants a run can choose: GC on the gradient, on the update, and SGD
+#: with decoupled weight decay plus GC on the gradient (the authors' SGDW_GC).
+GC_SWITCH_VARIANTS: tuple[str, ...] = (*GC_VARIANTS, 'sgdw')
+DEFAULT_CONSTRUCTOR = 'DefaultOptimWrapperConstructor'
+#: ``custom_keys`` options already applied to ``lr`` / ``weight_decay``.
 _MULTIPLIER_KEYS = ('lr_mult', 'decay_mult')
-_NOT_SETTINGS = ('params', *_MULTIPLIER_KEYS)
+#: Group keys that list one entry per parameter (MMDetection's layer decay).
+_PER_PARAM_KEYS = ('param_names',)
+_GC_KEYS = ('gc', 'gc_dim', 'gc_variant')
 _MISSING = object()
 
 
+def check_gc_switch_variant(variant: Any) -> str:
+    """Return ``variant`` if it is one of :data:`GC_SWITCH_VARIANTS`.
+
+    Raises:
+        ValueError: Naming the bad value and the valid ones.
+    """
+    if not isinstance(variant, str) or variant not in GC_SWITCH_VARIANTS:
+        raise ValueError(f'the GC variant must be one of {GC_SWITCH_VARIANTS}; got {variant!r}')
+    return variant
+
+
+def _check_custom_keys_gc(custom_keys: Any) -> None:
+    """TypeError if a ``custom_keys`` entry's ``gc`` / ``gc_dim`` has the wrong type."""
+    if not isinstance(custom_keys, dict):
+        return
+    for key, options in custom_keys.items():
+        if isinstance(options, dict):
+            try:
+                _check_gc_options(options)
+            except TypeError as err:
+                raise TypeError(f'custom_keys[{key!r}]: {err}') from None
+
+
 def _check_paramwise_cfg(paramwise_cfg: Any) -> dict:
-    """A copy of ``paramwise_cfg`` (None: empty), with its types checked.
+    """Old form: a copy of ``paramwise_cfg`` (None: empty), its types checked.
 
     Raises:
         TypeError: If it, its ``custom_keys`` or an entry of those is not a
@@ -76,160 +131,370 @@ def _check_paramwise_cfg(paramwise_cfg: Any) -> dict:
                 f'custom_keys[{key!r}] must be a dict of options (lr_mult, '
                 f'decay_mult, gc, gc_dim, ...); got {options!r}'
             )
-        try:
-            _check_gc_options(options)
-        except TypeError as err:
-            raise TypeError(f'custom_keys[{key!r}]: {err}') from None
+    _check_custom_keys_gc(custom_keys)
     return dict(paramwise_cfg)
 
 
+class _RecordedOptimizer:
+    """Stands in for the optimizer while the inner constructor runs: keeps the
+    parameters (or groups) and the arguments it is built with."""
+
+    def __init__(self, params: Any, **kwargs: Any) -> None:
+        self.params = params if isinstance(params, torch.Tensor) else list(params)
+        self.kwargs = kwargs
+
+
+class _RecordedOptimWrapper:
+    """Stands in for the optim wrapper while the inner constructor runs."""
+
+    def __init__(self, optimizer: Any = None, **kwargs: Any) -> None:
+        self.optimizer = optimizer
+        self.kwargs = kwargs
+
+
+def _registry_names(registry: Any, accept: Any) -> list[str]:
+    """The names in ``registry`` and its parents whose class ``accept`` takes."""
+    names: set[str] = set()
+    while registry is not None:
+        names.update(n for n, c in registry.module_dict.items() if accept(c))
+        registry = registry.parent
+    return sorted(names)
+
+
+def takes_gc_variant(optimizer_cls: type, variant: str) -> bool:
+    """Whether ``optimizer_cls`` can take ``variant`` (one of :data:`GC_SWITCH_VARIANTS`).
+
+    SGDGC: 'grad' and 'update' (for SGD they are the same update: P is
+    linear), and 'sgdw' where it has a ``decoupled_weight_decay`` option.
+    Other optimizers: what the step hooks implement
+    (:func:`~mmgc.engine.optimizers.gc_step_hooks.supports_gc_variant`);
+    'sgdw' is SGD's only.
+    """
+    if not supports_gc(optimizer_cls):
+        return False
+    if issubclass(optimizer_cls, SGDGC):
+        if variant == 'sgdw':
+            return 'decoupled_weight_decay' in inspect.signature(optimizer_cls).parameters
+        return variant in GC_VARIANTS
+    return variant in GC_VARIANTS and supports_gc_variant(optimizer_cls, variant)
+
+
 @OPTIM_WRAPPER_CONSTRUCTORS.register_module()
-class GCOptimWrapperConstructor(DefaultOptimWrapperConstructor):
-    """``DefaultOptimWrapperConstructor`` plus a per-tensor GC decision.
+class GCOptimWrapperConstructor:
+    """Any optim-wrapper constructor, plus a per-tensor GC decision.
 
-    Every parameter gets the options MMEngine's default constructor gives it,
-    and the optimizer holds the parameters MMEngine's would hold: without
-    MMEngine ``paramwise_cfg`` options, all of ``model.parameters()``, frozen
-    ones included (with their GC setting, so a stage unfrozen later trains
-    with GC); with them, the trainable parameters of MMEngine's
-    ``add_params`` walk. One ``paramwise_cfg`` option is added:
+    The inner constructor (``gc.constructor``; the old form: MMEngine's
+    ``DefaultOptimWrapperConstructor``) builds the parameter groups as it
+    would without GC. Then each group is split by the GC decision of its
+    members, which adds only ``gc`` (bool), ``gc_dim`` (the output-unit dim)
+    and, in the new form, ``gc_variant`` to the selected weights' groups, and
+    groups whose settings are equal are merged (an option left to the
+    optimizer's default counts as that default), so torch's multi-tensor
+    kernels stay usable. The selected weights are those of the chosen layer
+    kinds (:mod:`mmgc.engine.optimizers.selection`: every convolution's
+    weight, every fully-connected one); an explicit ``gc`` in a group (from
+    ``custom_keys``, e.g. ``{'roi_head.mask_head': dict(gc=False)}``) wins.
 
-    - ``gc_layers`` (str | tuple[str]): which weights get GC, a non-empty
-      subset of ``('conv', 'fc')`` (see :mod:`mmgc.engine.optimizers.selection`:
-      every convolution's weight, every ``nn.Linear``'s). Defaults to both,
-      as in the paper's detection experiments. No other tensor gets GC.
-
-    A ``custom_keys`` entry may set ``gc=False`` (or ``gc=True`` with an
-    optional ``gc_dim``) for the parameters whose names it matches, e.g.
-    ``custom_keys={'roi_head.mask_head': dict(gc=False)}``. Parameters whose
-    settings are identical (an option left to the optimizer's default counts
-    as that default) share one parameter group, so torch's multi-tensor
-    kernels stay usable.
+    SGDGC centralizes in its own step; every other supported ``torch.optim``
+    optimizer gets GC through :func:`~mmgc.engine.optimizers.attach_gc_hooks`.
 
     Args:
-        optim_wrapper_cfg (dict): The optim wrapper config. Its ``optimizer``
-            is ``SGDGC`` / ``SGD_GC`` or a ``torch.optim`` optimizer that
-            :mod:`mmgc.engine.optimizers.gc_step_hooks` supports (``SGD``,
-            ``Adam``, ``AdamW``, ...), which then gets GC through step hooks.
-        paramwise_cfg (dict, optional): See above. Defaults to None.
+        optim_wrapper_cfg (dict): The optim wrapper config. Its ``gc`` (new
+            form) is a dict of ``constructor`` (str or class, the inner
+            constructor; defaults to ``'DefaultOptimWrapperConstructor'``),
+            ``layers`` (a non-empty subset of ``('conv', 'fc')``; defaults to
+            both) and ``variant`` (one of :data:`GC_SWITCH_VARIANTS`; defaults
+            to ``'grad'``). Without ``gc`` (old form) the inner constructor is
+            MMEngine's default, and ``paramwise_cfg.gc_layers`` the layers.
+        paramwise_cfg (dict, optional): The inner constructor's options.
+            Old form: MMEngine's ``paramwise_cfg`` keys plus ``gc_layers``,
+            and MMEngine's walk is used only with MMEngine keys (without,
+            ``model.parameters()``, frozen ones included, as MMEngine).
+            Defaults to None.
 
     Raises:
-        TypeError: On a ``paramwise_cfg`` entry of the wrong type.
-        ValueError: On an unknown ``paramwise_cfg`` key, an invalid
-            ``gc_layers`` or an optimizer that cannot apply GC.
+        TypeError: On a ``gc`` / ``paramwise_cfg`` entry of the wrong type.
+        ValueError: On an unknown key, layer kind or variant, or an optimizer
+            that cannot take the variant; when called, on groups mmgc cannot
+            annotate (a tensor that is not a parameter of the model, or one
+            listed twice).
     """
 
     def __init__(self, optim_wrapper_cfg: dict, paramwise_cfg: dict | None = None) -> None:
-        paramwise_cfg = _check_paramwise_cfg(paramwise_cfg)
-        self.gc_layers = parse_gc_layers(paramwise_cfg.get('gc_layers', GC_LAYER_KINDS))
-        self._use_mmengine_walk = bool(set(paramwise_cfg) - {'gc_layers'})
-        # ``gc_layers`` keeps paramwise_cfg non-empty, so the parent always
-        # calls add_params, through which every GC decision passes.
-        super().__init__(optim_wrapper_cfg, {**paramwise_cfg, 'gc_layers': self.gc_layers})
-        self._optimizer_defaults = self._check_optimizer()
+        if not isinstance(optim_wrapper_cfg, dict) or 'optimizer' not in optim_wrapper_cfg:
+            raise TypeError(
+                f'optim_wrapper_cfg must be a dict with an optimizer; got {optim_wrapper_cfg!r}'
+            )
+        optim_wrapper_cfg = dict(optim_wrapper_cfg)
+        gc_cfg = optim_wrapper_cfg.pop('gc', None)
+        self.legacy = gc_cfg is None
+        if self.legacy:
+            paramwise_cfg = _check_paramwise_cfg(paramwise_cfg)
+            self.gc_layers = parse_gc_layers(paramwise_cfg.pop('gc_layers', GC_LAYER_KINDS))
+            self.variant = 'grad'
+            inner = DEFAULT_CONSTRUCTOR
+        else:
+            inner, self.gc_layers, self.variant = self._parse_gc_cfg(gc_cfg)
+            paramwise_cfg = self._inner_paramwise_cfg(paramwise_cfg)
+        self.optim_wrapper_cfg = optim_wrapper_cfg
+        self.optimizer_cfg = dict(optim_wrapper_cfg['optimizer'])
+        self.paramwise_cfg = paramwise_cfg
+        self._optimizer_cls, self._optimizer_defaults = self._check_optimizer()
+        recording = dict(
+            optim_wrapper_cfg,
+            type=_RecordedOptimWrapper,
+            optimizer=dict(self.optimizer_cfg, type=_RecordedOptimizer),
+        )
+        self.inner = OPTIM_WRAPPER_CONSTRUCTORS.build(
+            dict(type=inner, optim_wrapper_cfg=recording, paramwise_cfg=paramwise_cfg or None)
+        )
+        self._inner_name = getattr(inner, '__name__', inner)
 
-    def _check_optimizer(self) -> dict[str, Any]:
-        """The optimizer's default group options (its signature, then the
-        config), after checking that it can apply GC."""
+    @staticmethod
+    def _parse_gc_cfg(gc_cfg: Any) -> tuple[Any, tuple[str, ...], str]:
+        if not isinstance(gc_cfg, dict):
+            raise TypeError(
+                f'optim_wrapper.gc must be a dict with keys {GC_CFG_KEYS}; got {gc_cfg!r}'
+            )
+        unknown = sorted(set(gc_cfg) - set(GC_CFG_KEYS))
+        if unknown:
+            raise ValueError(
+                f'unknown optim_wrapper.gc key(s) {unknown}; valid keys are {list(GC_CFG_KEYS)}'
+            )
+        inner = gc_cfg.get('constructor', DEFAULT_CONSTRUCTOR)
+        if inner in ('GCOptimWrapperConstructor', GCOptimWrapperConstructor):
+            raise ValueError(
+                'optim_wrapper.gc.constructor must be the constructor GC is added to '
+                "(e.g. 'DefaultOptimWrapperConstructor'); got 'GCOptimWrapperConstructor'"
+            )
+        if not isinstance(inner, (str, type)):
+            raise TypeError(
+                f'optim_wrapper.gc.constructor must be a registered constructor name or '
+                f'class; got {inner!r}'
+            )
+        layers = parse_gc_layers(gc_cfg.get('layers', GC_LAYER_KINDS))
+        return inner, layers, check_gc_switch_variant(gc_cfg.get('variant', 'grad'))
+
+    def _inner_paramwise_cfg(self, paramwise_cfg: Any) -> Any:
+        """New form: the inner constructor's ``paramwise_cfg``, less ``gc_layers``
+        (which must then agree with ``gc.layers``)."""
+        if not isinstance(paramwise_cfg, dict):
+            return paramwise_cfg  # the inner constructor judges it
+        paramwise_cfg = dict(paramwise_cfg)
+        if 'gc_layers' in paramwise_cfg:
+            old = parse_gc_layers(paramwise_cfg.pop('gc_layers'))
+            if old != self.gc_layers:
+                raise ValueError(
+                    f'paramwise_cfg.gc_layers={old} disagrees with optim_wrapper.gc.layers='
+                    f'{self.gc_layers}; set one of them'
+                )
+        _check_custom_keys_gc(paramwise_cfg.get('custom_keys'))
+        return paramwise_cfg
+
+    def _check_optimizer(self) -> tuple[type, dict[str, Any]]:
+        """The optimizer's class and default group options (its signature,
+        then the config), after checking that it can take the variant."""
         optimizer_type = optimizer_cls = self.optimizer_cfg.get('type')
+        local_cls = check_gc_strategy(None, self.optimizer_cfg)  # ZeRO: its local optimizer
         with OPTIMIZERS.switch_scope_and_registry(None) as registry:
             if isinstance(optimizer_type, str):
                 optimizer_cls = registry.get(optimizer_type)
+            if local_cls is not None:
+                optimizer_type, optimizer_cls = self.optimizer_cfg.get('optimizer_type'), local_cls
             if not supports_gc(optimizer_cls):
-                valid = set()
-                while registry is not None:  # its names and its parents'
-                    valid.update(n for n, c in registry.module_dict.items() if supports_gc(c))
-                    registry = registry.parent
+                valid = _registry_names(registry, supports_gc)
                 raise ValueError(
-                    f'GCOptimWrapperConstructor needs an optimizer that can '
-                    f'apply gradient centralization, one of {sorted(valid)}; got '
-                    f'optimizer type {optimizer_type!r}'
+                    f'GCOptimWrapperConstructor needs an optimizer that can apply gradient '
+                    f'centralization, one of {valid}; got optimizer type {optimizer_type!r}'
+                )
+            if not takes_gc_variant(optimizer_cls, self.variant):
+                valid = _registry_names(registry, lambda c: takes_gc_variant(c, self.variant))
+                raise ValueError(
+                    f'GC variant {self.variant!r} is not defined for optimizer type '
+                    f'{optimizer_type!r}; optimizer types that take it: {valid}'
+                    + (", e.g. 'SGDWGC'" if self.variant == 'sgdw' and 'SGDWGC' in valid else '')
                 )
         defaults = {
             name: parameter.default
             for name, parameter in inspect.signature(optimizer_cls).parameters.items()
             if parameter.default is not inspect.Parameter.empty
         }
-        return {**defaults, **{k: v for k, v in self.optimizer_cfg.items() if k != 'type'}}
+        options = {k: v for k, v in self.optimizer_cfg.items() if k != 'type'}
+        if local_cls is not None:  # the groups' defaults are the local optimizer's
+            options.pop('optimizer_type', None)
+            with OPTIMIZERS.switch_scope_and_registry(None) as registry:
+                optimizer_cls = registry.get(self.optimizer_cfg['type'])
+        return optimizer_cls, {**defaults, **options}
 
     def __call__(self, model: nn.Module) -> OptimWrapper:
-        """Build the optim wrapper; optimizers other than SGDGC get GC hooks."""
-        optim_wrapper = super().__call__(model)
-        if uses_gc_hooks(optim_wrapper.optimizer):
-            attach_gc_hooks(optim_wrapper.optimizer)
-        return optim_wrapper
+        """Build the optim wrapper: the inner constructor's groups, annotated."""
+        check_gc_strategy(model, self.optimizer_cfg)  # FSDP1 / DeepSpeed, before unwrapping
+        if hasattr(model, 'module'):
+            model = model.module
+        optimizer, wrapper_kwargs = self._build(model)
+        wrapper_type = self.optim_wrapper_cfg.get('type', 'OptimWrapper')
+        wrapper_cfg = dict(wrapper_kwargs, type=wrapper_type)
+        return OPTIM_WRAPPERS.build(wrapper_cfg, default_args=dict(optimizer=optimizer))
 
-    def add_params(
-        self,
-        params: list[dict],
-        module: nn.Module,
-        prefix: str = '',
-        is_dcn_module: int | float | None = None,
-    ) -> None:
-        """Add the parameter groups of ``module`` to ``params``: at the top
-        level, one group per parameter as MMEngine would make it, with its
-        ``gc`` / ``gc_dim`` set, then groups with identical settings merged."""
-        if prefix:  # recursion of the parent's walk: nothing to add here
-            super().add_params(params, module, prefix, is_dcn_module)
-            return
-        per_param: list[dict] = []
-        if self._use_mmengine_walk:
-            super().add_params(per_param, module, prefix, is_dcn_module)
-        else:  # MMEngine without paramwise_cfg: model.parameters(), frozen too
-            per_param = [{'params': [param]} for param in module.parameters()]
+    def build_optimizer(self, model: nn.Module) -> torch.optim.Optimizer:
+        """The optimizer alone (with its GC hooks attached where it needs them),
+        as :meth:`__call__` puts it in the optim wrapper. The CPU tests of
+        ``AmpOptimWrapper`` configs use it: MMEngine's AMP wrapper needs a GPU.
+
+        Raises:
+            TypeError: If the inner constructor does not build one optimizer
+                and one optim wrapper from the types it is given.
+            ValueError: If its groups hold a tensor that is not a parameter of
+                ``model``, or one tensor twice.
+        """
+        check_gc_strategy(model, self.optimizer_cfg)
+        if hasattr(model, 'module'):
+            model = model.module
+        return self._build(model)[0]
+
+    def _build(self, model: nn.Module) -> tuple[torch.optim.Optimizer, dict[str, Any]]:
+        """The optimizer, and the optim wrapper's arguments the inner constructor gave."""
+        recorded = self.inner(model)
+        if not isinstance(recorded, _RecordedOptimWrapper) or not isinstance(
+            recorded.optimizer, _RecordedOptimizer
+        ):
+            raise TypeError(
+                f'GCOptimWrapperConstructor cannot add GC to {self._inner_name}: it built '
+                f'{type(recorded).__name__}, not one optimizer in one optim wrapper from the '
+                f"config's types; use a constructor that does, such as "
+                f'DefaultOptimWrapperConstructor and its subclasses'
+            )
+        groups = self._annotate(model, _as_groups(recorded.optimizer.params))
+        optimizer_cfg = dict(recorded.optimizer.kwargs, type=self.optimizer_cfg['type'])
+        first_arg = next(iter(inspect.signature(self._optimizer_cls).parameters))
+        optimizer_cfg[first_arg] = groups
+        optimizer = OPTIMIZERS.build(optimizer_cfg)
+        if self.variant == 'sgdw':
+            self._check_decoupled(optimizer)
+        local = gc_local_optimizer(optimizer)  # a ZeroRedundancyOptimizer's own
+        if uses_gc_hooks(local):
+            attach_gc_hooks(local)
+        selected = sum(p.ndim > 1 for g in groups if g.get('gc') for p in g['params'])
+        require_gc_coverage(optimizer, selected, 'GCOptimWrapperConstructor')
+        install_gc_coverage_check(optimizer)
+        return optimizer, recorded.kwargs
+
+    def _check_decoupled(self, optimizer: torch.optim.Optimizer) -> None:
+        coupled = [
+            i
+            for i, g in enumerate(optimizer.param_groups)
+            if g.get('gc') and not g.get('decoupled_weight_decay')
+        ]
+        if coupled:
+            raise ValueError(
+                f"GC variant 'sgdw' needs decoupled weight decay in every GC group; "
+                f'groups {coupled} of {self.optimizer_cfg["type"]!r} have '
+                f"decoupled_weight_decay=False: use optimizer type 'SGDWGC'"
+            )
+
+    def _annotate(self, model: nn.Module, groups: list[dict]) -> list[dict]:
+        """Split ``groups`` by GC decision, set ``gc``/``gc_dim``(/``gc_variant``),
+        merge equal groups, and log the result once."""
         names: dict[int, str] = {}
-        for name, param in module.named_parameters(remove_duplicate=False):
+        for name, param in model.named_parameters(remove_duplicate=False):
             names.setdefault(id(param), name)
-        targets = self._gc_targets(module)
-        for group in per_param:  # an explicit custom_keys gc wins over the module type
-            (param,) = group['params']
-            target = targets.get(id(param))
-            group.setdefault('gc', target is not None and param.ndim > 1)
-            group.setdefault('gc_dim', target.out_dim if group['gc'] and target else 0)
-        merged = _merge_groups(per_param, names, self._optimizer_defaults)
-        self._log_summary(per_param, merged, targets)
-        params.extend(merged)
+        where: dict[int, int] = {}
+        for index, group in enumerate(groups):
+            for param in group['params']:
+                self._check_member(param, index, names, where)
+            _check_gc_options(group)
+        selected = select_gc_weights(model, self.gc_layers)
+        split = [sub for group in groups for sub in self._split(group, selected)]
+        merged = _merge_groups(split, self._optimizer_defaults, keep_multipliers=not self.legacy)
+        self._log_summary(split, merged, selected)
+        return merged
 
-    def _gc_targets(self, model: nn.Module) -> dict[int, GCTarget]:
-        """``id(weight) -> GCTarget`` for the weights ``gc_layers`` selects."""
-        targets: dict[int, GCTarget] = {}
-        for name, mod in model.named_modules():
-            weight = dict(mod.named_parameters(recurse=False)).get('weight')
-            if weight is None:
-                continue
-            target = gc_target_of(mod)
-            if target is not None and target.kind in self.gc_layers:
-                targets.setdefault(id(weight), target)
-            elif 'conv' in self.gc_layers and is_grouped_transposed_conv(mod):
-                print_log(
-                    f'GCOptimWrapperConstructor: {name}.weight (grouped '
-                    f'transposed conv, groups={mod.groups}) is not centralized: '
-                    f'its output units do not lie along one dim',
-                    logger='current',
-                    level=logging.WARNING,
-                )
-        return targets
+    def _check_member(
+        self, param: Any, index: int, names: dict[int, str], where: dict[int, int]
+    ) -> None:
+        if not isinstance(param, torch.Tensor) or id(param) not in names:
+            what = (
+                f'a tensor of shape {tuple(param.shape)}'
+                if isinstance(param, torch.Tensor)
+                else repr(param)
+            )
+            raise ValueError(
+                f'{self._inner_name} put {what} into parameter group {index}, which is not a '
+                f'parameter of the model, so GC cannot be decided for it by its module; '
+                f"use a constructor whose groups hold the model's parameters"
+            )
+        if id(param) in where:
+            hint = (
+                '; set paramwise_cfg.bypass_duplicate=True to add it once'
+                if isinstance(self.inner, DefaultOptimWrapperConstructor)
+                else '; list each parameter once'
+            )
+            first = where[id(param)]
+            groups = f'group {index}, twice' if first == index else f'groups {first} and {index}'
+            raise ValueError(
+                f'parameter {names[id(param)]!r} appears more than once in the parameter '
+                f'groups {self._inner_name} built ({groups}; a shared parameter?){hint}'
+            )
+        where[id(param)] = index
+
+    def _split(self, group: dict, selected: dict[int, tuple[str, GCTarget]]) -> list[dict]:
+        """``group`` split into groups whose members share one GC decision."""
+        params = list(group['params'])
+        per_param = {
+            k: list(group[k])
+            for k in _PER_PARAM_KEYS
+            if isinstance(group.get(k), (list, tuple)) and len(group[k]) == len(params)
+        }
+        parts: dict[tuple, dict] = {}
+        for i, param in enumerate(params):
+            options = self._gc_options(group, param, selected.get(id(param)))
+            part = parts.get(tuple(options.items()))
+            if part is None:
+                part = parts[tuple(options.items())] = {
+                    **group,
+                    **options,
+                    'params': [],
+                    **{k: [] for k in per_param},
+                }
+            part['params'].append(param)
+            for k, values in per_param.items():
+                part[k].append(values[i])
+        return list(parts.values())
+
+    def _gc_options(
+        self, group: dict, param: torch.Tensor, selected: tuple[str, GCTarget] | None
+    ) -> dict[str, Any]:
+        """The GC keys of one member: the group's explicit ones, else the selection's."""
+        gc = group.get('gc', selected is not None and param.ndim > 1)
+        target = selected[1] if selected else None
+        options = {'gc': gc, 'gc_dim': group.get('gc_dim', target.out_dim if gc and target else 0)}
+        if not self.legacy and gc:
+            options['gc_variant'] = group.get(
+                'gc_variant', 'grad' if self.variant == 'sgdw' else self.variant
+            )
+        return options
 
     def _log_summary(
-        self, per_param: list[dict], merged: list[dict], targets: dict[int, GCTarget]
+        self, split: list[dict], merged: list[dict], selected: dict[int, tuple[str, GCTarget]]
     ) -> None:
         counts: dict[str, list[int]] = {}
-        for group in per_param:
-            (param,) = group['params']
-            if group['gc'] and param.ndim > 1:
-                target = targets.get(id(param))
-                entry = counts.setdefault(target.kind if target else 'custom_keys', [0, 0])
-                entry[0] += 1
-                entry[1] += param.numel()
-        if not counts:
-            print_log(
-                f'GCOptimWrapperConstructor: no weight gets gradient '
-                f'centralization (gc_layers={self.gc_layers}); the optimizer holds no '
-                f'{" or ".join(self.gc_layers)} weight',
-                logger='current',
-                level=logging.WARNING,
+        all_params = [p for group in split for p in group['params']]
+        for group in split:
+            if not group['gc']:
+                continue
+            for param in group['params']:
+                if param.ndim > 1:
+                    kind = selected[id(param)][1].kind if id(param) in selected else 'custom_keys'
+                    entry = counts.setdefault(kind, [0, 0])
+                    entry[0] += 1
+                    entry[1] += param.numel()
+        if not counts and all_params:  # configured for GC, would centralize nothing
+            raise ValueError(
+                f'GCOptimWrapperConstructor: no weight gets gradient centralization '
+                f'(gc_layers={self.gc_layers}): the optimizer holds no '
+                f'{" or ".join(self.gc_layers)} weight with an output-unit dim; choose other '
+                f'gc layers (valid: {GC_LAYER_KINDS}), or train without GC'
             )
-        all_params = [group['params'][0] for group in per_param]
         frozen = sum(not param.requires_grad for param in all_params)
         total = f'{sum(c[0] for c in counts.values())} of {len(all_params)} tensors'
         numel = f'{sum(c[1] for c in counts.values()):,} of {sum(p.numel() for p in all_params):,}'
@@ -240,46 +505,58 @@ class GCOptimWrapperConstructor(DefaultOptimWrapperConstructor):
             if frozen
             else ''
         )
+        variant = '' if self.legacy else f', variant={self.variant!r}, over {self._inner_name}'
         print_log(
             f'GCOptimWrapperConstructor: gradient centralization on {total} in the '
             f'optimizer ({numel} params; {detail or "none"}), '
-            f'gc_layers={self.gc_layers}, {len(merged)} parameter groups{kept}',
+            f'gc_layers={self.gc_layers}{variant}, {len(merged)} parameter groups{kept}',
             logger='current',
         )
 
 
-def _merge_groups(groups: list[dict], names: dict[int, str], defaults: dict) -> list[dict]:
+def _as_groups(params: Any) -> list[dict]:
+    """The recorded ``params`` argument as a list of group dicts (copies)."""
+    if isinstance(params, torch.Tensor):
+        return [{'params': [params]}]
+    params = list(params)
+    if not params or not isinstance(params[0], dict):
+        return [{'params': params}] if params else []
+    groups = []
+    for group in params:
+        group = dict(group)
+        members = group['params']
+        group['params'] = [members] if isinstance(members, torch.Tensor) else list(members)
+        groups.append(group)
+    return groups
+
+
+def _merge_groups(groups: list[dict], defaults: dict, *, keep_multipliers: bool) -> list[dict]:
     """Merge parameter groups whose settings are equal, in first-seen order.
 
     An option a group leaves out counts as its value in ``defaults``, so
     ``dict(gc=False)`` from ``custom_keys`` (to which MMEngine adds the base
-    ``lr`` and ``weight_decay``) joins the other ``gc=False`` group.
-    ``lr_mult`` / ``decay_mult`` do not count; a merged group keeps them only
-    where all its members agree.
-
-    Raises:
-        ValueError: If a parameter appears twice (a shared parameter added
-            twice, which torch would also refuse).
+    ``lr`` and ``weight_decay``) joins the other ``gc=False`` group. With
+    ``keep_multipliers=False`` (the old form) ``lr_mult`` / ``decay_mult`` do
+    not count, and a merged group keeps them only where all its members agree;
+    otherwise every key counts, so each parameter keeps every key it had.
+    Per-parameter keys (``param_names``) are concatenated.
     """
+    ignored = ('params', *_PER_PARAM_KEYS, *(() if keep_multipliers else _MULTIPLIER_KEYS))
     merged: dict[tuple, dict[str, Any]] = {}
-    seen: set[int] = set()
     for group in groups:
-        for param in group['params']:
-            if id(param) in seen:
-                raise ValueError(
-                    f'parameter {names.get(id(param), "?")!r} appears more than '
-                    f'once in the model (a shared parameter); set '
-                    f'paramwise_cfg.bypass_duplicate=True to add it once'
-                )
-            seen.add(id(param))
-        settings = {k: v for k, v in {**defaults, **group}.items() if k not in _NOT_SETTINGS}
+        settings = {k: v for k, v in {**defaults, **group}.items() if k not in ignored}
         key = tuple(sorted((k, _hashable(v)) for k, v in settings.items()))
         if key not in merged:
             merged[key] = {**group, 'params': list(group['params'])}
             continue
         target = merged[key]
         target['params'].extend(group['params'])
-        for k in _MULTIPLIER_KEYS:
+        for k in _PER_PARAM_KEYS:
+            if isinstance(target.get(k), list) and isinstance(group.get(k), list):
+                target[k] = target[k] + group[k]
+            else:
+                target.pop(k, None)
+        for k in () if keep_multipliers else _MULTIPLIER_KEYS:
             if target.get(k, _MISSING) != group.get(k, _MISSING):
                 target.pop(k, None)
     return list(merged.values())

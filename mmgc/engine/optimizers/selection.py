@@ -4,11 +4,16 @@
 ``ConvTranspose{1,2,3}d`` and their subclasses (lazy variants, MMCV's
 ``ConvWS2d``, ``ConvAWS2d``, ``MaskedConv2d``, ...), and MMCV's
 ``DeformConv2d`` / ``ModulatedDeformConv2d`` (and ``*Pack``) when MMCV's ops
-are built. ``fc``: ``nn.Linear`` and its subclasses.
+are built. ``fc``: ``nn.Linear`` and its subclasses, and the input projections
+of ``nn.MultiheadAttention`` (``in_proj_weight``, or ``q_proj_weight`` /
+``k_proj_weight`` / ``v_proj_weight``: fully-connected weights of shape
+``(out, in)`` that the module keeps as bare parameters; its ``out_proj`` is an
+``nn.Linear``).
 
-Only a module's ``weight`` is selected. Its output-unit dim is 0, except for
-transposed convolutions, which store ``(in, out / groups, *kernel)``: there
-output units run along dim 1. (The authors' code uses dim 0 for every weight,
+Only these weights are selected (never a bias, a norm's parameters or any
+other tensor). Their output-unit dim is 0, except for transposed
+convolutions, which store ``(in, out / groups, *kernel)``: there output units
+run along dim 1. (The authors' code uses dim 0 for every weight,
 which for a transposed convolution averages per *input* channel and breaks
 Eq. 3.)
 """
@@ -16,12 +21,14 @@ Eq. 3.)
 from __future__ import annotations
 
 import functools
+import logging
 from collections.abc import Iterable
 from typing import NamedTuple
 
+from mmengine.logging import print_log
 from torch import nn
 
-__all__ = ['GC_LAYER_KINDS', 'GCTarget', 'parse_gc_layers', 'gc_target_of']
+__all__ = ['GC_LAYER_KINDS', 'GCTarget', 'parse_gc_layers', 'gc_target_of', 'select_gc_weights']
 
 #: The layer kinds a user can select with ``paramwise_cfg.gc_layers``.
 GC_LAYER_KINDS: tuple[str, ...] = ('conv', 'fc')
@@ -80,3 +87,53 @@ def gc_target_of(module: nn.Module) -> GCTarget | None:
 def is_grouped_transposed_conv(module: nn.Module) -> bool:
     """True for a ``ConvTranspose*d`` with ``groups > 1`` (no GC target)."""
     return isinstance(module, _TRANSPOSED_CONVS) and module.groups > 1
+
+
+#: Bare fully-connected weights of ``nn.MultiheadAttention`` (``(out, in)``).
+_ATTENTION_PROJECTIONS = ('in_proj_weight', 'q_proj_weight', 'k_proj_weight', 'v_proj_weight')
+
+
+def _module_targets(module: nn.Module) -> dict[str, GCTarget]:
+    """``{parameter name: GCTarget}`` for the selectable weights that
+    ``module`` itself holds (not its children's)."""
+    if isinstance(module, nn.MultiheadAttention):
+        own = dict(module.named_parameters(recurse=False))
+        return {n: GCTarget('fc', 0) for n in _ATTENTION_PROJECTIONS if own.get(n) is not None}
+    target = gc_target_of(module)
+    if target is None or not isinstance(getattr(module, 'weight', None), nn.Parameter):
+        return {}
+    return {'weight': target}
+
+
+def select_gc_weights(
+    model: nn.Module, gc_layers: Iterable[str]
+) -> dict[int, tuple[str, GCTarget]]:
+    """The weights of ``model`` that ``gc_layers`` selects, by module type.
+
+    Args:
+        model (nn.Module): The model (a shared weight counts once, under the
+            first name ``named_modules`` gives it).
+        gc_layers (Iterable[str]): A non-empty subset of :data:`GC_LAYER_KINDS`.
+
+    Returns:
+        dict[int, tuple[str, GCTarget]]: ``id(weight) -> (name, target)``.
+
+    Raises:
+        ValueError: If ``gc_layers`` is invalid (see :func:`parse_gc_layers`).
+    """
+    kinds = parse_gc_layers(gc_layers)
+    selected: dict[int, tuple[str, GCTarget]] = {}
+    for prefix, module in model.named_modules():
+        if 'conv' in kinds and is_grouped_transposed_conv(module):
+            print_log(
+                f'{prefix}.weight (grouped transposed conv, groups={module.groups}) is not '
+                f'centralized: its output units do not lie along one dim',
+                logger='current',
+                level=logging.WARNING,
+            )
+            continue
+        for name, target in _module_targets(module).items():
+            if target.kind in kinds:
+                weight = getattr(module, name)
+                selected.setdefault(id(weight), (f'{prefix}.{name}' if prefix else name, target))
+    return selected

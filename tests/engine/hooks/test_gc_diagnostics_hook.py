@@ -8,13 +8,17 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn.functional as F
+from mmengine.hooks import Hook
 from mmengine.model import BaseModel
+from mmengine.optim import AmpOptimWrapper, OptimWrapper
 from mmengine.runner import Runner
 from torch import nn
 from torch.utils.data import Dataset
 
 import mmgc  # noqa: F401
 from mmgc.engine.hooks import GCDiagnosticsHook
+from mmgc.engine.optimizers.gc_step_hooks import attach_gc_hooks
+from mmgc.engine.optimizers.sgd_gc import torch_fused_sgd_on_cpu as cpu_fused_sgd
 from mmgc.runtime.gc_stats import load_gc_stats
 
 
@@ -35,10 +39,12 @@ class ToyNet(BaseModel):
 
 
 class ToyData(Dataset):
-    def __init__(self, n=32):
+    def __init__(self, n=32, inf_at=None):
         gen = torch.Generator().manual_seed(0)
         self.x = torch.randn(n, 3, 8, 8, generator=gen)
         self.y = torch.randint(0, 3, (n,), generator=gen)
+        if inf_at is not None:  # that sample's batch gives inf/NaN gradients
+            self.x[inf_at] = float('inf')
 
     def __len__(self):
         return len(self.x)
@@ -47,25 +53,40 @@ class ToyData(Dataset):
         return dict(inputs=self.x[i], labels=self.y[i])
 
 
-def _run(work_dir, gc: bool, name: str, **hook):
+def _run(
+    work_dir,
+    gc: bool,
+    name: str,
+    max_iters=8,
+    model=None,
+    optim_wrapper=None,
+    data=None,
+    hooks=(),
+    checkpoint=None,
+    load_from=None,
+    **hook,
+):
     optimizer = dict(type='SGDGC' if gc else 'SGD', lr=0.1, momentum=0.9, weight_decay=1e-3)
-    optim_wrapper = dict(type='OptimWrapper', optimizer=optimizer)
-    if gc:
-        optim_wrapper['constructor'] = 'GCOptimWrapperConstructor'
+    if optim_wrapper is None or isinstance(optim_wrapper, dict):
+        optim_wrapper = dict(type='OptimWrapper', optimizer=optimizer, **(optim_wrapper or {}))
+        if gc:
+            optim_wrapper['constructor'] = 'GCOptimWrapperConstructor'
     runner = Runner(
-        model=ToyNet(),
+        model=model or ToyNet(),
         work_dir=str(work_dir),
         experiment_name=name,
         train_dataloader=dict(
-            dataset=ToyData(),
+            dataset=data or ToyData(),
             sampler=dict(type='DefaultSampler', shuffle=False),
             batch_size=4,
             collate_fn=dict(type='default_collate'),
         ),
         optim_wrapper=optim_wrapper,
-        train_cfg=dict(by_epoch=False, max_iters=8),
-        custom_hooks=[dict(type='GCDiagnosticsHook', interval=2, **hook)],
-        default_hooks=dict(logger=dict(type='LoggerHook', interval=4), checkpoint=None),
+        train_cfg=dict(by_epoch=False, max_iters=max_iters),
+        custom_hooks=[dict(type='GCDiagnosticsHook', **{'interval': 2, **hook}), *hooks],
+        default_hooks=dict(logger=dict(type='LoggerHook', interval=4), checkpoint=checkpoint),
+        load_from=load_from,
+        resume=load_from is not None,
         visualizer=dict(
             type='Visualizer', vis_backends=[dict(type='LocalVisBackend')], name=f'vis_{name}'
         ),
@@ -128,3 +149,132 @@ def test_scalars_file_format(two_runs):
     (file,) = list(Path(gc_dir).glob('**/vis_data/scalars.json'))
     records = [json.loads(line) for line in file.read_text().splitlines() if line.strip()]
     assert any('gc/conv/gc_grad_max' in r for r in records)
+
+
+def _iterations(work_dir, layer='conv', stat='grad_norm'):
+    return [step for step, _ in load_gc_stats(work_dir)[layer][stat]]
+
+
+@pytest.mark.parametrize(
+    'interval, expected',
+    [(2, [3, 6, 9, 12]), (5, [6, 12])],
+)
+def test_samples_the_first_step_at_or_after_each_multiple(tmp_path, interval, expected):
+    """With accumulative_counts=3 the optimizer steps at iterations 3, 6, 9,
+    12; a sample is due at each multiple of ``interval`` and taken at the
+    first step at or after it (before: only at multiples of lcm(interval, 3),
+    so interval=5 recorded nothing in 12 iterations)."""
+    _run(
+        tmp_path,
+        gc=True,
+        name=f'diag_acc{interval}',
+        max_iters=12,
+        optim_wrapper=dict(accumulative_counts=3),
+        interval=interval,
+    )
+    assert _iterations(tmp_path) == expected
+    assert _iterations(tmp_path, 'cls', 'sum_drift') == expected
+
+
+needs_fused_amp = pytest.mark.skipif(
+    not hasattr(torch.amp, 'GradScaler') or not cpu_fused_sgd(),
+    reason=f'torch {torch.__version__} has no CPU GradScaler or no CPU fused SGD',
+)
+
+
+@needs_fused_amp
+@pytest.mark.parametrize('gc', [True, False], ids=['gc', 'baseline'])
+def test_fused_amp_records_unscaled_gradients_of_steps_taken(tmp_path, gc):
+    """torch's fused SGD under a CPU GradScaler(1024), in MMEngine's real
+    AmpOptimWrapper (bf16 autocast) and Runner, with mmgc's GC hooks or
+    without. Iteration 4's batch has an inf input: the kernel skips that step
+    (it is called with found_inf set) and the sample due at 4 moves to 5.
+    Each recorded grad_norm is the unscaled gradient's: the scaled one the
+    step was handed, divided by its scale."""
+    model = ToyNet()
+    weights = {'conv': model.conv.weight, 'cls': model.cls.weight}
+    others = [p for n, p in model.named_parameters() if n not in ('conv.weight', 'cls.weight')]
+    optimizer = torch.optim.SGD(
+        [dict(params=list(weights.values()), gc=True), dict(params=others, gc=False)],
+        lr=0.1,
+        momentum=0.9,
+        weight_decay=1e-3,
+        fused=True,
+    )
+    handed = []  # per step call: (scale, found_inf, {layer: norm of the scaled gradient})
+
+    def record(opt, args, kwargs):  # registered before the GC hooks: sees the raw .grad
+        norms = {k: float(torch.linalg.vector_norm(w.grad.double())) for k, w in weights.items()}
+        handed.append((float(opt.grad_scale), float(opt.found_inf), norms))
+
+    optimizer.register_step_pre_hook(record)
+    if gc:
+        attach_gc_hooks(optimizer)
+    wrapper = AmpOptimWrapper.__new__(AmpOptimWrapper)  # refuses to build without a GPU
+    OptimWrapper.__init__(wrapper, optimizer=optimizer)
+    wrapper._scale_update_param = None
+    wrapper.loss_scaler = torch.amp.GradScaler('cpu', init_scale=1024.0)
+    wrapper.cast_dtype = torch.bfloat16
+    _run(
+        tmp_path,
+        gc=True,
+        name=f'diag_amp_{gc}',
+        model=model,
+        optim_wrapper=wrapper,
+        data=ToyData(inf_at=12),  # iteration 4 reads samples 12..15
+        interval=2,
+    )
+    assert [found for _, found, _ in handed] == [0, 0, 0, 1, 0, 0, 0, 0]
+    stats = load_gc_stats(tmp_path)
+    for layer in weights:
+        recorded = stats[layer]['grad_norm']
+        assert [step for step, _ in recorded] == [2, 5, 6, 8]
+        for step, value in recorded:
+            scale, _, norms = handed[step - 1]
+            assert scale == 1024.0 if step < 4 else scale == 512.0
+            assert value == pytest.approx(norms[layer] / scale, rel=1e-5)
+
+
+class _Interrupt(Hook):
+    """Stops training with an exception after iteration ``at`` (as a killed
+    run stops), once its checkpoint is written."""
+
+    priority = 'LOWEST'  # after CheckpointHook
+
+    def __init__(self, at):
+        self.at = at
+
+    def after_train_iter(self, runner, batch_idx, data_batch=None, outputs=None):
+        if runner.iter + 1 == self.at:
+            raise KeyboardInterrupt(f'stopped after iteration {self.at}')
+
+
+def test_resumed_run_samples_as_an_uninterrupted_one(tmp_path, monkeypatch):
+    """accumulative_counts=3, interval=4: steps at 3, 6, 9, 12 sample at 6,
+    9, 12. Stopped after iteration 8 (checkpoint iter_8) and resumed, the run
+    has taken its last step at 6, so the sample due at 8 is taken at 9, as in
+    the uninterrupted run."""
+    # MMEngine 0.10.7 loads its own checkpoints with torch.load's defaults,
+    # which since torch 2.6 refuse them (FIELD-NOTES section 5)
+    monkeypatch.setenv('TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD', '1')
+    options = dict(max_iters=12, optim_wrapper=dict(accumulative_counts=3), interval=4)
+    _run(tmp_path / 'whole', gc=True, name='diag_whole', **options)
+    assert _iterations(tmp_path / 'whole') == [6, 9, 12]
+    with pytest.raises(KeyboardInterrupt, match='stopped after iteration 8'):
+        _run(
+            tmp_path / 'cut',
+            gc=True,
+            name='diag_cut',
+            hooks=[_Interrupt(8)],
+            checkpoint=dict(type='CheckpointHook', interval=8, by_epoch=False),
+            **options,
+        )
+    assert _iterations(tmp_path / 'cut') == [6]
+    _run(
+        tmp_path / 'resumed',
+        gc=True,
+        name='diag_resumed',
+        load_from=str(tmp_path / 'cut' / 'iter_8.pth'),
+        **options,
+    )
+    assert _iterations(tmp_path / 'resumed') == [9, 12]

@@ -3,7 +3,7 @@ import logging
 import pytest
 import torch
 from mmengine.logging import MMLogger
-from mmengine.optim import DefaultOptimWrapperConstructor, build_optim_wrapper
+from mmengine.optim import DefaultOptimWrapperConstructor, OptimWrapper, build_optim_wrapper
 from torch import nn
 
 from mmgc import SGDGC, GCOptimWrapperConstructor
@@ -270,11 +270,12 @@ def test_logs_frozen_tensors_kept(log_messages):
     assert '2 frozen tensors (requires_grad=False) are kept in the optimizer' in summary
 
 
-def test_warns_when_nothing_is_selected(log_messages):
+def test_refuses_when_nothing_is_selected():
+    """A run configured for GC that would centralize nothing does not start."""
     model = nn.Sequential(nn.BatchNorm2d(3), nn.GroupNorm(1, 3))
-    _build(dict(gc_layers='conv'), model=model)
-    warnings = [m for level, m in log_messages if level == logging.WARNING]
-    assert any('no weight gets gradient centralization' in m for m in warnings)
+    match = r"no weight gets gradient centralization \(gc_layers=\('conv',\)\)"
+    with pytest.raises(ValueError, match=match):
+        _build(dict(gc_layers='conv'), model=model)
 
 
 def test_mmcv_convolutions_are_selected():
@@ -353,7 +354,7 @@ def test_invalid_config(paramwise, error, match):
 def test_optimizer_that_cannot_apply_gc(optimizer):
     with pytest.raises(
         ValueError,
-        match=rf"one of \[.*'AdamW'.*'SGDGC', 'SGD_GC'.*\]; got optimizer type '{optimizer}'",
+        match=rf"one of \[.*'AdamW'.*'SGDGC'.*'SGD_GC'.*\]; got optimizer type '{optimizer}'",
     ):
         _build(dict(gc_layers='conv'), optimizer_type=optimizer)
 
@@ -362,3 +363,289 @@ def test_constructor_is_registered_in_root_registry():
     from mmengine.registry import OPTIM_WRAPPER_CONSTRUCTORS
 
     assert OPTIM_WRAPPER_CONSTRUCTORS.get('GCOptimWrapperConstructor') is GCOptimWrapperConstructor
+
+
+# --- the new form: GC composed over an inner constructor (optim_wrapper.gc) ---
+
+
+def _build_new(gc, optimizer=None, paramwise_cfg=None, model=None, **wrapper):
+    torch.manual_seed(0)
+    model = model or ToyModel()
+    cfg = dict(
+        type='OptimWrapper',
+        optimizer=optimizer or dict(type='SGDGC', lr=BASE_LR, momentum=0.9, weight_decay=BASE_WD),
+        constructor='GCOptimWrapperConstructor',
+        gc=gc,
+        **wrapper,
+    )
+    if paramwise_cfg is not None:
+        cfg['paramwise_cfg'] = paramwise_cfg
+    return model, build_optim_wrapper(model, cfg)
+
+
+PARAMWISE_CASES = [
+    None,
+    dict(bypass_duplicate=True),
+    dict(
+        bias_lr_mult=2.0,
+        norm_decay_mult=0.0,
+        dwconv_decay_mult=0.5,
+        bypass_duplicate=True,
+        custom_keys={'head': dict(lr_mult=0.1, decay_mult=0.0), 'deconv': dict(gc=False)},
+    ),
+]
+
+
+@pytest.mark.parametrize('paramwise', PARAMWISE_CASES)
+@pytest.mark.parametrize('gc_layers', [('conv', 'fc'), ('conv',)])
+def test_new_form_over_the_default_constructor_equals_the_old_form(paramwise, gc_layers):
+    """Same groups, same members, same options; the new form adds only ``gc_variant``."""
+    old_model, old = _build(dict(paramwise or {}, gc_layers=gc_layers))
+    new_model, new = _build_new(dict(layers=gc_layers), paramwise_cfg=paramwise)
+    old_groups, new_groups = old.optimizer.param_groups, new.optimizer.param_groups
+    assert len(old_groups) == len(new_groups)
+    old_names = {id(p): n for n, p in old_model.named_parameters()}
+    new_names = {id(p): n for n, p in new_model.named_parameters()}
+    for a, b in zip(old_groups, new_groups):
+        assert [old_names[id(p)] for p in a['params']] == [new_names[id(p)] for p in b['params']]
+        options = {k: v for k, v in b.items() if k not in ('params', 'gc_variant')}
+        assert options == {k: v for k, v in a.items() if k != 'params'}
+        assert not b['gc'] or b['gc_variant'] == 'grad'
+
+
+class TaggingConstructor(DefaultOptimWrapperConstructor):
+    """A user's constructor: per-module groups with lr, betas, its own keys and
+    one name per parameter (as MMDetection's layer decay writes them)."""
+
+    def add_params(self, params, module, **kwargs):
+        for index, (prefix, child) in enumerate(module.named_children()):
+            members = [(f'{prefix}.{n}', p) for n, p in child.named_parameters()]
+            members = [(n, p) for n, p in members if p.requires_grad]
+            if not members or any(p is q for _, p in members for g in params for q in g['params']):
+                continue
+            params.append(
+                dict(
+                    params=[p for _, p in members],
+                    param_names=[n for n, _ in members],
+                    lr=self.base_lr * (index + 1),
+                    betas=(0.8, 0.99 - index * 0.01),
+                    weight_decay=self.base_wd if index % 2 else 0.0,
+                    group_name=f'block_{index}',
+                    lr_scale=float(index + 1),
+                )
+            )
+
+
+def _members(optimizer, model):
+    """name -> (its group's options, its entry of param_names)."""
+    names = {id(p): n for n, p in model.named_parameters()}
+    out = {}
+    for group in optimizer.param_groups:
+        for i, p in enumerate(group['params']):
+            options = {k: v for k, v in group.items() if k not in ('params', 'param_names')}
+            out[names[id(p)]] = (options, group['param_names'][i])
+    return out
+
+
+def test_composes_over_a_user_constructor_keeping_every_key():
+    adam = dict(type='Adam', lr=1e-3, weight_decay=1e-2)
+    model = ToyModel()
+    base = TaggingConstructor(dict(type='OptimWrapper', optimizer=adam), dict(x=1))(model).optimizer
+    _, wrapper = _build_new(
+        dict(constructor=TaggingConstructor, variant='grad'), optimizer=adam,
+        paramwise_cfg=dict(x=1), model=model,
+    )  # fmt: skip
+    ours, theirs = _members(wrapper.optimizer, model), _members(base, model)
+    assert ours.keys() == theirs.keys()
+    gc_names = set()
+    for name, (options, param_name) in ours.items():
+        assert param_name == theirs[name][1] == name  # param_names split with their params
+        rest = {k: v for k, v in options.items() if k not in ('gc', 'gc_dim', 'gc_variant')}
+        assert rest == theirs[name][0], name
+        if options['gc']:
+            gc_names.add(name)
+            assert options['gc_variant'] == 'grad'
+    assert gc_names == {'conv.weight', 'dwconv.weight', 'deconv.weight', 'head.weight',
+                        'shared_a.weight'}  # fmt: skip
+    # a block with conv weight and bias is split in two, differing only in GC
+    conv_groups = [g for g in wrapper.optimizer.param_groups if g['group_name'] == 'block_0']
+    assert sorted(g['gc'] for g in conv_groups) == [False, True]
+    assert type(wrapper.optimizer) is torch.optim.Adam
+
+
+class _ExtraTensorConstructor(DefaultOptimWrapperConstructor):
+    def add_params(self, params, module, **kwargs):
+        params.append(dict(params=list(module.parameters()) + [torch.zeros(3, requires_grad=True)]))
+
+
+class _TwiceConstructor(DefaultOptimWrapperConstructor):
+    def add_params(self, params, module, **kwargs):
+        params.append(dict(params=list(module.parameters())))
+        params.append(dict(params=[module.head.weight], lr=0.5))
+
+
+class _SameGroupTwiceConstructor(DefaultOptimWrapperConstructor):
+    def add_params(self, params, module, **kwargs):
+        params.append(dict(params=[*module.parameters(), module.conv.weight]))
+
+
+class _OwnOptimizerConstructor:
+    def __init__(self, optim_wrapper_cfg, paramwise_cfg=None):
+        pass
+
+    def __call__(self, model):
+        return OptimWrapper(torch.optim.SGD(model.parameters(), lr=0.1))
+
+
+NEW_FORM_ERRORS = [
+    (dict(variant='gcc'), ValueError, r"must be one of \('grad', 'update', 'sgdw'\); got 'gcc'"),
+    (dict(layers=('conv', 'bn')), ValueError, r"non-empty subset of \('conv', 'fc'\)"),
+    (dict(layer='conv'), ValueError, r"unknown optim_wrapper.gc key\(s\) \['layer'\]"),
+    ('conv', TypeError, r'optim_wrapper.gc must be a dict'),
+    (dict(constructor='GCOptimWrapperConstructor'), ValueError, 'the constructor GC is added to'),
+    (
+        dict(constructor=_ExtraTensorConstructor),
+        ValueError,
+        r'_ExtraTensorConstructor put a tensor of shape \(3,\) into parameter group 0, '
+        r'which is not a parameter of the model',
+    ),
+    (
+        dict(constructor=_TwiceConstructor),
+        ValueError,
+        r"parameter 'head.weight' appears more than once .*groups 0 and 1.*bypass_duplicate",
+    ),
+    (
+        dict(constructor=_SameGroupTwiceConstructor),
+        ValueError,
+        r"parameter 'conv.weight' appears more than once .*\(group 0, twice",
+    ),
+    (
+        dict(constructor=_OwnOptimizerConstructor),
+        TypeError,
+        r'cannot add GC to _OwnOptimizerConstructor: it built OptimWrapper, not one optimizer',
+    ),
+]
+
+
+@pytest.mark.parametrize(('gc', 'error', 'match'), NEW_FORM_ERRORS)
+def test_new_form_errors(gc, error, match):
+    with pytest.raises(error, match=match):  # a non-empty paramwise_cfg: add_params runs
+        _build_new(gc, paramwise_cfg=dict(bypass_duplicate=False))
+
+
+def test_new_form_gc_layers_must_agree():
+    with pytest.raises(
+        ValueError, match=r"gc_layers=\('conv',\) disagrees with .*\('conv', 'fc'\)"
+    ):
+        _build_new(dict(layers=('conv', 'fc')), paramwise_cfg=dict(gc_layers='conv'))
+    _, wrapper = _build_new(dict(layers='conv'), paramwise_cfg=dict(gc_layers='conv'))
+    assert any(g['gc'] for g in wrapper.optimizer.param_groups)
+
+
+@pytest.mark.parametrize(
+    ('optimizer', 'variant', 'match'),
+    [
+        (dict(type='LBFGS', lr=1.0), 'grad', r"one of \[.*'SGDGC'.*\]; got optimizer type 'LBFGS'"),
+        (
+            dict(type='AdamW', lr=1e-3),
+            'sgdw',
+            r"GC variant 'sgdw' is not defined for optimizer type 'AdamW'",
+        ),
+        (dict(type='SGD', lr=0.1), 'sgdw', r"GC variant 'sgdw' is not defined for .*'SGD'"),
+    ],
+)
+def test_optimizer_that_cannot_take_the_variant(optimizer, variant, match):
+    with pytest.raises(ValueError, match=match):
+        _build_new(dict(variant=variant), optimizer=optimizer)
+
+
+def test_update_variant_where_the_hooks_do_not_implement_it():
+    """'update' on a hook optimizer: built where the hooks implement it, else refused."""
+    from mmgc.engine.optimizers.constructor import takes_gc_variant
+
+    adam = dict(type='Adam', lr=1e-3)
+    if takes_gc_variant(torch.optim.Adam, 'update'):
+        _, wrapper = _build_new(dict(variant='update'), optimizer=adam)
+        assert {g.get('gc_variant') for g in wrapper.optimizer.param_groups if g['gc']} == {
+            'update'
+        }
+    else:
+        with pytest.raises(ValueError, match=r"GC variant 'update' is not defined for .*'Adam'"):
+            _build_new(dict(variant='update'), optimizer=adam)
+
+
+def test_update_variant_on_sgdgc_is_the_same_step():
+    """For SGD, GC on the update and on the gradient are one update (P is linear)."""
+    steps = {}
+    for variant in ('grad', 'update'):
+        model, wrapper = _build_new(dict(variant=variant, layers='conv'))
+        assert {g.get('gc_variant') for g in wrapper.optimizer.param_groups if g['gc']} == {variant}
+        for step in range(2):
+            wrapper.zero_grad()
+            model(torch.randn(2, 3, 6, 6, generator=torch.Generator().manual_seed(step))).backward()
+            wrapper.step()
+        steps[variant] = [p.detach().clone() for p in model.parameters()]
+    for a, b in zip(steps['grad'], steps['update']):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
+
+
+def test_layer_decay_constructor_of_mmdetection():
+    """MMDetection's real LearningRateDecayOptimizerConstructor, which decides
+    by the backbone's class name and parameter names (a ConvNeXt's), on a
+    tiny model with that layout: every group keeps lr, lr_scale, decay,
+    group_name and its param_names; conv / fc weights get GC."""
+    from mmdet.engine.optimizers import LearningRateDecayOptimizerConstructor
+
+    class TinyConvNeXt(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.downsample_layers = nn.ModuleList(
+                [nn.Sequential(nn.Conv2d(3, 4, 2), nn.LayerNorm(4)) for _ in range(4)]
+            )
+            self.stages = nn.ModuleList(
+                [nn.ModuleList([nn.Sequential(nn.Conv2d(4, 4, 3, groups=4), nn.Linear(4, 8))])
+                 for _ in range(4)]
+            )  # fmt: skip
+
+    class Detector(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.backbone = TinyConvNeXt()
+            self.neck = nn.Conv2d(4, 4, 1)
+            self.head = nn.Linear(4, 2)
+
+    torch.manual_seed(0)
+    model = Detector()
+    adamw = dict(type='AdamW', lr=1e-4, betas=(0.9, 0.999), weight_decay=0.05)
+    paramwise = dict(decay_rate=0.7, decay_type='layer_wise', num_layers=6)
+    base = LearningRateDecayOptimizerConstructor(dict(optimizer=adamw), paramwise)(model).optimizer
+    _, wrapper = _build_new(
+        dict(constructor='mmdet.LearningRateDecayOptimizerConstructor', layers=('conv', 'fc')),
+        optimizer=adamw, paramwise_cfg=paramwise, model=model,
+    )  # fmt: skip
+    ours, theirs = _members(wrapper.optimizer, model), _members(base, model)
+    assert ours.keys() == theirs.keys() == {n for n, _ in model.named_parameters()}
+    assert len({o['lr_scale'] for o, _ in theirs.values()}) > 3  # layer decay really acts
+    for name, (options, param_name) in ours.items():
+        assert param_name == theirs[name][1] == name
+        rest = {k: v for k, v in options.items() if k not in ('gc', 'gc_dim', 'gc_variant')}
+        assert rest == theirs[name][0], name
+        is_weight = name.endswith('weight') and dict(model.named_parameters())[name].ndim > 1
+        assert options['gc'] is is_weight, name
+
+
+@pytest.mark.parametrize('kdim', [None, 3])
+def test_multihead_attention_projections_are_fc_weights(kdim):
+    """``nn.MultiheadAttention`` keeps its input projections as bare ``(out, in)``
+    parameters (one ``in_proj_weight``, or q/k/v ones when ``kdim`` differs):
+    fully-connected weights, selected with ``fc`` by the module's type."""
+    model = nn.Sequential(nn.MultiheadAttention(4, 2, kdim=kdim, vdim=kdim), nn.Conv2d(3, 4, 1))
+    names = (
+        {'in_proj_weight'} if kdim is None else {'q_proj_weight', 'k_proj_weight', 'v_proj_weight'}
+    )
+    _, wrapper = _build(dict(gc_layers=('conv', 'fc')), model=model)
+    gc = _gc_map(model, wrapper)
+    assert gc == {**{f'0.{n}': (True, 0) for n in names}, '0.out_proj.weight': (True, 0),
+                  '1.weight': (True, 0)}  # fmt: skip
+    _, wrapper = _build(dict(gc_layers='conv'), model=model)
+    assert _gc_map(model, wrapper) == {'1.weight': (True, 0)}

@@ -279,3 +279,27 @@ def test_errors_where_mmengine_raises(case):
     for cfg, _ in _mmgc_cfgs(base, None):
         with pytest.raises(error, match=match):
             GCOptimWrapperConstructor(cfg, paramwise)(model)
+
+
+@pytest.mark.parametrize('dcn', DCN)
+@pytest.mark.parametrize('case', sorted(CASES))
+def test_new_form_over_mmengines_constructor_gives_the_old_forms_groups(case, dcn):
+    """``optim_wrapper.gc`` over ``DefaultOptimWrapperConstructor`` (what
+    ``enable_gc`` writes) builds, for every MMEngine case, the groups of the
+    old form: same members in the same order, same options, plus
+    ``gc_variant`` on the GC groups."""
+    model_cls, base, paramwise, freeze = CASES[case]
+    torch.manual_seed(0)
+    model = model_cls(dcn)
+    freeze(model)
+    for cfg, _ in _mmgc_cfgs(base, paramwise)[::2]:  # SGDGC, SGD
+        old = GCOptimWrapperConstructor(cfg, paramwise)(model).optimizer.param_groups
+        new_cfg = dict(cfg, gc=dict(constructor='DefaultOptimWrapperConstructor'))
+        new = GCOptimWrapperConstructor(new_cfg, paramwise)(model).optimizer.param_groups
+        assert len(new) == len(old), cfg['optimizer']['type']
+        for a, b in zip(old, new):
+            assert [id(p) for p in a['params']] == [id(p) for p in b['params']]
+            assert {k: v for k, v in b.items() if k not in ('params', 'gc_variant')} == {
+                k: v for k, v in a.items() if k != 'params'
+            }
+            assert not b['gc'] or b['gc_variant'] == 'grad'

@@ -1,11 +1,12 @@
 """GC for optimizers other than SGDGC: each sees the centralized gradient,
-checked against references written from the equations (tests/reference.py)."""
+checked against references written from the equations (tests/reference.py).
+Mixed precision: test_amp.py; GC on the update: test_gc_update_variant.py."""
 
 import inspect
 
 import pytest
 import torch
-from mmengine.optim import AmpOptimWrapper, OptimWrapper, build_optim_wrapper
+from mmengine.optim import OptimWrapper, build_optim_wrapper
 from torch import nn
 from torch.testing import assert_close
 
@@ -251,51 +252,3 @@ def test_clipping_happens_before_gc():
     ref.step([g * scale for g in grads[:2]])
     for w, expected in zip(weights, ref.weights):
         assert_close(w.detach(), expected, rtol=1e-9, atol=1e-12)
-
-
-def _cpu_amp_wrapper(opt):
-    """MMEngine's AmpOptimWrapper refuses to build without a GPU; its step()
-    is plain code over a GradScaler, so run that real method with torch's
-    CPU GradScaler (what a CUDA run does with the CUDA one)."""
-    wrapper = AmpOptimWrapper.__new__(AmpOptimWrapper)
-    OptimWrapper.__init__(wrapper, optimizer=opt)
-    wrapper._scale_update_param = None
-    wrapper.loss_scaler = torch.amp.GradScaler('cpu', init_scale=4.0)
-    wrapper.loss_scaler.scale(torch.ones(()))  # what wrapper.backward(loss) does
-    return wrapper
-
-
-@pytest.mark.skipif(
-    not hasattr(torch.amp, 'GradScaler'),
-    reason=f'torch {torch.__version__} has no CPU GradScaler (torch.amp.GradScaler)',
-)
-def test_amp_skipped_step_centralizes_and_updates_nothing():
-    conv, deconv = _layers()
-    conv.float(), deconv.float()
-    opt = torch.optim.SGD(_groups(conv, deconv), lr=0.1, momentum=0.9, weight_decay=WD)
-    attach_gc_hooks(opt)
-    wrapper = _cpu_amp_wrapper(opt)
-    params = [conv.weight, deconv.weight, conv.bias, deconv.bias]
-    before = [p.detach().clone() for p in params]
-    bad = [torch.randn_like(p) for p in params]
-    bad[0][0, 0, 0, 0] = float('inf')
-    for p, g in zip(params, bad):
-        p.grad = g.clone()
-    wrapper.step()
-    for p, b, g in zip(params, before, bad):
-        assert torch.equal(p.detach(), b)
-        assert torch.equal(p.grad, g / 4.0)  # unscaled, never centralized
-    assert opt.state == {} or all('momentum_buffer' not in s for s in opt.state.values())
-    assert wrapper.loss_scaler.get_scale() == 2.0  # the scaler backed off
-
-    # a finite step: GC sees the unscaled gradient
-    good = [torch.randn_like(p) for p in params]
-    for p, g in zip(params, good):
-        p.grad = g * wrapper.loss_scaler.get_scale()
-    ref = ReferenceSGDGC(
-        [conv.weight, deconv.weight], [0, 1], lr=0.1, momentum=0.9, weight_decay=WD
-    )
-    wrapper.step()
-    ref.step(good[:2])
-    for w, expected in zip((conv.weight, deconv.weight), ref.weights):
-        assert_close(w.detach().double(), expected, rtol=1e-5, atol=1e-6)

@@ -101,8 +101,11 @@ def test_signature_and_defaults_equal_torch_sgd():
     ours = inspect.signature(SGDGC.__init__).parameters
     torchs = inspect.signature(torch.optim.SGD.__init__).parameters
     # SGDGC takes fused on every torch (a torch without it, 2.1, refuses
-    # fused=True in one sentence)
-    assert [n for n in ours if n in torchs or n != 'fused'] == list(torchs)
+    # fused=True in one sentence), and decoupled_weight_decay (as torch's Adam)
+    extra = ('fused', 'decoupled_weight_decay')
+    assert [n for n in ours if n in torchs or n not in extra] == list(torchs)
+    assert ours['decoupled_weight_decay'].default is False
+    assert ours['decoupled_weight_decay'].kind == inspect.Parameter.KEYWORD_ONLY
     for name, param in torchs.items():
         # torch 2.1's lr has no default (its `required` sentinel); ours is 1e-3
         if type(param.default).__name__ != '_RequiredParameter':
@@ -278,9 +281,11 @@ def test_setstate_fills_defaults_for_old_pickles():
     groups = [
         {k: v for k, v in g.items() if k not in ('gc', 'gc_dim', 'fused')} for g in opt.param_groups
     ]
+    groups = [{k: v for k, v in g.items() if k != 'decoupled_weight_decay'} for g in groups]
     opt.__setstate__({'state': {}, 'param_groups': groups})
     assert opt.param_groups[0]['gc'] is True and opt.param_groups[0]['gc_dim'] == 0
     assert opt.param_groups[0]['fused'] is False
+    assert opt.param_groups[0]['decoupled_weight_decay'] is False
 
 
 @pytest.mark.parametrize('out_dim', [0, 1])
@@ -464,7 +469,7 @@ def test_default_path_without_torch_cpu_fused_sgd_uses_mmgc_kernel(monkeypatch):
     """Where torch has no fused SGD for the CPU (torch 2.1), tensors that
     are not centralized go through mmgc's kernel too: torch's SGD up to
     rounding."""
-    monkeypatch.setattr(sgd_gc_module, 'torch_fused_sgd_on_cpu', lambda: False)
+    monkeypatch.setattr(sgd_gc_module, 'torch_fused_sgd_on_cpu', lambda *dtype: False)
     torch.manual_seed(0)
     model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), nn.Flatten(), nn.Linear(144, 3))
     twin = copy.deepcopy(model)
@@ -493,7 +498,7 @@ def test_fused_true_where_torch_cannot_is_one_sentence(monkeypatch, where):
         match = rf'fused=True needs a torch with a fused SGD kernel; torch {version} has none'
     else:
         monkeypatch.setattr(sgd_gc_module, 'torch_has_fused_sgd', lambda: True)
-        monkeypatch.setattr(sgd_gc_module, 'torch_fused_sgd_on_cpu', lambda: False)
+        monkeypatch.setattr(sgd_gc_module, 'torch_fused_sgd_on_cpu', lambda *dtype: False)
         match = rf'fused=True on CPU tensors .* torch {version} has it for GPUs only'
     with pytest.raises(ValueError, match=match) as info:
         SGDGC(nn.Linear(3, 2).parameters(), lr=0.1, fused=True)
@@ -504,3 +509,172 @@ def test_fused_true_where_torch_cannot_is_one_sentence(monkeypatch, where):
 def test_fused_true_on_a_torch_without_fused_sgd():
     with pytest.raises(ValueError, match=f'torch {re.escape(torch.__version__)} has none'):
         SGDGC(nn.Linear(3, 2).parameters(), lr=0.1, fused=True)
+
+
+def _fused_state(model):
+    """An SGDGC state whose groups say fused=True (as a GPU run saves it)."""
+    opt = SGDGC(_gc_groups(model), lr=0.05, momentum=0.9)
+    _train(model, opt, 1)
+    state = copy.deepcopy(opt.state_dict())
+    for group in state['param_groups']:
+        group['fused'] = True
+    return state
+
+
+@pytest.mark.parametrize('where', ['no fused SGD', 'no fused SGD for the CPU'])
+def test_loaded_fused_true_where_torch_cannot_is_refused(monkeypatch, where):
+    """A fused=True group restored by load_state_dict (or by unpickling) is
+    checked again: one sentence naming the group and what works, nothing
+    loaded."""
+    state = _fused_state(_conv_net())
+    if where == 'no fused SGD':
+        monkeypatch.setattr(sgd_gc_module, 'torch_has_fused_sgd', lambda: False)
+        missing = 'has no fused SGD kernel'
+    else:
+        monkeypatch.setattr(sgd_gc_module, 'torch_has_fused_sgd', lambda: True)
+        monkeypatch.setattr(sgd_gc_module, 'torch_fused_sgd_on_cpu', lambda *dtype: False)
+        missing = 'has a fused SGD for GPUs only, not for CPU tensors'
+    opt = SGDGC(_gc_groups(_conv_net()), lr=1.0)
+    match = (
+        rf'the loaded state has fused=True in parameter group 0, but torch '
+        rf"{re.escape(torch.__version__)} {missing}: set 'fused' to None in the state's "
+        rf'param_groups before loading'
+    )
+    with pytest.raises(ValueError, match=match) as info:
+        opt.load_state_dict(state)
+    assert str(info.value).count('. ') == 0
+    assert not opt.state and [g['lr'] for g in opt.param_groups] == [1.0] * 3
+    assert not any(g['fused'] for g in opt.param_groups)
+    # the pickle path (copy, torch.save of the optimizer) runs __setstate__
+    for group in opt.param_groups:
+        group['fused'] = True
+    with pytest.raises(ValueError, match='the loaded state has fused=True in parameter group 0'):
+        copy.deepcopy(opt)
+    # what the sentence says works
+    for group in state['param_groups']:
+        group['fused'] = None
+    opt = SGDGC(_gc_groups(_conv_net()), lr=1.0)
+    opt.load_state_dict(state)
+    _train(_conv_net(), opt, 1)
+
+
+def test_loaded_fused_true_on_this_torch():
+    """For real: on a torch with a CPU fused SGD (2.13) the state loads and
+    steps with it; on one without (2.1) it is refused."""
+    model = _conv_net()
+    state = _fused_state(model)
+    opt = SGDGC(_gc_groups(model), lr=1.0)
+    if torch_fused_sgd_on_cpu():
+        opt.load_state_dict(state)
+        assert all(g['fused'] for g in opt.param_groups)
+        _train(model, opt, 1)
+    else:
+        with pytest.raises(
+            ValueError, match='the loaded state has fused=True in parameter group 0'
+        ):
+            opt.load_state_dict(state)
+
+
+@pytest.mark.skipif(
+    not sgd_gc_module.torch_has_fused_sgd() or sgd_gc_module.torch_fused_sgd_on_cpu(torch.float16),
+    reason=f'torch {torch.__version__} has no fused SGD, or one that updates CPU float16',
+)
+def test_fused_true_on_cpu_half_that_torch_leaves_unchanged_is_refused():
+    """torch 2.13's CPU fused SGD leaves most of a float16 tensor as it was
+    (measured here): refused rather than a step that does nothing."""
+    p = nn.Parameter(torch.zeros(64, dtype=torch.float16))
+    p.grad = torch.ones_like(p)
+    torch.optim.SGD([p], lr=1.0, fused=True).step()
+    assert (p.detach() == 0).sum() >= 32  # torch's own fused SGD, for the record
+    with pytest.raises(ValueError, match=r'leaves CPU torch.float16 tensors unchanged'):
+        SGDGC([nn.Parameter(torch.zeros(64, dtype=torch.float16))], lr=1.0, fused=True)
+
+
+def test_decoupled_weight_decay_is_a_group_option_saved_and_loaded():
+    model = _conv_net()
+    groups = _gc_groups(model)
+    groups[2]['decoupled_weight_decay'] = True
+    opt = SGDGC(groups, lr=0.05, momentum=0.9, weight_decay=1e-2)
+    assert [g['decoupled_weight_decay'] for g in opt.param_groups] == [False, False, True]
+    _train(model, opt, 2)
+    state = copy.deepcopy(opt.state_dict())
+    assert [g['decoupled_weight_decay'] for g in state['param_groups']] == [False, False, True]
+    twin = SGDGC(_gc_groups(_conv_net()), lr=1.0)
+    twin.load_state_dict(state)
+    assert [g['decoupled_weight_decay'] for g in twin.param_groups] == [False, False, True]
+    # an SGDGC state saved before the option existed loads with the default
+    for group in state['param_groups']:
+        del group['decoupled_weight_decay']
+    twin.load_state_dict(state)
+    assert [g['decoupled_weight_decay'] for g in twin.param_groups] == [False] * 3
+
+
+@pytest.mark.parametrize('name', ['SGDWGC', 'SGDW_GC'])
+def test_sgdw_gc_from_the_registry_is_the_authors_sgdw_gc(name):
+    from mmengine.registry import OPTIMIZERS
+
+    from tests.reference import ReferenceSGDWGC
+
+    torch.manual_seed(0)
+    conv = nn.Conv2d(3, 6, 3).double()
+    params = list(conv.parameters())
+    hyper = dict(lr=0.1, momentum=0.9, weight_decay=5e-2)
+    opt = OPTIMIZERS.build(dict(type=name, params=params, **hyper))
+    assert type(opt).__name__ == 'SGDWGC' and isinstance(opt, SGDGC)
+    assert opt.param_groups[0]['decoupled_weight_decay'] is True
+    ref = ReferenceSGDWGC(params, [0, None], **hyper)
+    for step in range(3):
+        grads = _random_grads(params, step)
+        for p, g in zip(params, grads):
+            p.grad = g.clone()
+        opt.step()
+        ref.step(grads)
+    for p, expected in zip(params, ref.weights):
+        assert_close(p.detach(), expected, rtol=1e-12, atol=1e-12)
+    # the decay is decoupled, not L2: SGDGC with L2 decay ends elsewhere
+    assert not torch.allclose(params[0].detach(), _l2_twin(hyper), rtol=1e-6, atol=1e-8)
+
+
+def _l2_twin(hyper):
+    torch.manual_seed(0)
+    conv = nn.Conv2d(3, 6, 3).double()
+    params = list(conv.parameters())
+    opt = SGDGC(params, **hyper)
+    for step in range(3):
+        for p, g in zip(params, _random_grads(params, step)):
+            p.grad = g
+        opt.step()
+    return params[0].detach()
+
+
+@pytest.mark.parametrize('impl', ALL_IMPLS)
+def test_gc_variant_update_is_the_same_sgd_update(impl):
+    """For SGD, GC on the gradient and on the update are one update (P is
+    linear and commutes with the momentum)."""
+    results = []
+    for variant in ('grad', 'update'):
+        model = _conv_net()
+        groups = _gc_groups(model)
+        for group in groups:
+            group['gc_variant'] = variant
+        opt = SGDGC(groups, lr=0.05, momentum=0.9, weight_decay=1e-3, **impl)
+        _train(model, opt, 3)
+        assert opt.param_groups[0]['gc_variant'] == variant
+        results.append([p.detach().clone() for p in model.parameters()])
+    for a, b in zip(*results):
+        assert torch.equal(a, b)
+
+
+BAD_OPTIONS = [
+    (dict(gc_variant='weights'), ValueError, r"must be one of \('grad', 'update'\); got 'weights'"),
+    (dict(decoupled_weight_decay=1), TypeError, r'must be True or False; got 1'),
+]
+
+
+@pytest.mark.parametrize(('group', 'error', 'match'), BAD_OPTIONS)
+def test_invalid_variant_and_decoupled_options(group, error, match):
+    with pytest.raises(error, match=f'{next(iter(group))} {match}'):
+        SGDGC([dict(params=[nn.Parameter(torch.randn(2, 2))], **group)], lr=0.1)
+    if 'decoupled_weight_decay' in group:
+        with pytest.raises(error, match=f'decoupled_weight_decay {match}'):
+            SGDGC([nn.Parameter(torch.randn(2, 2))], lr=0.1, **group)

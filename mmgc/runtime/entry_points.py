@@ -1,0 +1,182 @@
+"""The ``main`` of each tool: the console scripts of an installed mmgc and the
+``tools/*.py`` shims call the same functions.
+
+=====================  ===============================  ==========================
+console script         tools/ shim                      function
+=====================  ===============================  ==========================
+``mmgc-train``         ``tools/train.py``               :func:`main_train`
+``mmgc-test``          ``tools/test.py``                :func:`main_test`
+``mmgc-compare-ap``    ``tools/compare_ap.py``          :func:`main_compare_ap`
+``mmgc-plot-gc-stats`` ``tools/plot_gc_stats.py``       :func:`main_plot_gc_stats`
+=====================  ===============================  ==========================
+
+Each takes ``argv`` (default: ``sys.argv[1:]``). A user's error ends in one
+line on stderr and exit status 2; the training and test tools' errors are
+those of :func:`mmgc.runtime.cli.exit_on_user_error`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+
+from mmdet.utils import register_all_modules, setup_cache_size_limit_of_dynamo
+from torch.distributed.elastic.multiprocessing.errors import record
+
+import mmgc  # noqa: F401  (the GC core: SGDGC, its constructor, GCDiagnosticsHook, mmgc::)
+
+from ..mim import configs_root
+from . import compare
+from .cli import exit_on_user_error, parse_args, run_test, run_train, test_parser, train_parser
+from .gc_stats import load_gc_stats, plot_gc_stats
+
+__all__ = [
+    'compare_ap_parser',
+    'main_compare_ap',
+    'main_plot_gc_stats',
+    'main_test',
+    'main_train',
+    'parse_compare_ap_args',
+]
+
+#: Exit status of a tool for a user's error (a missing run, runs that cannot be compared).
+USER_ERROR_STATUS = 2
+
+
+# @record: under torchrun, the error that ends a rank is shown in torchrun's
+# summary ("Root Cause"); without torchrun it only re-raises.
+@exit_on_user_error
+@record
+def main_train(argv: Sequence[str] | None = None) -> None:
+    """``mmgc-train`` / ``tools/train.py``: MMDetection's ``tools/train.py``
+    with mmgc loaded (:func:`mmgc.runtime.cli.run_train`)."""
+    args = parse_args(train_parser(), argv)
+    setup_cache_size_limit_of_dynamo()  # fewer repeated compilations
+    register_all_modules(init_default_scope=False)
+    run_train(args)
+
+
+@exit_on_user_error
+@record
+def main_test(argv: Sequence[str] | None = None) -> None:
+    """``mmgc-test`` / ``tools/test.py``: MMDetection's ``tools/test.py`` with
+    mmgc loaded; writes ``<work_dir>/test_metrics.json``
+    (:func:`mmgc.runtime.cli.run_test`)."""
+    args = parse_args(test_parser(), argv)
+    setup_cache_size_limit_of_dynamo()
+    register_all_modules(init_default_scope=False)
+    run_test(args)
+
+
+def compare_ap_parser() -> argparse.ArgumentParser:
+    """The command line of ``mmgc-compare-ap`` / ``tools/compare_ap.py``."""
+    parser = argparse.ArgumentParser(
+        description='Compare GC and baseline COCO APs over seeds (mean, spread, paired delta)'
+    )
+    add = parser.add_argument
+    add(
+        'runs',
+        nargs='*',
+        metavar='GC BASE',
+        help='a GC run and a baseline run (work dir or test_metrics.json), or --gc/--base',
+    )
+    add('--gc', nargs='+', metavar='RUN', help='the GC runs')
+    add('--base', nargs='+', metavar='RUN', help='the baseline runs')
+    add('--out-dir', default='work_dirs/compare_ap', help='where to write the report')
+    add('--gc-config', help="config of every GC run (default: each run's own)")
+    add('--base-config', help="config of every baseline run (default: each run's own)")
+    add('--metafile', help="metafile with the paper's APs (default: mmgc's configs/metafile.yml)")
+    add('--model', help="metafile entry (default: the GC runs' config name, if listed)")
+    add('--ignore-keys', nargs='+', default=[],
+        help='more config keys (dotted) allowed to differ between the runs')  # fmt: skip
+    return parser
+
+
+def parse_compare_ap_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    """Parse ``mmgc-compare-ap``'s ``argv``: the runs as ``GC BASE`` or as
+    ``--gc RUN... --base RUN...``; ``--metafile`` defaults to the one shipped
+    with mmgc (:func:`mmgc.mim.configs_root`). Exits with status 2 on a bad
+    command line, as argparse does."""
+    parser = compare_ap_parser()
+    args = parser.parse_args(argv)
+    if args.runs:
+        if args.gc or args.base:
+            parser.error('give the runs either as GC BASE or with --gc/--base, not both')
+        if len(args.runs) != 2:
+            parser.error(f'expected two runs, GC and BASE; got {len(args.runs)}: {args.runs}')
+        args.gc, args.base = [args.runs[0]], [args.runs[1]]
+    elif not (args.gc and args.base):
+        parser.error('give the runs: --gc RUN [RUN ...] --base RUN [RUN ...] (or GC BASE)')
+    if args.metafile is None:
+        try:
+            args.metafile = str(configs_root() / 'metafile.yml')
+        except FileNotFoundError as err:
+            parser.error(f'{err} Or give --metafile.')
+    return args
+
+
+def _user_error(err: BaseException) -> int:
+    print(f'error: {" ".join(str(err).split())}', file=sys.stderr)
+    return USER_ERROR_STATUS
+
+
+def main_compare_ap(argv: Sequence[str] | None = None) -> int:
+    """``mmgc-compare-ap`` / ``tools/compare_ap.py``: compare GC runs' COCO APs
+    with their baselines' over seeds (:mod:`mmgc.runtime.compare`), print the
+    report in Markdown and write it to ``--out-dir``.
+
+    Returns:
+        int: 0 when the report is written; 2 (one line on stderr, nothing
+        written) for a run that does not exist or holds no metrics, runs that
+        cannot be paired, a ``--model`` not in the metafile, or configs that
+        differ in more than the optimizer (within a side: the seed).
+    """
+    args = parse_compare_ap_args(argv)
+    try:
+        gc_runs, gc_skipped = compare.load_runs(args.gc, args.gc_config)
+        base_runs, base_skipped = compare.load_runs(args.base, args.base_config)
+        comparison = compare.compare_runs(
+            gc_runs,
+            base_runs,
+            metafile=args.metafile,
+            model=args.model,
+            ignore=args.ignore_keys,
+            skipped=gc_skipped + base_skipped,
+        )
+    except (FileNotFoundError, ValueError) as err:  # ConfigMismatchError is a ValueError
+        return _user_error(err)
+    print(compare.comparison_to_markdown(comparison))
+    paths = compare.write_report(comparison, args.out_dir)
+    for kind, path in paths.items():
+        print(f'{kind}: {path}')
+    return 0
+
+
+def main_plot_gc_stats(argv: Sequence[str] | None = None) -> int:
+    """``mmgc-plot-gc-stats`` / ``tools/plot_gc_stats.py``: plot the gradient
+    statistics of a GC run against its baseline (the paper's Fig. 4). Both
+    runs need ``GCDiagnosticsHook`` (``--gc-diagnostics N`` when training).
+
+    Returns:
+        int: 0 when the PNG is written; 1 (one line on stderr) when a run
+        has no statistics.
+    """
+    parser = argparse.ArgumentParser(
+        description='Plot gradient statistics of a GC run against its baseline (paper, Fig. 4)'
+    )
+    parser.add_argument('gc_run', help='work dir (or scalars.json) of the GC run')
+    parser.add_argument('baseline_run', help='work dir (or scalars.json) of the baseline run')
+    parser.add_argument('--out', default='gc_grad_stats.png', help='PNG to write')
+    args = parser.parse_args(argv)
+    try:
+        runs = {
+            'with GC': load_gc_stats(args.gc_run),
+            'without GC': load_gc_stats(args.baseline_run),
+        }
+    except FileNotFoundError as err:
+        print(f'error: {err}', file=sys.stderr)
+        return 1
+    out = plot_gc_stats(runs, args.out, gc_runs=('with GC',))
+    print(f'wrote {out}')
+    return 0

@@ -1,0 +1,229 @@
+"""``enable_gc``: one switch that puts GC on top of any config, and the same in
+a config's two lines.
+
+The configs are MMDetection's own (``mmdet::``) and small dicts; the models
+small ``torch.nn`` ones, so that the switch's result is checked end to end
+(config -> ``build_optim_wrapper`` -> the optimizer's groups).
+"""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+
+import mmdet
+import pytest
+import torch
+from mmengine.config import Config
+from mmengine.optim import build_optim_wrapper
+from torch import nn
+
+from mmgc import SGDGC
+from mmgc.engine.optimizers.gc_switch import enable_gc
+
+MMDET_CONFIGS = Path(mmdet.__file__).parent / '.mim' / 'configs'
+REPO = Path(__file__).resolve().parents[3]
+
+#: Keys in which a GC run may differ from its baseline (the comparison's allowed keys).
+ALLOWED = (
+    'custom_imports',
+    'optim_wrapper.optimizer.type',
+    'optim_wrapper.constructor',
+    'optim_wrapper.gc',
+    'optim_wrapper.paramwise_cfg.gc_layers',
+)
+
+
+def _flat(node, prefix=''):
+    if isinstance(node, dict):
+        out = {}
+        for key, value in node.items():
+            out.update(_flat(value, f'{prefix}.{key}' if prefix else key))
+        return out
+    return {prefix: node}
+
+
+def _changed_keys(before: dict, after: dict) -> set[str]:
+    a, b = _flat(before), _flat(after)
+    return {k for k in a.keys() | b.keys() if a.get(k, '<absent>') != b.get(k, '<absent>')}
+
+
+def _allowed(key: str) -> bool:
+    return any(key == a or key.startswith(a + '.') for a in ALLOWED)
+
+
+class Net(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(3, 4, 3)
+        self.bn = nn.BatchNorm2d(4)
+        self.fc = nn.Linear(4, 2)
+
+
+def _sgd_cfg(**optim_wrapper):
+    return dict(
+        optim_wrapper=dict(
+            type='OptimWrapper',
+            optimizer=dict(type='SGD', lr=0.02, momentum=0.9, weight_decay=1e-4),
+            **optim_wrapper,
+        )
+    )
+
+
+def _gc_by_name(model, optimizer):
+    names = {id(p): n for n, p in model.named_parameters()}
+    return {
+        names[id(p)]: (g['gc'], g['gc_dim'], g.get('gc_variant'))
+        for g in optimizer.param_groups
+        for p in g['params']
+    }
+
+
+@pytest.mark.parametrize(
+    ('variant', 'optimizer_type'),
+    [('grad', 'SGDGC'), ('update', 'SGDGC'), ('sgdw', 'SGDWGC')],
+)
+def test_sgd_config(variant, optimizer_type):
+    cfg = _sgd_cfg()
+    enable_gc(cfg, variant=variant)
+    assert cfg['optim_wrapper']['optimizer'] == dict(
+        type=optimizer_type, lr=0.02, momentum=0.9, weight_decay=1e-4
+    )
+    assert cfg['optim_wrapper']['constructor'] == 'GCOptimWrapperConstructor'
+    assert cfg['optim_wrapper']['gc'] == dict(
+        constructor='DefaultOptimWrapperConstructor', layers=['conv', 'fc'], variant=variant
+    )
+    assert cfg['custom_imports'] == dict(imports=['mmgc'], allow_failed_imports=False)
+
+
+def test_builds_gc_groups_end_to_end():
+    cfg = _sgd_cfg(paramwise_cfg=dict(norm_decay_mult=0.0))
+    baseline = copy.deepcopy(cfg)
+    enable_gc(cfg, layers=['conv'])
+    torch.manual_seed(0)
+    model = Net()
+    optimizer = build_optim_wrapper(model, cfg['optim_wrapper']).optimizer
+    assert type(optimizer) is SGDGC
+    assert _gc_by_name(model, optimizer) == {
+        'conv.weight': (True, 0, 'grad'),
+        'conv.bias': (False, 0, None),
+        'bn.weight': (False, 0, None),
+        'bn.bias': (False, 0, None),
+        'fc.weight': (False, 0, None),
+        'fc.bias': (False, 0, None),
+    }
+    base = build_optim_wrapper(model, baseline['optim_wrapper']).optimizer
+    base_wd = {id(p): g['weight_decay'] for g in base.param_groups for p in g['params']}
+    assert {id(p): g['weight_decay'] for g in optimizer.param_groups for p in g['params']} == (
+        base_wd
+    )
+
+
+def test_adamw_is_kept_and_gets_gc_through_the_hooks():
+    cfg = dict(optim_wrapper=dict(optimizer=dict(type='AdamW', lr=1e-3, weight_decay=0.05)))
+    enable_gc(cfg)
+    assert cfg['optim_wrapper']['optimizer']['type'] == 'AdamW'
+    torch.manual_seed(0)
+    model = Net()
+    optimizer = build_optim_wrapper(model, cfg['optim_wrapper']).optimizer
+    assert type(optimizer) is torch.optim.AdamW
+    for p in model.parameters():
+        p.grad = torch.randn_like(p)
+    optimizer.step()
+    moment = optimizer.state[model.fc.weight]['exp_avg']  # GC on the gradient: rows of mean 0
+    torch.testing.assert_close(moment.mean(1), torch.zeros(2), rtol=0, atol=1e-7)
+    assert moment.abs().mean() > 1e-3  # the raw gradient's rows have means of ~0.1 / sqrt(4)
+
+
+def test_mmdet_config_keeps_everything_but_the_allowed_keys():
+    """A real zoo config (ConvNeXt Mask R-CNN: AMP wrapper, layer-decay
+    constructor, AdamW, custom_imports of its own): only the allowed keys change."""
+    cfg = Config.fromfile(
+        MMDET_CONFIGS / 'convnext/mask-rcnn_convnext-t-p4-w7_fpn_amp-ms-crop-3x_coco.py',
+        import_custom_modules=False,  # its own import is mmpretrain's, an optional package
+    )
+    before = copy.deepcopy(cfg.to_dict())
+    enable_gc(cfg, layers=('conv', 'fc'), variant='update')
+    after = cfg.to_dict()
+    changed = _changed_keys(before, after)
+    assert changed and all(_allowed(k) for k in changed), sorted(changed)
+    ow = cfg.optim_wrapper
+    assert ow.type == 'AmpOptimWrapper' and ow.optimizer.type == 'AdamW'
+    assert ow.gc.constructor == 'LearningRateDecayOptimizerConstructor'
+    assert ow.paramwise_cfg == before['optim_wrapper']['paramwise_cfg']
+    assert before['custom_imports']['imports'][0] in cfg.custom_imports.imports
+    assert cfg.custom_imports.imports[-1] == 'mmgc'
+
+
+def test_switching_twice_replaces_layers_and_variant():
+    cfg = _sgd_cfg(constructor='MyConstructor')
+    enable_gc(cfg)
+    enable_gc(cfg, layers='conv', variant='update')
+    assert cfg['optim_wrapper']['gc'] == dict(
+        constructor='MyConstructor', layers=['conv'], variant='update'
+    )
+    assert cfg['custom_imports']['imports'] == ['mmgc']
+
+
+def test_old_form_config_moves_to_the_new_form():
+    cfg = Config.fromfile(REPO / 'configs/mask_rcnn_r50_fpn_gc.py')
+    enable_gc(cfg, layers='conv')
+    ow = cfg.optim_wrapper
+    assert ow.optimizer.type == 'SGDGC'
+    assert ow.gc == dict(
+        constructor='DefaultOptimWrapperConstructor', layers=['conv'], variant='grad'
+    )
+    assert 'gc_layers' not in (ow.get('paramwise_cfg') or {})
+
+
+def test_two_line_config_form(tmp_path):
+    """The two lines of the README in a user's own config, on MMDetection's."""
+    path = tmp_path / 'my_gc.py'
+    path.write_text(
+        "_base_ = 'mmdet::retinanet/retinanet_r18_fpn_1x_coco.py'\n"
+        "custom_imports = dict(imports=['mmgc'], allow_failed_imports=False)\n"
+        "optim_wrapper = dict(constructor='GCOptimWrapperConstructor', gc=dict("
+        "constructor='DefaultOptimWrapperConstructor', layers=('conv', 'fc'), variant='grad'))\n"
+    )
+    cfg = Config.fromfile(str(path))
+    torch.manual_seed(0)
+    model = Net()
+    optimizer = build_optim_wrapper(model, cfg.optim_wrapper).optimizer
+    assert type(optimizer) is torch.optim.SGD  # the base's SGD, with GC through the hooks
+    assert _gc_by_name(model, optimizer)['conv.weight'] == (True, 0, 'grad')
+    assert _gc_by_name(model, optimizer)['fc.weight'] == (True, 0, 'grad')
+    before = {n: p.detach().sum((1, 2, 3)).clone() for n, p in [('conv', model.conv.weight)]}
+    for p in model.parameters():
+        p.grad = torch.randn_like(p)
+    optimizer.step()
+    torch.testing.assert_close(model.conv.weight.sum((1, 2, 3)), before['conv'], rtol=0, atol=1e-6)
+
+
+ERRORS = [
+    (
+        dict(variant='gcc'),
+        r"the GC variant must be one of \('grad', 'update', 'sgdw'\); got 'gcc'",
+    ),
+    (dict(layers='bn'), r"gc_layers must be a non-empty subset of \('conv', 'fc'\); got 'bn'"),
+    (dict(layers=[]), r'non-empty subset .*got \[\]'),
+]
+
+
+@pytest.mark.parametrize(('kwargs', 'match'), ERRORS)
+def test_bad_values(kwargs, match):
+    cfg = _sgd_cfg()
+    with pytest.raises(ValueError, match=match):
+        enable_gc(cfg, **kwargs)
+    assert cfg == _sgd_cfg()  # nothing changed
+
+
+def test_sgdw_needs_sgd():
+    cfg = dict(optim_wrapper=dict(optimizer=dict(type='AdamW', lr=1e-3)))
+    with pytest.raises(ValueError, match=r"'sgdw' .*needs an SGD config; the optimizer is 'AdamW'"):
+        enable_gc(cfg, variant='sgdw')
+
+
+@pytest.mark.parametrize('cfg', [dict(), dict(optim_wrapper=dict(type='OptimWrapperDict'))])
+def test_needs_a_training_config(cfg):
+    with pytest.raises(ValueError, match='enable_gc needs a training config with optim_wrapper'):
+        enable_gc(cfg)

@@ -1,0 +1,62 @@
+"""The tools' main functions (mmgc.runtime.entry_points), which the console
+scripts and the tools/*.py shims both call: the same function, and a user's
+error in compare_ap ends in one line and exit status 2 with nothing written."""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+
+import pytest
+
+from mmgc.mim import configs_root
+from mmgc.runtime import entry_points
+
+
+@pytest.mark.parametrize(
+    'tool, function',
+    [
+        ('train', entry_points.main_train),
+        ('test', entry_points.main_test),
+        ('compare_ap', entry_points.main_compare_ap),
+        ('plot_gc_stats', entry_points.main_plot_gc_stats),
+    ],
+)
+def test_tools_are_shims_over_the_entry_points(tools, tool, function):
+    spec = importlib.util.spec_from_file_location(tool, tools.root / 'tools' / f'{tool}.py')
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    assert module.main is function
+
+
+def test_compare_ap_reads_the_shipped_metafile_by_default():
+    args = entry_points.parse_compare_ap_args(['gc_run', 'base_run'])
+    assert args.metafile == str(configs_root() / 'metafile.yml')
+    assert os.path.isfile(args.metafile)
+    assert (args.gc, args.base) == (['gc_run'], ['base_run'])
+
+
+@pytest.mark.parametrize(
+    'runs, match',
+    [
+        (['no_such_run', 'no_such_base'], "'no_such_run' is neither a work dir nor a metrics file"),
+        (['empty_gc', 'empty_base'], 'No GC run with metrics to compare'),
+    ],
+    ids=['missing run', 'no run with metrics'],
+)
+def test_compare_ap_user_errors_exit_2_in_one_line(tmp_path, capsys, monkeypatch, runs, match):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / 'empty_gc').mkdir()
+    (tmp_path / 'empty_base').mkdir()
+    out = tmp_path / 'report'
+    assert entry_points.main_compare_ap([*runs, '--out-dir', str(out)]) == 2
+    err = capsys.readouterr().err
+    assert err.count('\n') == 1 and err.startswith('error: ') and match in err
+    assert not out.exists()
+
+
+def test_compare_ap_bad_command_line_exits_2(capsys):
+    with pytest.raises(SystemExit) as info:
+        entry_points.main_compare_ap(['only_one_run'])
+    assert info.value.code == 2
+    assert 'expected two runs, GC and BASE; got 1' in capsys.readouterr().err

@@ -1,0 +1,642 @@
+"""The README is a test: every command of its ```bash / ```shell blocks runs
+here, as written and in the order written, with only sizes swapped for CPU
+stand-ins.
+
+:data:`COMMANDS` maps each command's text (continuation lines joined,
+comments dropped) to what runs here: one or more :class:`Run` (the same text
+with the words of ``swap`` replaced: a paper config by its stand-in under
+``tests/data/configs/readme/``, which inherits the real config and shrinks it
+to ResNet-18 on the ``shapes`` data; 8 GPUs by 2 gloo processes; a 12-epoch
+checkpoint by the stand-in's last; a placeholder such as ``CONFIG`` by a
+stand-in), or a :class:`NotHere` saying why it cannot run on this machine.
+A README command without an entry, or an entry without its command, fails
+:func:`test_every_readme_command_has_a_stand_in`: a README command cannot
+change without its test.
+
+The commands run in a workspace per flow (a temporary folder whose
+``tools``, ``configs`` and ``tests`` are the repository's), with the
+virtualenv's ``bin`` first on ``PATH`` (what ``source .venv/bin/activate``
+does), so ``python`` and the default ``./work_dirs/<config name>`` are the
+README's. The quick-reference block ("Train, test, distribute, compare")
+lists alternatives: a command there runs in the flow of what it needs
+(``--resume`` after a stopped run, ``test.py`` after a training, the plot
+after two diagnostics runs), and a command whose text appears twice runs once.
+Multi-node and Slurm lines cannot run on one machine without Slurm: their
+launch is checked with a recording ``python`` / ``srun`` instead.
+"""
+
+from __future__ import annotations
+
+import csv
+import importlib.util
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+import torch
+
+from mmgc.runtime.checkpoint import safe_torch_load
+
+pytestmark = pytest.mark.slow
+
+STANDINS = 'tests/data/configs/readme'
+GC = f'{STANDINS}/mask_rcnn_r50_fpn_gc.py'
+BASE = f'{STANDINS}/baselines/mask_rcnn_r50_fpn.py'
+#: One epoch of each, for CONFIG in the lines that only need a run.
+SHORT_GC = f'{STANDINS}/short/mask_rcnn_r50_fpn_gc.py'
+SHORT_BASE = f'{STANDINS}/short/baselines/mask_rcnn_r50_fpn.py'
+#: The paper configs the README names, and their stand-ins (same file names,
+#: so the default work dirs are the README's).
+CONFIGS = {'configs/mask_rcnn_r50_fpn_gc.py': GC, 'configs/baselines/mask_rcnn_r50_fpn.py': BASE}
+
+
+def _last(work_dir: str) -> dict:
+    """The stand-ins train 2 epochs where the paper configs train 12."""
+    return {f'{work_dir}/epoch_12.pth': f'{work_dir}/epoch_2.pth'}
+
+
+#: 8 (or any number of) GPUs: 2 gloo processes.
+GPUS = {'8': '2'}
+#: The default work dirs of the two twins (``work_dirs/<config name>``).
+NAMES = ('mask_rcnn_r50_fpn_gc', 'mask_rcnn_r50_fpn')
+#: MMDetection's own config zoo: tools/check_zoo.py's line checks one small config of it.
+ZOO_SAMPLE = (
+    Path(importlib.util.find_spec('mmdet').origin).parent
+    / '.mim/configs/retinanet/retinanet_r18_fpn_1x_coco.py'
+)
+RECORDER = '#!/usr/bin/env bash\nprintf "%s\\n" "$0" "$@" > "$RECORD"\n'
+
+
+@dataclass(frozen=True)
+class Run:
+    """The README's command, run in ``flow`` with the words (or phrases) of
+    ``swap`` replaced; every swapped word must be in the command."""
+
+    flow: str
+    swap: dict = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class NotHere:
+    """A README command that cannot run on this machine, and why."""
+
+    reason: str
+
+
+GPU_SETUP = (
+    "the GPU machines' set-up: CUDA wheels from download.pytorch.org and OpenMMLab's prebuilt "
+    'MMCV, for a GPU; this machine has no GPU and reaches only PyPI (tools/setup_env.sh installs '
+    'the same versions here, built for the CPU)'
+)
+BENCH = (
+    'a timing benchmark of full-size models (R50 / X101 optimizer steps, minutes on this CPU); '
+    'the suite asserts no timing'
+)
+
+#: Every command of the README, by its text, and what runs here.
+COMMANDS: dict[str, tuple[Run, ...] | NotHere] = {
+    # "Set up on a fresh machine"
+    'bash tools/run_demo.sh': NotHere(
+        'set-up: installs the stack, then runs the 12-minute demo; tests/runtime/test_demo.py '
+        'runs the demo at tiny sizes'
+    ),
+    'bash tools/run_tests.sh': NotHere('set-up: installs both stacks and runs this suite'),
+    'pip install torch==2.1.2 torchvision==0.16.2 --index-url '
+    'https://download.pytorch.org/whl/cu121': NotHere(GPU_SETUP),
+    'pip install -U openmim && mim install "mmengine==0.10.7" "mmcv==2.1.0"': NotHere(GPU_SETUP),
+    'pip install "mmdet==3.3.0" && pip install -e .': NotHere(GPU_SETUP),
+    # "Training a row"
+    'bash tools/dist_train.sh configs/mask_rcnn_r50_fpn_gc.py 8 --cfg-options randomness.seed=0': (
+        Run('row', GPUS),
+    ),
+    'bash tools/dist_train.sh configs/baselines/mask_rcnn_r50_fpn.py 8 --cfg-options '
+    'randomness.seed=0': (Run('row', GPUS),),
+    'python tools/test.py configs/mask_rcnn_r50_fpn_gc.py '
+    'work_dirs/mask_rcnn_r50_fpn_gc/epoch_12.pth': (
+        Run('row', _last('work_dirs/mask_rcnn_r50_fpn_gc')),
+    ),
+    'python tools/test.py configs/baselines/mask_rcnn_r50_fpn.py '
+    'work_dirs/mask_rcnn_r50_fpn/epoch_12.pth': (Run('row', _last('work_dirs/mask_rcnn_r50_fpn')),),
+    'python tools/compare_ap.py work_dirs/mask_rcnn_r50_fpn_gc work_dirs/mask_rcnn_r50_fpn': (
+        Run('row'),
+    ),
+    # "Settings you will likely change": the stand-in's backbone weights from a local file
+    'python tools/train.py configs/mask_rcnn_r50_fpn_gc.py --cfg-options '
+    'train_dataloader.batch_size=4 model.backbone.init_cfg.checkpoint=/models/resnet50.pth': (
+        Run(
+            'settings',
+            {
+                'configs/mask_rcnn_r50_fpn_gc.py': f'{STANDINS}/pretrained/mask_rcnn_r50_fpn_gc.py',
+                'model.backbone.init_cfg.checkpoint=/models/resnet50.pth': (
+                    'model.backbone.init_cfg.checkpoint=models/resnet50.pth'
+                ),
+            },
+        ),
+    ),
+    # "Train, test, distribute, compare"
+    'python tools/train.py configs/mask_rcnn_r50_fpn_gc.py --auto-scale-lr --cfg-options '
+    'randomness.seed=0': (Run('one-machine'),),
+    'NNODES=2 NODE_RANK=0 MASTER_ADDR=10.0.0.1 PORT=29500 bash tools/dist_train.sh CONFIG 8': (
+        Run('launch', {'CONFIG': GC}),
+    ),
+    'GPUS=16 bash tools/slurm_train.sh PARTITION JOB CONFIG WORK_DIR': (
+        Run('launch', {'CONFIG': GC}),
+    ),
+    'python tools/train.py CONFIG --resume --cfg-options randomness.seed=0': (
+        Run('resume', {'CONFIG': GC}),
+    ),
+    'python tools/train.py CONFIG --gc-diagnostics 50': (
+        Run('diagnostics', {'CONFIG': SHORT_GC, '50': '2'}),
+        Run('diagnostics', {'CONFIG': SHORT_BASE, '50': '2'}),
+    ),
+    'python tools/test.py CONFIG CHECKPOINT --work-dir work_dirs/gc': (
+        Run(
+            'one-machine',
+            {'CONFIG': GC, 'CHECKPOINT': 'work_dirs/mask_rcnn_r50_fpn_gc/epoch_2.pth'},
+        ),
+    ),
+    'bash tools/train_pair.sh configs/mask_rcnn_r50_fpn_gc.py 8 --seeds 0 1 2': (
+        Run('row', {'8 --seeds 0 1 2': '1 --seeds 0 1'}),
+    ),
+    'bash tools/train_pair.sh CONFIG 8 --seeds 0 1 2 --gc': (
+        Run('gc-pair', {'CONFIG': BASE, '8 --seeds 0 1 2': '1 --seeds 0'}),
+    ),
+    'python tools/compare_ap.py --gc RUN... --base RUN... --out-dir work_dirs/compare': (
+        Run(
+            'row',
+            {
+                '--gc RUN...': '--gc work_dirs/pairs/mask_rcnn_r50_fpn_gc/seed0/gc '
+                'work_dirs/pairs/mask_rcnn_r50_fpn_gc/seed1/gc',
+                '--base RUN...': '--base work_dirs/pairs/mask_rcnn_r50_fpn_gc/seed0/baseline '
+                'work_dirs/pairs/mask_rcnn_r50_fpn_gc/seed1/baseline',
+            },
+        ),
+    ),
+    # "GC on your own detector"
+    'python tools/train.py CONFIG --gc --gc-layers conv fc --gc-variant grad': (
+        Run('gc-switch', {'CONFIG': SHORT_BASE}),
+    ),
+    'python tools/check_zoo.py --out work_dirs/check_zoo/zoo.jsonl': (
+        Run('zoo', {'tools/check_zoo.py': f'tools/check_zoo.py {ZOO_SAMPLE}'}),
+    ),
+    # "Gradient diagnostics"
+    'python tools/plot_gc_stats.py work_dirs/mask_rcnn_r50_fpn_gc work_dirs/mask_rcnn_r50_fpn '
+    '--out fig4.png': (Run('diagnostics'),),
+    # "Performance"
+    '.venv/bin/python benchmarks/bench_step.py [--models mask_rcnn_r50 mask_rcnn_x101_64x4d] '
+    '[--threads N]': NotHere(BENCH),
+    '.venv/bin/python benchmarks/bench_e2e.py': NotHere(BENCH),
+}
+
+
+def readme_commands(text: str) -> list[str]:
+    """The commands of the ```bash / ```shell blocks of ``text``, in order:
+    continuation lines joined, comments dropped, runs of spaces made one."""
+    commands: list[str] = []
+    in_block, pending = False, ''
+    for line in text.splitlines():
+        if not in_block:
+            in_block = re.fullmatch(r'```(bash|shell)\s*', line) is not None
+            continue
+        if line.startswith('```'):
+            in_block = False
+            continue
+        line = '' if line.lstrip().startswith('#') else re.sub(r'\s+#\s.*$', '', line)
+        if line.rstrip().endswith('\\'):
+            pending += line.rstrip()[:-1] + ' '
+            continue
+        command, pending = ' '.join((pending + line).split()), ''
+        if command:
+            commands.append(command)
+    return commands
+
+
+def _swapped(command: str, swap: dict) -> str:
+    """``command`` with the whole words or phrases of ``swap`` and :data:`CONFIGS` replaced."""
+    for old, new in swap.items():
+        pattern = rf'(?<!\S){re.escape(old)}(?!\S)'
+        assert re.search(pattern, command), f'{old!r} is not in the README command {command!r}'
+        command = re.sub(pattern, new, command)
+    for old, new in CONFIGS.items():
+        command = re.sub(rf'(?<!\S){re.escape(old)}(?!\S)', new, command)
+    return command
+
+
+def _steps(flow: str) -> list[tuple[str, str]]:
+    """``(README command, what runs here)`` of ``flow``, in the README's order."""
+    commands = dict.fromkeys(readme_commands(README.read_text(encoding='utf-8')))
+    return [
+        (command, _swapped(command, run.swap))
+        for command in commands
+        if isinstance(COMMANDS.get(command), tuple)
+        for run in COMMANDS[command]
+        if run.flow == flow
+    ]
+
+
+README = Path(__file__).resolve().parents[2] / 'README.md'
+
+
+def test_every_readme_command_has_a_stand_in():
+    commands = readme_commands(README.read_text(encoding='utf-8'))
+    missing = [c for c in commands if c not in COMMANDS]
+    stale = [c for c in COMMANDS if c not in commands]
+    assert not missing, f'README commands without an entry in COMMANDS: {missing}'
+    assert not stale, f'COMMANDS entries that are not (any more) in the README: {stale}'
+    for command, entry in COMMANDS.items():
+        if isinstance(entry, NotHere):
+            assert entry.reason.strip(), command
+        else:
+            for run in entry:
+                _swapped(command, run.swap)  # every swapped word is in the command
+
+
+def test_readme_commands_are_read_as_a_shell_reads_them():
+    text = (
+        'x\n```bash\nrun a  b   # a comment\n# alone\nlong \\\n    --c 1 \\\n    --d 2\n```\n'
+        '```python\nnot = "a command"\n```\n```shell\nlast\n```\n'
+    )
+    assert readme_commands(text) == ['run a b', 'long --c 1 --d 2', 'last']
+
+
+# --------------------------------------------------------------- the runs
+
+
+class Workspace:
+    """A folder where the README's commands run as in a clone: ``tools``,
+    ``configs`` and ``tests`` are the repository's; the shapes data is the
+    stand-ins' (``MMGC_README_DATA``)."""
+
+    def __init__(self, tools, path: Path) -> None:
+        self.tools, self.path = tools, path
+        for name in ('tools', 'configs', 'tests'):
+            (path / name).symlink_to(tools.root / name, target_is_directory=True)
+        self.env = {
+            'MMGC_README_DATA': tools.data['data_root'] + '/',
+            # torchrun sees its processes end every PET_MONITOR_INTERVAL seconds (torch 2.1: 5)
+            'PET_MONITOR_INTERVAL': '0.1',
+            'PATH': os.pathsep.join((os.path.dirname(sys.executable), os.environ['PATH'])),
+        }
+
+    def run(self, command: str, **env: str) -> subprocess.CompletedProcess:
+        """``bash -c COMMAND`` here, with a free ``PORT`` for torchrun; ``PYTHON``
+        only if given (else the launchers take ``python`` from ``PATH``)."""
+        full = self.tools.env(**{'PORT': str(self.tools.free_port()), **self.env})
+        full.pop('PYTHON', None)
+        full.update(env)
+        return subprocess.run(
+            ['bash', '-c', command],
+            cwd=self.path,
+            env=full,
+            capture_output=True,
+            text=True,
+            timeout=self.tools.timeout,
+        )
+
+    def flow(self, name: str, **env: str) -> dict[str, list[subprocess.CompletedProcess]]:
+        """Run ``name``'s steps in the README's order, each asserted to succeed."""
+        out: dict[str, list] = {}
+        for command, here in _steps(name):
+            out.setdefault(command, []).append(self.tools.ok(self.run(here, **env)))
+        return out
+
+    def __truediv__(self, other: str) -> Path:
+        return self.path / other
+
+
+def _scalars(work_dir: Path) -> list[dict]:
+    (scalars,) = work_dir.glob('*/vis_data/scalars.json')
+    return [json.loads(line) for line in scalars.read_text().splitlines()]
+
+
+def _validations(work_dir: Path) -> list[dict]:
+    return [r for r in _scalars(work_dir) if 'coco/bbox_mAP' in r]
+
+
+def _record(path: Path) -> dict:
+    return json.loads((path / 'test_metrics.json').read_text())
+
+
+COCO_KEYS = [
+    f'coco/{task}_mAP{suffix}'
+    for task in ('bbox', 'segm')
+    for suffix in ('', '_50', '_75', '_s', '_m', '_l')
+]
+
+
+@pytest.fixture(scope='module')
+def row(tools, tmp_path_factory) -> Workspace:
+    """ "Training a row" on 2 gloo processes per run, then the quick
+    reference's train_pair.sh (its seed 0 is the row's runs, moved into its
+    layout: trained with the same command and seed) and compare_ap.py."""
+    ws = Workspace(tools, tmp_path_factory.mktemp('row'))
+    steps = _steps('row')
+    first = [i for i, (c, _) in enumerate(steps) if 'train_pair.sh' in c][0]
+    ws.procs = {}
+    for command, here in steps[:first]:
+        ws.procs.setdefault(command, []).append(tools.ok(ws.run(here)))
+    pairs = ws / 'work_dirs/pairs/mask_rcnn_r50_fpn_gc'
+    for side, name in (('gc', 'mask_rcnn_r50_fpn_gc'), ('baseline', 'mask_rcnn_r50_fpn')):
+        shutil.copytree(ws / f'work_dirs/{name}', pairs / 'seed0' / side, symlinks=True)
+    for command, here in steps[first:]:
+        ws.procs.setdefault(command, []).append(tools.ok(ws.run(here)))
+    return ws
+
+
+def _out(ws: Workspace, fragment: str) -> str:
+    (command,) = [c for c in ws.procs if fragment in c]
+    return ''.join(p.stdout + p.stderr for p in ws.procs[command])
+
+
+def test_row_trains_each_twin_on_two_gloo_processes_with_its_seed(row):
+    for config, name in (
+        ('configs/mask_rcnn_r50_fpn_gc.py', 'mask_rcnn_r50_fpn_gc'),
+        ('configs/baselines/mask_rcnn_r50_fpn.py', 'mask_rcnn_r50_fpn'),
+    ):
+        out = _out(row, f'dist_train.sh {config}')
+        assert "backend='gloo'" in out and 'CPUDistributedDataParallel' in out
+        ckpt = safe_torch_load(str(row / f'work_dirs/{name}/epoch_2.pth'))
+        assert ckpt['meta']['seed'] == 0 and ckpt['meta']['epoch'] == 2
+        # 8 images, 2 per process and step, 2 processes, 2 epochs
+        assert ckpt['meta']['iter'] == 4
+        groups = ckpt['optimizer']['param_groups']
+        if name.endswith('_gc'):  # the GC options are saved with the optimizer
+            assert any(g['gc'] for g in groups) and any(not g['gc'] for g in groups)
+        else:
+            assert all('gc' not in g for g in groups)
+
+
+def test_row_tests_each_run_into_its_work_dir(row):
+    for name in ('mask_rcnn_r50_fpn_gc', 'mask_rcnn_r50_fpn'):
+        record = _record(row / f'work_dirs/{name}')
+        assert record['seed'] == 0 and record['checkpoint'].endswith('epoch_2.pth')
+        assert set(COCO_KEYS) <= set(record['metrics'])
+        assert "launcher = 'pytorch'" in record['train_config_text']
+
+
+def test_row_ends_in_a_comparison_with_the_papers_delta(row):
+    proc = row.procs[
+        'python tools/compare_ap.py work_dirs/mask_rcnn_r50_fpn_gc work_dirs/mask_rcnn_r50_fpn'
+    ][0]
+    assert '1 pair of runs (seeds 0), paired by seed:' in proc.stdout
+    assert 'spread unknown (1 seed)' in proc.stdout
+    with open(row / 'work_dirs/compare_ap/ap_comparison.csv', newline='') as f:
+        rows = {(r['task'], r['metric']): r for r in csv.DictReader(f)}
+    gc, base = (_record(row / f'work_dirs/{n}') for n in NAMES)
+    bbox = rows['bbox', 'AP']
+    assert float(bbox['delta']) == pytest.approx(
+        100 * (gc['metrics']['coco/bbox_mAP'] - base['metrics']['coco/bbox_mAP']), abs=1e-3
+    )
+    # the metafile's R50 Mask R-CNN row: 37.9 - 37.4 box AP, 34.7 - 34.1 mask AP
+    assert float(bbox['paper_delta']) == pytest.approx(0.5)
+    assert float(rows['segm', 'AP']['paper_delta']) == pytest.approx(0.6)
+
+
+def test_train_pair_reuses_the_row_and_trains_the_other_seed(row):
+    out = _out(row, 'train_pair.sh configs/mask_rcnn_r50_fpn_gc.py')
+    pairs = row / 'work_dirs/pairs/mask_rcnn_r50_fpn_gc'
+    for side in ('gc', 'baseline'):
+        done = f'work_dirs/pairs/mask_rcnn_r50_fpn_gc/seed0/{side}/test_metrics.json'
+        assert f'seed 0 {side}: done ({done}), skipped' in out
+        assert f'seed 1 {side}: training' in out
+        record = _record(pairs / 'seed1' / side)
+        assert record['seed'] == 1 and "launcher = 'none'" in record['train_config_text']
+    assert '2 pairs of runs (seeds 0, 1), paired by seed:' in out
+
+
+def test_train_pair_keeps_the_training_config_through_the_test(row):
+    """The seed goes to train.py only: test.py's own config dump has none,
+    and the metrics file keeps the training config's."""
+    from mmengine.config import Config
+
+    wd = row / 'work_dirs/pairs/mask_rcnn_r50_fpn_gc/seed1/baseline'
+    trained = Config.fromfile(str(wd / 'mask_rcnn_r50_fpn.py'), import_custom_modules=False)
+    tested = Config.fromfile(str(wd / 'mask_rcnn_r50_fpn_test.py'), import_custom_modules=False)
+    assert trained.randomness.seed == 1 and 'seed' not in (tested.get('randomness') or {})
+    assert tested.launcher == 'none'  # GPUS 1 stands in for 8: test.py in this shell
+    assert trained.default_hooks.checkpoint.type == 'AtomicCheckpointHook'  # train.py's only
+    assert tested.default_hooks.checkpoint.type == 'CheckpointHook'
+    assert 'seed=1' in _record(wd)['train_config_text'].replace(' ', '')
+
+
+def test_compare_ap_pairs_several_runs_per_side_by_seed(row):
+    out = _out(row, 'compare_ap.py --gc RUN...')
+    assert '2 pairs of runs (seeds 0, 1), paired by seed:' in out
+    with open(row / 'work_dirs/compare/ap_comparison.csv', newline='') as f:
+        rows = {(r['task'], r['metric']): r for r in csv.DictReader(f)}
+    bbox = rows['bbox', 'AP']
+    assert bbox['pairs'] == bbox['gc_runs'] == bbox['baseline_runs'] == '2'
+    assert bbox['verdict'] in ('GC higher', 'no clear difference', 'GC lower')
+    assert (row / 'work_dirs/compare/ap_deltas.png').read_bytes()[:8] == b'\x89PNG\r\n\x1a\n'
+
+
+def _has_gc_switch() -> bool:
+    return importlib.util.find_spec('mmgc.engine.optimizers.gc_switch') is not None
+
+
+@pytest.mark.skipif(not _has_gc_switch(), reason='mmgc.engine.optimizers.gc_switch is absent')
+def test_train_pair_with_gc_compares_a_config_with_itself(row):
+    """``--gc``: the GC side is the baseline config with tools/train.py --gc,
+    the baseline the config itself (the row's baseline run: same command, seed)."""
+    pairs = row / 'work_dirs/pairs/mask_rcnn_r50_fpn'
+    shutil.copytree(row / 'work_dirs/mask_rcnn_r50_fpn', pairs / 'seed0' / 'baseline')
+    ((command, here),) = _steps('gc-pair')
+    out = row.tools.output(row.tools.ok(row.run(here)))
+    assert 'seed 0 baseline: done' in out and 'seed 0 gc: training' in out
+    assert '1 pair of runs (seeds 0), paired by seed:' in out
+    record = _record(pairs / 'seed0' / 'gc')
+    assert "constructor='GCOptimWrapperConstructor'" in record['train_config_text']
+    ckpt = safe_torch_load(str(pairs / 'seed0' / 'gc' / 'epoch_2.pth'))
+    assert any(g.get('gc') for g in ckpt['optimizer']['param_groups'])
+
+
+# ------------------------------------------------------- one machine, resume
+
+
+@pytest.fixture(scope='module')
+def one_machine(tools, tmp_path_factory) -> Workspace:
+    """tools/train.py with --auto-scale-lr and seed 0, then tools/test.py on its
+    last checkpoint."""
+    ws = Workspace(tools, tmp_path_factory.mktemp('one_machine'))
+    ws.procs = ws.flow('one-machine')
+    return ws
+
+
+def test_one_machine_scales_the_lr_to_its_batch(one_machine):
+    out = _out(one_machine, '--auto-scale-lr')
+    # 1 process x 2 images of MMDetection's 16: 0.02 x 2 / 16
+    assert 'LR is set based on batch size of 16 and the current batch size is 2. ' in out
+    assert 'Scaling the original LR by 0.125.' in out
+    ckpt = safe_torch_load(str(one_machine / 'work_dirs/mask_rcnn_r50_fpn_gc/epoch_2.pth'))
+    assert {g['initial_lr'] for g in ckpt['optimizer']['param_groups']} == {0.0025}
+    assert ckpt['meta']['iter'] == 8  # 8 images, batch 2, 2 epochs
+    assert (one_machine / 'work_dirs/mask_rcnn_r50_fpn_gc/mask_rcnn_r50_fpn_gc.py').is_file()
+    val = _validations(one_machine / 'work_dirs/mask_rcnn_r50_fpn_gc')
+    assert [r['step'] for r in val] == [2]  # val_interval 2 of 2 epochs
+
+
+def test_test_tool_writes_coco_metrics_and_the_seed(one_machine):
+    record = _record(one_machine / 'work_dirs/gc')
+    ckpt = safe_torch_load(str(one_machine / 'work_dirs/mask_rcnn_r50_fpn_gc/epoch_2.pth'))
+    assert record['seed'] == ckpt['meta']['seed'] == 0
+    assert record['checkpoint'] == 'work_dirs/mask_rcnn_r50_fpn_gc/epoch_2.pth'
+    assert record['config'] == GC and 'SGDGC' in record['config_text']
+    metrics = record['metrics']
+    assert set(COCO_KEYS) <= set(metrics)
+    # 64-pixel images hold only small objects: COCOeval gives -1 for the
+    # empty medium and large ranges and a real value for small ones.
+    assert metrics['coco/bbox_mAP_m'] == -1.0 and metrics['coco/segm_mAP_l'] == -1.0
+    assert 0.0 <= metrics['coco/bbox_mAP_s'] <= 1.0
+    # the same checkpoint as the last validation: the same APs
+    last_val = _validations(one_machine / 'work_dirs/mask_rcnn_r50_fpn_gc')[-1]
+    for key in COCO_KEYS:
+        assert metrics[key] == pytest.approx(last_val[key])
+
+
+def _assert_same_checkpoint(a: dict, b: dict) -> None:
+    assert (a['meta']['epoch'], a['meta']['iter']) == (b['meta']['epoch'], b['meta']['iter'])
+    assert a['state_dict'].keys() == b['state_dict'].keys()
+    for key, value in a['state_dict'].items():
+        torch.testing.assert_close(b['state_dict'][key], value, rtol=0, atol=0)
+    sa, sb = a['optimizer'], b['optimizer']
+    assert sa['state'].keys() == sb['state'].keys()
+    for key, state in sa['state'].items():
+        torch.testing.assert_close(
+            sb['state'][key]['momentum_buffer'], state['momentum_buffer'], rtol=0, atol=0
+        )
+    assert sa['param_groups'] == sb['param_groups']
+    assert a['param_schedulers'] == b['param_schedulers']
+
+
+def test_resume_continues_a_stopped_run_bit_for_bit(tools, one_machine, tmp_path):
+    """The one-machine run, stopped after epoch 1 (its epoch-1 checkpoint and
+    last_checkpoint: what a run killed in epoch 2 leaves), resumed by the
+    README's --resume line, ends with the uninterrupted run's weights."""
+    ws = Workspace(tools, tmp_path)
+    work_dir = ws / 'work_dirs/mask_rcnn_r50_fpn_gc'
+    work_dir.mkdir(parents=True)
+    shutil.copy(one_machine / 'work_dirs/mask_rcnn_r50_fpn_gc/epoch_1.pth', work_dir)
+    (work_dir / 'last_checkpoint').write_text(str(work_dir / 'epoch_1.pth'))
+    procs = ws.flow('resume')
+    ((proc,),) = procs.values()
+    out = tools.output(proc)
+    assert f"Resuming from '{work_dir / 'epoch_1.pth'}'" in out
+    assert 'resumed epoch: 1, iter: 4' in out and 'local_safe backend' in out
+    _assert_same_checkpoint(
+        safe_torch_load(str(one_machine / 'work_dirs/mask_rcnn_r50_fpn_gc/epoch_2.pth')),
+        safe_torch_load(str(work_dir / 'epoch_2.pth')),
+    )
+
+
+# --------------------------------------------------------------- diagnostics
+
+
+def test_gc_diagnostics_on_both_twins_and_the_plot(tools, tmp_path):
+    ws = Workspace(tools, tmp_path)
+    procs = ws.flow('diagnostics')
+    assert len(procs['python tools/train.py CONFIG --gc-diagnostics 50']) == 2
+    for name in ('mask_rcnn_r50_fpn_gc', 'mask_rcnn_r50_fpn'):
+        records = _scalars(ws / f'work_dirs/{name}')
+        logged = [r for r in records if any(k.startswith('gc/') for k in r)]
+        assert [r['step'] for r in logged] == [2, 4]  # 4 iterations, every 2
+        stats = {k.rsplit('/', 1)[-1] for k in logged[0] if k.startswith('gc/')}
+        assert stats == {'grad_norm', 'grad_max', 'gc_grad_norm', 'gc_grad_max', 'sum_drift'}
+    assert (ws / 'fig4.png').read_bytes()[:8] == b'\x89PNG\r\n\x1a\n'
+
+
+# ------------------------------------------------------------------ settings
+
+
+def test_settings_override_batch_size_and_backbone_weights(tools, tmp_path):
+    """--cfg-options batch size 4 and backbone weights from a local file: the
+    stand-in's own ResNet-18 weights, saved where the README's line points."""
+    from mmdet.registry import MODELS
+    from mmdet.utils import register_all_modules
+    from mmengine.config import Config
+
+    ws = Workspace(tools, tmp_path)
+    register_all_modules(init_default_scope=False)
+    cfg = Config.fromfile(str(tools.root / GC))
+    backbone = MODELS.build(cfg.model.backbone)
+    torch.manual_seed(0)
+    for p in backbone.parameters():
+        torch.nn.init.normal_(p)
+    (ws / 'models').mkdir()
+    torch.save(backbone.state_dict(), ws / 'models/resnet50.pth')
+    procs = ws.flow('settings')
+    out = tools.output(next(iter(procs.values()))[0])
+    assert 'load model from: models/resnet50.pth' in out
+    assert 'missing keys in source state_dict' not in out
+    assert 'unexpected key in source state_dict' not in out
+    ckpt = safe_torch_load(str(ws / 'work_dirs/mask_rcnn_r50_fpn_gc/epoch_1.pth'))
+    assert ckpt['meta']['iter'] == 2  # 8 images, 4 per batch
+
+
+# ------------------------------------------------------------------ launches
+
+
+def test_multi_node_and_slurm_lines_launch_as_written(tools, tmp_path):
+    """No second node and no Slurm here: a recording ``python`` (torchrun's
+    interpreter) and ``srun`` show what each line starts."""
+    ws = Workspace(tools, tmp_path)
+    for name in ('python', 'srun'):
+        (ws / 'bin').mkdir(exist_ok=True)
+        (ws / 'bin' / name).write_text(RECORDER)
+        (ws / 'bin' / name).chmod(0o755)
+    record = ws / 'record.txt'
+    path = os.pathsep.join((str(ws / 'bin'), ws.env['PATH']))
+    calls = []
+    for _, here in _steps('launch'):
+        tools.ok(ws.run(here, RECORD=str(record), PATH=path, PYTHON=str(ws / 'bin' / 'python')))
+        calls.append(record.read_text().splitlines())
+    torchrun, srun = calls
+    assert torchrun[:3] == [str(ws / 'bin' / 'python'), '-m', 'torch.distributed.run']
+    assert torchrun[3:8] == [
+        '--nnodes=2',
+        '--node_rank=0',
+        '--master_addr=10.0.0.1',
+        '--nproc_per_node=8',
+        '--master_port=29500',
+    ]
+    assert torchrun[8:] == [str(ws / 'tools' / 'train.py'), GC, '--launcher', 'pytorch']
+    assert srun[0].endswith('/bin/srun')
+    assert srun[1:4] == ['-p', 'PARTITION', '--job-name=JOB']
+    assert '--ntasks=16' in srun and '--gres=gpu:8' in srun and '--ntasks-per-node=8' in srun
+    start = srun.index(str(ws / 'bin' / 'python'))
+    assert srun[start:] == [
+        str(ws / 'bin' / 'python'),
+        '-u',
+        str(ws / 'tools' / 'train.py'),
+        GC,
+        '--work-dir=WORK_DIR',
+        '--launcher=slurm',
+    ]
+
+
+# ------------------------------------------------------ GC on your own detector
+
+
+def test_gc_switch_on_a_config_without_gc(tools, tmp_path):
+    ws = Workspace(tools, tmp_path)
+    ((proc,),) = ws.flow('gc-switch').values()
+    out = tools.output(proc)
+    assert "--gc: GC on ['conv', 'fc'] weights, variant 'grad', optimizer 'SGDGC'" in out
+    ckpt = safe_torch_load(str(ws / 'work_dirs/mask_rcnn_r50_fpn/epoch_1.pth'))
+    groups = ckpt['optimizer']['param_groups']
+    assert any(g['gc'] for g in groups) and any(not g['gc'] for g in groups)
+    assert "constructor='GCOptimWrapperConstructor'" in ckpt['meta']['cfg']
+
+
+def test_check_zoo_on_a_sample_of_the_zoo(tools, tmp_path):
+    """The whole zoo takes hours on this CPU: the line runs on one small config of it."""
+    ws = Workspace(tools, tmp_path)
+    ws.flow('zoo')
+    (result,) = [json.loads(line) for line in (ws / 'work_dirs/check_zoo/zoo.jsonl').open()]
+    assert result['config'] == 'retinanet/retinanet_r18_fpn_1x_coco.py'
+    assert result['status'] == 'ok', result
