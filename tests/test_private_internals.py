@@ -60,3 +60,10 @@ def test_grad_scaler_fused_protocol():
         source = inspect.getsource(AmpGradScaler.step)
     for name in ('_step_supports_amp_scaling', 'grad_scale', 'found_inf'):
         assert name in source
+
+
+def test_torch_optimizer_step_pre_hooks_dict():
+    # mmgc/engine/optimizers/coverage.py: whether an optimizer has mmgc's step hooks
+    optimizer = torch.optim.SGD([torch.nn.Parameter(torch.zeros(2))], lr=0.1)
+    handle = optimizer.register_step_pre_hook(lambda *args: None)
+    assert handle.id in optimizer._optimizer_step_pre_hooks

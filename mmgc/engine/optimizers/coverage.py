@@ -158,6 +158,13 @@ def _count(optimizer: Optimizer) -> GCCoverage:
     return GCCoverage(tensors, params, total_tensors, total_params, by_variant)
 
 
+def _gc_groups_hold_tensors(optimizer: Optimizer) -> bool:
+    """Whether any ``gc=True`` group holds tensors (a user who switched GC off in
+    every group after building the optimizer has none: nothing was flattened)."""
+    default = _gc_default()
+    return any(g.get('gc', default) and len(g['params']) for g in optimizer.param_groups)
+
+
 def gc_coverage(optimizer: Optimizer) -> GCCoverage:
     """How many tensors and parameters ``optimizer``'s step centralizes.
 
@@ -275,7 +282,8 @@ class _FirstStepCheck:
                 f"neither SGDGC nor given mmgc's step hooks); use optimizer_class=SGDGC, or "
                 f'attach_gc_hooks(gc_local_optimizer(optimizer))'
             )
-        if now.tensors == 0 and (self.installed.tensors > 0 or _holds_fsdp1(optimizer)):
+        flattened = self.installed.tensors > 0 and _gc_groups_hold_tensors(optimizer)
+        if now.tensors == 0 and (flattened or _holds_fsdp1(optimizer)):
             built = (
                 f'was built with {self.installed.tensors} weights to centralize '
                 f'({self.installed.params:,} params), but at its first step it holds'

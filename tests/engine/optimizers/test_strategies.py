@@ -521,3 +521,16 @@ def test_check_gc_runner_strategy_refuses(strategy, what):
 @pytest.mark.parametrize('strategy', [None, 'DDPStrategy', dict(type='DDPStrategy')])
 def test_check_gc_runner_strategy_accepts(strategy):
     assert check_gc_runner_strategy(strategy) is None
+
+
+def test_gc_switched_off_after_building_is_not_taken_for_flattening():
+    """A user (or bench_step.py's 'GC off' row) may set gc=False in every group
+    after building SGDGC: nothing is flattened, so the first step runs."""
+    from mmgc import SGDGC
+
+    model = torch.nn.Conv2d(2, 3, 3)
+    optimizer = SGDGC(model.parameters(), lr=0.1, momentum=0.9)
+    for group in optimizer.param_groups:
+        group['gc'] = False
+    model(torch.randn(1, 2, 5, 5)).sum().backward()
+    optimizer.step()
