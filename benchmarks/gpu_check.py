@@ -53,6 +53,7 @@ import xml.etree.ElementTree as ET
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 import torch
 
@@ -64,28 +65,28 @@ TITLES = {
     'bench': '3. Optimizer step benchmark (bench_step.py)',
     'e2e': '4. Mask R-CNN R50-FPN end to end',
 }
+
+
+class Sizes(NamedTuple):
+    """How big one device's run is: the step benchmark's models, timed steps
+    and warm-up steps; the end-to-end run's timed and warm-up steps, image
+    (height, width), ResNet depth and RoIs sampled per image (None:
+    MMDetection's)."""
+
+    bench_models: list[str]
+    bench_iters: int
+    bench_warmup: int
+    e2e_iters: int
+    e2e_warmup: int
+    e2e_image: tuple[int, int]
+    e2e_depth: int
+    e2e_rois: int | None
+
+
 #: The sizes of each device's run.
 SIZES = {
-    'cuda': dict(
-        bench_models=['mask_rcnn_r50', 'mask_rcnn_x101_64x4d'],
-        bench_iters=30,
-        bench_warmup=3,
-        e2e_iters=30,
-        e2e_warmup=5,
-        e2e_image=(800, 1333),
-        e2e_depth=50,
-        e2e_rois=None,
-    ),
-    'cpu': dict(
-        bench_models=['mask_rcnn_r50'],
-        bench_iters=2,
-        bench_warmup=1,
-        e2e_iters=2,
-        e2e_warmup=1,
-        e2e_image=(128, 160),
-        e2e_depth=18,
-        e2e_rois=16,
-    ),
+    'cuda': Sizes(['mask_rcnn_r50', 'mask_rcnn_x101_64x4d'], 30, 3, 30, 5, (800, 1333), 50, None),
+    'cpu': Sizes(['mask_rcnn_r50'], 2, 1, 2, 1, (128, 160), 18, 16),
 }
 #: Seconds each section may take before it fails.
 TIMEOUTS = dict(tests=300, distributed=240, bench=420, e2e=420)
@@ -414,11 +415,11 @@ def table_ratios(text: str, variant: str) -> dict[str, str]:
     return {}
 
 
-def bench_section(device: str, out_dir: Path, env: dict[str, str], sizes: dict) -> Section:
+def bench_section(device: str, out_dir: Path, env: dict[str, str], sizes: Sizes) -> Section:
     bench_dir, log = out_dir / 'bench', out_dir / 'bench.log'
     cmd = [sys.executable, str(ROOT / 'benchmarks' / 'bench_step.py'), '--device', device]
-    cmd += ['--models', *sizes['bench_models'], '--iters', str(sizes['bench_iters'])]
-    cmd += ['--warmup', str(sizes['bench_warmup']), '--out-dir', str(bench_dir)]
+    cmd += ['--models', *sizes.bench_models, '--iters', str(sizes.bench_iters)]
+    cmd += ['--warmup', str(sizes.bench_warmup), '--out-dir', str(bench_dir)]
     code = run_logged(cmd, env, TIMEOUTS['bench'], log)
     table = bench_dir / f'step_{device}.md'
     if code != 0 or not table.is_file():
@@ -427,13 +428,13 @@ def bench_section(device: str, out_dir: Path, env: dict[str, str], sizes: dict) 
     ratios = table_ratios(text, 'SGDGC default')
     summary = ', '.join(f'{model} {ratio}' for model, ratio in ratios.items())
     reason = (
-        f'{", ".join(sizes["bench_models"])}, {sizes["bench_iters"]} steps; SGDGC default / '
+        f'{", ".join(sizes.bench_models)}, {sizes.bench_iters} steps; SGDGC default / '
         f'torch SGD without GC: {summary or "see the table"}'
     )
     note = (
         ''
         if device == 'cuda'
-        else f'\n\nCPU stand-in: {sizes["bench_iters"]} timed steps, too few for stable '
+        else f'\n\nCPU stand-in: {sizes.bench_iters} timed steps, too few for stable '
         f'numbers; they show that the section runs.'
     )
     return Section('bench', PASS, reason, text.replace('## ', '#### ', 1) + note)
@@ -602,14 +603,14 @@ def e2e_worker(args: argparse.Namespace) -> None:
     Path(args.out).write_text(json.dumps(result, indent=1))
 
 
-def e2e_section(device: str, out_dir: Path, env: dict[str, str], sizes: dict) -> Section:
+def e2e_section(device: str, out_dir: Path, env: dict[str, str], sizes: Sizes) -> Section:
     out, log = out_dir / 'e2e.json', out_dir / 'e2e.log'
-    height, width = sizes['e2e_image']
+    height, width = sizes.e2e_image
     cmd = [sys.executable, __file__, 'e2e-worker', '--device', device, '--out', str(out)]
-    cmd += ['--iters', str(sizes['e2e_iters']), '--warmup', str(sizes['e2e_warmup'])]
-    cmd += ['--image-size', str(height), str(width), '--depth', str(sizes['e2e_depth'])]
-    if sizes['e2e_rois']:
-        cmd += ['--rois', str(sizes['e2e_rois'])]
+    cmd += ['--iters', str(sizes.e2e_iters), '--warmup', str(sizes.e2e_warmup)]
+    cmd += ['--image-size', str(height), str(width), '--depth', str(sizes.e2e_depth)]
+    if sizes.e2e_rois:
+        cmd += ['--rois', str(sizes.e2e_rois)]
     code = run_logged(cmd, env, TIMEOUTS['e2e'], log)
     if code != 0 or not out.is_file():
         return _failed('e2e', code, log, 'the end-to-end run')
@@ -812,11 +813,11 @@ def main(argv: list[str] | None = None) -> int:
     if args.e2e_iters is not None and args.e2e_iters < 1:
         print(f'check_gpu: --e2e-iters must be >= 1; got {args.e2e_iters}', file=sys.stderr)
         return 2
-    sizes = dict(SIZES[args.device])
+    sizes = SIZES[args.device]
     if args.bench_models:
-        sizes['bench_models'] = args.bench_models
+        sizes = sizes._replace(bench_models=args.bench_models)
     if args.e2e_iters:
-        sizes['e2e_iters'] = args.e2e_iters
+        sizes = sizes._replace(e2e_iters=args.e2e_iters)
     stamp = datetime.datetime.now().strftime('%Y%m%d-%H%M%S')
     out_dir = Path(args.out_dir or ROOT / 'work_dirs' / 'check_gpu' / f'{args.device}-{stamp}')
     out_dir = out_dir.resolve()

@@ -1,16 +1,26 @@
-"""Fixtures shared across the suite: the tiny shapes dataset, and the tools
-(``tools/*.py``, ``tools/*.sh``) run for real as subprocesses."""
+"""Fixtures and helpers shared across the suite: the tiny shapes dataset, the
+tools (``tools/*.py``, ``tools/*.sh``) run for real as subprocesses, a toy
+model trained by a real MMEngine ``Runner``, and small helpers that more than
+one test module needs (import them: ``from tests.conftest import ...``)."""
 
 from __future__ import annotations
 
 import functools
+import importlib.util
+import itertools
 import os
 import socket
 import subprocess
 import sys
 from pathlib import Path
+from types import ModuleType
 
 import pytest
+import torch
+import torch.nn.functional as F
+from mmengine.model import BaseModel
+from torch import nn
+from torch.utils.data import Dataset
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -20,8 +30,6 @@ TEST_CONFIGS = ROOT / 'tests' / 'data' / 'configs'
 
 def pytest_collection_modifyitems(config, items):
     """Skip the tests marked ``cuda`` where torch sees no GPU, saying so."""
-    import torch
-
     if torch.cuda.is_available():
         return
     skip = pytest.mark.skip(
@@ -50,6 +58,15 @@ def shapes(_make_shapes) -> dict:
     """A tiny synthetic COCO dataset, made once: 8 train and 4 val images of
     64x64 pixels, seed 0 (what ``make_shapes_dataset`` returns: paths)."""
     return _make_shapes()
+
+
+def ok(proc: subprocess.CompletedProcess) -> subprocess.CompletedProcess:
+    """``proc``, after asserting that it succeeded (showing its output if not)."""
+    assert proc.returncode == 0, (
+        f'exit {proc.returncode}: {proc.args}\n--- stdout\n{proc.stdout[-4000:]}'
+        f'\n--- stderr\n{proc.stderr[-4000:]}'
+    )
+    return proc
 
 
 class Tools:
@@ -136,14 +153,7 @@ class Tools:
         lines = proc.stderr.strip().splitlines()
         return lines[-1] if lines else ''
 
-    @staticmethod
-    def ok(proc: subprocess.CompletedProcess) -> subprocess.CompletedProcess:
-        """``proc``, after asserting that it succeeded (showing its output if not)."""
-        assert proc.returncode == 0, (
-            f'exit {proc.returncode}\n--- stdout\n{proc.stdout[-4000:]}'
-            f'\n--- stderr\n{proc.stderr[-4000:]}'
-        )
-        return proc
+    ok = staticmethod(ok)
 
     @staticmethod
     def free_port() -> int:
@@ -156,3 +166,240 @@ class Tools:
 def tools(_make_shapes) -> Tools:
     """The subprocess harness of the tool tests (:class:`Tools`)."""
     return Tools(_make_shapes)
+
+
+@pytest.fixture
+def in_the_repository(monkeypatch):
+    """Run the test in the repository root, as the README's commands run
+    (relative config paths and ``data/`` resolve there)."""
+    monkeypatch.chdir(ROOT)
+
+
+def load_tool(name: str) -> ModuleType:
+    """The script ``tools/<name>.py``, imported from its file (not a package)."""
+    spec = importlib.util.spec_from_file_location(name, ROOT / 'tools' / f'{name}.py')
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def without_scope(value):
+    """``value`` without the ``_scope_`` marks MMEngine adds to inherited dicts."""
+    if isinstance(value, dict):
+        return {k: without_scope(v) for k, v in value.items() if k != '_scope_'}
+    if isinstance(value, (list, tuple)):
+        return type(value)(without_scope(v) for v in value)
+    return value
+
+
+def assert_same_checkpoint(expected: dict, got: dict) -> None:
+    """Two checkpoints of a GC run hold the same epoch and iteration,
+    weights, momentum buffers, param groups and scheduler states, bit for bit."""
+    assert got['meta']['epoch'] == expected['meta']['epoch']
+    assert got['meta']['iter'] == expected['meta']['iter']
+    assert got['state_dict'].keys() == expected['state_dict'].keys()
+    for key, value in expected['state_dict'].items():
+        torch.testing.assert_close(got['state_dict'][key], value, rtol=0, atol=0)
+    want, have = expected['optimizer'], got['optimizer']
+    assert have['state'].keys() == want['state'].keys()
+    for key, state in want['state'].items():
+        torch.testing.assert_close(
+            have['state'][key]['momentum_buffer'], state['momentum_buffer'], rtol=0, atol=0
+        )
+    assert have['param_groups'] == want['param_groups']
+    assert any(g['gc'] for g in have['param_groups'])
+    assert got['param_schedulers'] == expected['param_schedulers']
+
+
+def hyper_id(hyper: dict) -> str:
+    """A test id for a dict of hyperparameters: ``momentum=0.9-nesterov=True``."""
+    return '-'.join(f'{k}={v}' for k, v in hyper.items())
+
+
+def step_with_reference(optimizer, reference, params, grads) -> None:
+    """One step of ``optimizer`` and of its ``reference`` (tests/reference.py)
+    on the same gradients (each parameter's ``.grad`` a copy of its own)."""
+    for p, g in zip(params, grads):
+        p.grad = g.clone()
+    optimizer.step()
+    reference.step(grads)
+
+
+#: Skips a test where torch has no CPU GradScaler (torch 2.1).
+needs_scaler = pytest.mark.skipif(
+    not hasattr(torch.amp, 'GradScaler'),
+    reason=f'torch {torch.__version__} has no CPU GradScaler (torch.amp.GradScaler)',
+)
+
+
+@functools.cache
+def cpu_fused(name: str) -> bool:
+    """Whether ``torch.optim.<name>(fused=True)`` steps on CPU tensors."""
+    p = nn.Parameter(torch.zeros(2))
+    p.grad = torch.zeros(2)
+    try:
+        getattr(torch.optim, name)([p], lr=0.1, fused=True).step()
+    except (RuntimeError, TypeError, ValueError):
+        return False
+    return True
+
+
+def fused_cases(*names: str) -> list:
+    """``(name, fused)`` parameters of torch optimizers, fused and not; the
+    fused ones skipped, saying so, where this torch has no CPU fused kernel."""
+    return [
+        pytest.param(
+            name,
+            fused,
+            marks=pytest.mark.skipif(
+                fused and not cpu_fused(name),
+                reason=f'torch {torch.__version__} has no CPU fused {name}',
+            ),
+            id=f'{name}-fused={fused}',
+        )
+        for name in names
+        for fused in (True, False)
+    ]
+
+
+class RunsCode:
+    """Unpickling it runs a shell command that creates ``marker`` (what
+    ``torch.load(weights_only=False)`` would do with a malicious checkpoint)."""
+
+    def __init__(self, marker: str) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        return (os.system, (f'touch {self.marker}',))
+
+
+class ToyNet(BaseModel):
+    """A conv, its BN, two Linear layers: what the toy runners train."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(3, 8, 3)
+        self.bn = nn.BatchNorm2d(8)
+        self.head = nn.Linear(8, 16)
+        self.cls = nn.Linear(16, 3)
+
+    def forward(self, inputs, labels=None, mode='tensor'):
+        out = self.cls(self.head(self.bn(self.conv(inputs)).relu().mean((2, 3))).relu())
+        return {'loss': F.cross_entropy(out, labels)} if mode == 'loss' else out
+
+
+class ToyData(Dataset):
+    """``n`` seeded 3x8x8 images with labels of 3 classes; ``inf_at``: the
+    index of a sample made of inf (its batch gives inf/NaN gradients)."""
+
+    def __init__(self, n: int = 32, inf_at: int | None = None) -> None:
+        gen = torch.Generator().manual_seed(0)
+        self.x = torch.randn(n, 3, 8, 8, generator=gen)
+        self.y = torch.randint(0, 3, (n,), generator=gen)
+        if inf_at is not None:
+            self.x[inf_at] = float('inf')
+
+    def __len__(self) -> int:
+        return len(self.x)
+
+    def __getitem__(self, i: int) -> dict:
+        return dict(inputs=self.x[i], labels=self.y[i])
+
+
+def detection_batch(seed: int = 0, size: int = 96, with_mask: bool = True) -> dict:
+    """A seeded MMDetection training batch: two ``size`` x ``size`` images,
+    each with two visible rectangles, their boxes, masks (``with_mask``) and
+    labels of 3 classes (what ``model.train_step`` takes)."""
+    from mmdet.structures import DetDataSample
+    from mmdet.structures.mask import BitmapMasks
+    from mmengine.structures import InstanceData
+
+    gen = torch.Generator().manual_seed(seed)
+    inputs, samples = [], []
+    for _ in range(2):
+        image = torch.randint(0, 255, (3, size, size), generator=gen, dtype=torch.uint8)
+        boxes, masks = [], []
+        for _ in range(2):
+            x0, y0 = torch.randint(0, size // 2, (2,), generator=gen).tolist()
+            w, h = torch.randint(16, size // 2, (2,), generator=gen).tolist()
+            boxes.append([x0, y0, x0 + w, y0 + h])
+            mask = torch.zeros(size, size, dtype=torch.uint8)
+            mask[y0 : y0 + h, x0 : x0 + w] = 1
+            image[:, y0 : y0 + h, x0 : x0 + w] = 200  # a visible object
+            masks.append(mask.numpy())
+        instances = InstanceData(
+            bboxes=torch.tensor(boxes, dtype=torch.float32),
+            labels=torch.randint(0, 3, (2,), generator=gen),
+        )
+        if with_mask:
+            instances.masks = BitmapMasks(masks, size, size)
+        sample = DetDataSample(
+            metainfo=dict(
+                img_shape=(size, size),
+                ori_shape=(size, size),
+                pad_shape=(size, size),
+                scale_factor=(1.0, 1.0),
+            )
+        )
+        sample.gt_instances = instances
+        inputs.append(image)
+        samples.append(sample)
+    return dict(inputs=inputs, data_samples=samples)
+
+
+_toy_names = itertools.count()
+
+
+@pytest.fixture(scope='session')
+def toy_runner():
+    """A factory: ``toy_runner(work_dir, ...)`` trains a toy model with a real
+    MMEngine ``Runner`` and returns the runner.
+
+    Args: ``optim_wrapper`` (a config or a built wrapper; defaults to SGD,
+    lr 0.1, momentum 0.9), ``model`` (defaults to :class:`ToyNet`), ``data``
+    (defaults to 32 samples of :class:`ToyData`), ``epochs`` or ``iters``
+    (the length: epochs if ``iters`` is None), ``batch_size``, ``shuffle``,
+    ``hooks`` (custom hooks), ``name`` (the experiment name; unique by
+    default, which also names the visualizer), ``train`` (False: return the
+    runner without training it), and any other ``Runner`` argument.
+    """
+    from mmengine.runner import Runner
+
+    def build(
+        work_dir,
+        *,
+        optim_wrapper=None,
+        model=None,
+        data=None,
+        epochs: int = 1,
+        iters: int | None = None,
+        batch_size: int = 2,
+        shuffle: bool = False,
+        hooks=(),
+        name: str | None = None,
+        train: bool = True,
+        **runner,
+    ):
+        loop = dict(by_epoch=True, max_epochs=epochs)
+        if iters is not None:
+            loop = dict(by_epoch=False, max_iters=iters)
+        runner = Runner(
+            model=model or ToyNet(),
+            work_dir=str(work_dir),
+            experiment_name=name or f'toy_{os.getpid()}_{next(_toy_names)}',
+            train_dataloader=dict(
+                dataset=ToyData() if data is None else data,
+                sampler=dict(type='DefaultSampler', shuffle=shuffle),
+                batch_size=batch_size,
+                collate_fn=dict(type='default_collate'),
+            ),
+            optim_wrapper=optim_wrapper or dict(optimizer=dict(type='SGD', lr=0.1, momentum=0.9)),
+            train_cfg=loop,
+            custom_hooks=list(hooks),
+            **{'randomness': dict(seed=0), **runner},
+        )
+        if train:
+            runner.train()
+        return runner
+
+    return build

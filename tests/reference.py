@@ -25,7 +25,22 @@ def project(grad: torch.Tensor, out_dim: int | None) -> torch.Tensor:
     return projected.reshape(moved.shape).movedim(0, out_dim).to(grad.dtype)
 
 
-class ReferenceSGDGC:
+class _Reference:
+    """What every reference holds: float64 copies of the weights, each
+    tensor's output dim for ``P`` (None: no GC), and the hyperparameters."""
+
+    def __init__(self, weights, out_dims, **hyper) -> None:
+        self.weights = [w.detach().clone().to(torch.float64) for w in weights]
+        self.out_dims = list(out_dims)
+        vars(self).update(hyper)
+
+
+def _arguments(scope: dict) -> dict:
+    """A subclass's ``__init__`` arguments, from its ``locals()``."""
+    return {k: v for k, v in scope.items() if k not in ('self', '__class__')}
+
+
+class ReferenceSGDGC(_Reference):
     """Per-tensor loop: ``g_hat = P(±g + wd w)``, then torch-SGD momentum."""
 
     def __init__(
@@ -40,15 +55,18 @@ class ReferenceSGDGC:
         nesterov=False,
         maximize=False,
     ):
-        self.weights = [w.detach().clone().to(torch.float64) for w in weights]
-        self.out_dims = list(out_dims)
+        super().__init__(**_arguments(locals()))
         self.buffers = [None] * len(self.weights)
-        self.lr, self.momentum, self.dampening = lr, momentum, dampening
-        self.weight_decay, self.nesterov, self.maximize = (
-            weight_decay,
-            nesterov,
-            maximize,
-        )
+
+    def _momentum(self, i: int, d: torch.Tensor) -> torch.Tensor:
+        """torch-SGD momentum on ``d`` (the first step's buffer is ``d``)."""
+        if self.momentum == 0:
+            return d
+        if self.buffers[i] is None:
+            self.buffers[i] = d.clone()
+        else:
+            self.buffers[i] = self.momentum * self.buffers[i] + (1 - self.dampening) * d
+        return d + self.momentum * self.buffers[i] if self.nesterov else self.buffers[i]
 
     def step(self, grads) -> None:
         for i, (w, g) in enumerate(zip(self.weights, grads)):
@@ -57,17 +75,12 @@ class ReferenceSGDGC:
             g = g.detach().to(torch.float64)
             if self.maximize:
                 g = -g
-            g = project(g + self.weight_decay * w, self.out_dims[i])
-            if self.momentum != 0:
-                if self.buffers[i] is None:
-                    self.buffers[i] = g.clone()
-                else:
-                    self.buffers[i] = self.momentum * self.buffers[i] + (1 - self.dampening) * g
-                g = g + self.momentum * self.buffers[i] if self.nesterov else self.buffers[i]
-            self.weights[i] = w - self.lr * g
+            self.weights[i] = w - self.lr * self._momentum(
+                i, project(g + self.weight_decay * w, self.out_dims[i])
+            )
 
 
-class ReferenceAdamGC:
+class ReferenceAdamGC(_Reference):
     """The paper's Algorithm 2 (Adam with GC) in torch's conventions: bias
     correction, ``eps`` outside the square root; ``decoupled`` gives AdamW
     (decay on the weight, outside the projection); otherwise the L2 decay is
@@ -85,17 +98,10 @@ class ReferenceAdamGC:
         decoupled=False,
         maximize=False,
     ):
-        self.weights = [w.detach().clone().to(torch.float64) for w in weights]
-        self.out_dims = list(out_dims)
+        super().__init__(**_arguments(locals()))
         self.m = [torch.zeros_like(w) for w in self.weights]
         self.v = [torch.zeros_like(w) for w in self.weights]
         self.t = 0
-        self.lr, self.betas, self.eps = lr, betas, eps
-        self.weight_decay, self.decoupled, self.maximize = (
-            weight_decay,
-            decoupled,
-            maximize,
-        )
 
     def step(self, grads) -> None:
         self.t += 1
@@ -116,14 +122,12 @@ class ReferenceAdamGC:
             self.weights[i] = w - self.lr * m_hat / (v_hat.sqrt() + self.eps)
 
 
-class ReferenceAdagradGC:
+class ReferenceAdagradGC(_Reference):
     """Adagrad (torch's form, no lr decay) on ``g_hat = P(g + wd w)``."""
 
     def __init__(self, weights, out_dims, *, lr, eps=1e-10, weight_decay=0.0):
-        self.weights = [w.detach().clone().to(torch.float64) for w in weights]
-        self.out_dims = list(out_dims)
+        super().__init__(**_arguments(locals()))
         self.sums = [torch.zeros_like(w) for w in self.weights]
-        self.lr, self.eps, self.weight_decay = lr, eps, weight_decay
 
     def step(self, grads) -> None:
         for i, (w, g) in enumerate(zip(self.weights, grads)):
@@ -132,14 +136,12 @@ class ReferenceAdagradGC:
             self.weights[i] = w - self.lr * g_hat / (self.sums[i].sqrt() + self.eps)
 
 
-class ReferenceRMSpropGC:
+class ReferenceRMSpropGC(_Reference):
     """RMSprop (torch's form, not centered, no momentum) on ``P(g + wd w)``."""
 
     def __init__(self, weights, out_dims, *, lr, alpha=0.99, eps=1e-8, weight_decay=0.0):
-        self.weights = [w.detach().clone().to(torch.float64) for w in weights]
-        self.out_dims = list(out_dims)
+        super().__init__(**_arguments(locals()))
         self.sq = [torch.zeros_like(w) for w in self.weights]
-        self.lr, self.alpha, self.eps, self.weight_decay = lr, alpha, eps, weight_decay
 
     def step(self, grads) -> None:
         for i, (w, g) in enumerate(zip(self.weights, grads)):
@@ -173,43 +175,19 @@ class ReferenceGCOnUpdate:
             self.plain.weights[i] = old - project(delta, out_dim)
 
 
-class ReferenceSGDWGC:
+class ReferenceSGDWGC(ReferenceSGDGC):
     """The authors' ``SGDW_GC`` (their CIFAR-100 ``algorithm/SGD.py``), in
     float64: ``d = P(±g)`` (no decay in the gradient), torch-SGD momentum on
     ``d`` (first step ``b = d``), then ``w <- w - lr * d - lr * wd * w_old``
     with ``w_old`` the weight before the step (applied to every tensor,
     centralized or not). ``maximize`` negates the gradient first, as torch
-    does; the authors' code has no such option."""
-
-    def __init__(
-        self,
-        weights,
-        out_dims,
-        *,
-        lr,
-        momentum=0.0,
-        dampening=0.0,
-        weight_decay=0.0,
-        nesterov=False,
-        maximize=False,
-    ):
-        self.weights = [w.detach().clone().to(torch.float64) for w in weights]
-        self.out_dims = list(out_dims)
-        self.buffers = [None] * len(self.weights)
-        self.lr, self.momentum, self.dampening = lr, momentum, dampening
-        self.weight_decay, self.nesterov, self.maximize = weight_decay, nesterov, maximize
+    does; the authors' code has no such option. Takes what
+    :class:`ReferenceSGDGC` takes."""
 
     def step(self, grads) -> None:
         for i, (w, g) in enumerate(zip(self.weights, grads)):
             if g is None:
                 continue
-            old = w.clone()
             d = g.detach().to(torch.float64)
-            d = project(-d if self.maximize else d, self.out_dims[i])
-            if self.momentum != 0:
-                if self.buffers[i] is None:
-                    self.buffers[i] = d.clone()
-                else:
-                    self.buffers[i] = self.momentum * self.buffers[i] + (1 - self.dampening) * d
-                d = d + self.momentum * self.buffers[i] if self.nesterov else self.buffers[i]
-            self.weights[i] = w - self.lr * d - self.weight_decay * self.lr * old
+            d = self._momentum(i, project(-d if self.maximize else d, self.out_dims[i]))
+            self.weights[i] = w - self.lr * d - self.weight_decay * self.lr * w

@@ -7,7 +7,12 @@ import subprocess
 import sys
 
 import pytest
+import torch
+from mmengine.optim import build_optim_wrapper
+from mmengine.registry import DefaultScope
 
+import mmgc
+from mmgc import SGDGC
 from mmgc.version import SUPPORTED_VERSIONS, UnsupportedVersionError, check_version
 
 _PROBE = r"""
@@ -73,3 +78,27 @@ def test_local_build_tags_are_read_as_their_release():
     check_version('torch', '2.13.0+cpu')
     with pytest.raises(UnsupportedVersionError, match=r'torch 2\.0\.1\+cu118 is installed'):
         check_version('torch', '2.0.1+cu118')
+
+
+def test_public_names():
+    assert set(mmgc.__all__) >= {'SGDGC', 'GCOptimWrapperConstructor'}
+
+
+@pytest.mark.parametrize('name', ['SGDGC', 'SGD_GC'])
+def test_builds_in_mmdet_scope_with_default_constructor(name):
+    pytest.importorskip('mmdet')
+    from mmdet.registry import OPTIMIZERS as MMDET_OPTIMIZERS
+
+    assert MMDET_OPTIMIZERS.get(name) is SGDGC  # found through the parent registry
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.BatchNorm2d(4))
+    with DefaultScope.overwrite_default_scope('mmdet'):
+        wrapper = build_optim_wrapper(
+            model,
+            dict(optimizer=dict(type=name, lr=0.02, momentum=0.9, weight_decay=1e-4)),
+        )
+    opt = wrapper.optimizer
+    assert type(opt) is SGDGC
+    # no constructor: the authors' SGD_GC, one group, every ndim > 1 tensor, dim 0
+    assert len(opt.param_groups) == 1
+    assert opt.param_groups[0]['gc'] is True and opt.param_groups[0]['gc_dim'] == 0
+    assert opt.param_groups[0]['lr'] == 0.02

@@ -15,8 +15,7 @@ from mmengine.registry import LOOPS, PARAM_SCHEDULERS, TRANSFORMS, DefaultScope
 
 import mmgc
 from mmgc.mim import CONFIG_SCOPE, configs_root, register_config_scope
-
-ROOT = Path(__file__).resolve().parents[1]
+from tests.conftest import ROOT
 
 
 def test_import_registers_the_config_scope():

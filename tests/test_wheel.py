@@ -29,9 +29,9 @@ import torch
 from mmengine.config import Config
 from torch.testing import assert_close
 
+from tests.conftest import ROOT, ok, without_scope
 from tests.reference import ReferenceSGDGC
 
-ROOT = Path(__file__).resolve().parents[1]
 SCRIPTS = ('mmgc-train', 'mmgc-test', 'mmgc-compare-ap', 'mmgc-plot-gc-stats')
 
 
@@ -61,27 +61,32 @@ def _run(args: list, cwd: Path, env: dict | None = None) -> subprocess.Completed
     )
 
 
-def _ok(proc: subprocess.CompletedProcess) -> subprocess.CompletedProcess:
-    assert proc.returncode == 0, (
-        f'exit {proc.returncode}: {proc.args}\n--- stdout\n{proc.stdout[-4000:]}'
-        f'\n--- stderr\n{proc.stderr[-4000:]}'
-    )
-    return proc
-
-
 def _working_tree(dest: Path) -> Path:
     """Copy what the wheel is built from: tracked files and untracked ones git
     does not ignore (without git: the tree minus build outputs)."""
     try:
-        listed = subprocess.run(
-            ['git', 'ls-files', '-z', '--cached', '--others', '--exclude-standard'],
-            cwd=ROOT, capture_output=True, check=True,
-        ).stdout.decode().split('\0')  # fmt: skip
+        listed = (
+            subprocess.run(
+                ['git', 'ls-files', '-z', '--cached', '--others', '--exclude-standard'],
+                cwd=ROOT,
+                capture_output=True,
+                check=True,
+            )
+            .stdout.decode()
+            .split('\0')
+        )
     except (OSError, subprocess.CalledProcessError):
         ignore = shutil.ignore_patterns(
-            '.git', '.venv*', 'work_dirs', 'data', 'reports', 'build', '*.egg-info', '.mim',
+            '.git',
+            '.venv*',
+            'work_dirs',
+            'data',
+            'reports',
+            'build',
+            '*.egg-info',
+            '.mim',
             '__pycache__',
-        )  # fmt: skip
+        )
         shutil.copytree(ROOT, dest, ignore=ignore)
         return dest
     for name in filter(None, listed):
@@ -100,17 +105,19 @@ def installed(tmp_path_factory) -> SimpleNamespace:
     wheels = tmp / 'wheels'
     pip = [sys.executable, '-m', 'pip']
     quiet = ['--disable-pip-version-check', '--no-input', '-q']
-    _ok(_run([*pip, 'wheel', src, '--no-deps', '--no-build-isolation', '--no-index', '-w',
-              wheels, *quiet], cwd=tmp))  # fmt: skip
+
+    def run(*args) -> subprocess.CompletedProcess:
+        return ok(_run(args, cwd=tmp))
+
+    run(*pip, 'wheel', src, '--no-deps', '--no-build-isolation', '--no-index', '-w', wheels, *quiet)
     (wheel,) = wheels.glob('mmgc-*.whl')
     venv = tmp / 'venv'
-    _ok(_run([sys.executable, '-m', 'venv', '--without-pip', venv], cwd=tmp))
+    run(sys.executable, '-m', 'venv', '--without-pip', venv)
     python = venv / 'bin' / 'python'
     # installed before the stack is visible, so pip sees no other mmgc
-    _ok(_run([*pip, '--python', python, 'install', '--no-deps', '--no-index', wheel, *quiet],
-             cwd=tmp))  # fmt: skip
+    run(*pip, '--python', python, 'install', '--no-deps', '--no-index', wheel, *quiet)
     purelib = 'import sysconfig; print(sysconfig.get_paths()["purelib"])'
-    venv_site = Path(_ok(_run([python, '-c', purelib], cwd=tmp)).stdout.strip())
+    venv_site = Path(run(python, '-c', purelib).stdout.strip())
     stack = dict.fromkeys([*site.getsitepackages(), sysconfig.get_paths()['purelib']])
     (venv_site / '_mmgc_test_stack.pth').write_text(''.join(f'{p}\n' for p in stack))
     user = tmp / 'user'  # the user's own folder, outside the repository
@@ -119,14 +126,22 @@ def installed(tmp_path_factory) -> SimpleNamespace:
     env.pop('VIRTUAL_ENV', None)
     env.update(OMP_NUM_THREADS='1', MMGC_CACHE_DIR=str(tmp / 'kernel-cache'))
     return SimpleNamespace(
-        wheel=wheel, src=src, venv=venv, python=python, site=venv_site, bin=venv / 'bin',
-        user=user, env=env, cache=tmp / 'kernel-cache', stack=list(stack),
-    )  # fmt: skip
+        wheel=wheel,
+        src=src,
+        venv=venv,
+        python=python,
+        site=venv_site,
+        bin=venv / 'bin',
+        user=user,
+        env=env,
+        cache=tmp / 'kernel-cache',
+        stack=list(stack),
+    )
 
 
 def _python(installed, code: str, *args) -> subprocess.CompletedProcess:
     """Run ``code`` with the virtualenv's Python in the user's folder."""
-    return _ok(_run([installed.python, '-c', code, *args], installed.user, installed.env))
+    return ok(_run([installed.python, '-c', code, *args], installed.user, installed.env))
 
 
 def _script(installed, name: str, *args) -> subprocess.CompletedProcess:
@@ -269,14 +284,6 @@ def test_installed_mmgc_builds_its_kernel_and_steps_sgdgc(installed, probe):
     assert not torch.allclose(saved['initial'][2], saved['final'][2])
 
 
-def _without_scope(tree):
-    if isinstance(tree, dict):
-        return {k: _without_scope(v) for k, v in tree.items() if k != '_scope_'}
-    if isinstance(tree, (list, tuple)):
-        return [_without_scope(v) for v in tree]
-    return tree
-
-
 def test_user_config_in_another_folder_inherits_mmgc_configs(installed, probe):
     shipped = installed.site / 'mmgc' / '.mim' / 'configs'
     for name, base in _USER_CONFIGS.items():
@@ -286,7 +293,7 @@ def test_user_config_in_another_folder_inherits_mmgc_configs(installed, probe):
         assert merged['model'] == 'MaskRCNN'
         # the same optimizer settings as the repository's config
         expected = Config.fromfile(ROOT / 'configs' / os.path.normpath(base.split('::')[1]))
-        assert _without_scope(merged['optim_wrapper']) == _without_scope(
+        assert without_scope(merged['optim_wrapper']) == without_scope(
             json.loads(json.dumps(expected.optim_wrapper.to_dict(), default=str))
         )
     gc_r50 = probe.configs['my_mask_rcnn_gc.py']
@@ -316,7 +323,7 @@ def test_console_scripts_run_from_the_virtualenv(installed):
     for script in SCRIPTS:
         path = installed.bin / script
         assert path.read_text().splitlines()[0] == f'#!{installed.python}'
-    train = _ok(_script(installed, 'mmgc-train', '--help'))
+    train = ok(_script(installed, 'mmgc-train', '--help'))
     assert train.stdout.startswith('usage: mmgc-train [-h]')
     assert '--gc-diagnostics INTERVAL' in train.stdout and '--resume' in train.stdout
 
@@ -343,23 +350,18 @@ auto_scale_lr = dict(enable=False)
 """
 
 
-def test_tiny_train_and_test_with_the_console_scripts(installed, shapes):
+def test_tiny_train_and_test_with_the_console_scripts(installed, tools):
     config = installed.user / 'my_tiny_gc.py'
     config.write_text(_TINY_USER_CONFIG)
-    root = shapes['data_root']
-    ann = os.path.join(root, 'annotations', 'instances_val.json')
-    splits = ('train', 'val', 'test')
-    options = [f'{split}_dataloader.dataset.data_root={root}/' for split in splits]
-    options += ['val_evaluator.ann_file=' + ann, 'test_evaluator.ann_file=' + ann]
+    options = ['--work-dir', installed.user / 'work_dirs' / 'tiny', '--cfg-options']
+    options += tools.data_options()
     work = installed.user / 'work_dirs' / 'tiny'
-    train = _ok(_script(installed, 'mmgc-train', config.name, '--work-dir', work,
-                        '--cfg-options', *options))  # fmt: skip
+    train = ok(_script(installed, 'mmgc-train', config.name, *options))
     assert 'Failed to' not in train.stdout + train.stderr  # no scope MMEngine cannot resolve
     checkpoint = work / 'iter_2.pth'
     saved = torch.load(checkpoint, map_location='cpu', weights_only=False)
     groups = saved['optimizer']['param_groups']
     assert {g['gc'] for g in groups} == {True, False}  # from GCOptimWrapperConstructor
-    test = _ok(_script(installed, 'mmgc-test', config.name, checkpoint, '--work-dir', work,
-                       '--cfg-options', *options))  # fmt: skip
+    test = ok(_script(installed, 'mmgc-test', config.name, checkpoint, *options))
     metrics = json.loads((work / 'test_metrics.json').read_text())
     assert 'coco/bbox_mAP' in json.dumps(metrics), test.stdout[-2000:]

@@ -33,7 +33,7 @@ schedule) share its result (``same_as``). Prints one line per config, then how
 many work and, grouped, why the others do not; writes one JSON line per config
 to ``--out`` (``--resume`` keeps those already there; ``--spread`` visits the
 folders round-robin, so that a run cut short has seen every kind).
-``tests/configs/test_mmdet_zoo.py`` runs the same check on a sample in CI.
+``tests/tools/test_check_zoo.py`` runs the same check on a sample in CI.
 """
 
 from __future__ import annotations
@@ -354,8 +354,12 @@ def why_not(err: BaseException) -> str:
         return "imports MMDetection's projects/ folder (not part of the installed package)"
     if isinstance(err, ModuleNotFoundError) and err.name:
         return f'missing optional package {str(err.name).split(".")[0]!r}'
-    hints = (r'(\S+) is not installed', r'mim install ([\w.-]+)', r'install (\w+) first',
-             r'pip install ([\w.-]+)')  # fmt: skip
+    hints = (
+        r'(\S+) is not installed',
+        r'mim install ([\w.-]+)',
+        r'install (\w+) first',
+        r'pip install ([\w.-]+)',
+    )
     installed = next((m for m in (re.search(h, text) for h in hints) if m), None)
     if installed:  # MMDetection's own messages for an optional package
         name = installed.group(1).strip('.,')

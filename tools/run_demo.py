@@ -7,11 +7,12 @@ environment first)::
     python tools/run_demo.py --seeds 0 1 2        # three pairs, one after another
     python tools/run_demo.py --iters 20 --num-train 16 --num-val 8   # a quick look
 
-It makes the shapes dataset (``data/shapes``, reused when present), trains
-``configs/demo/baselines/mask_rcnn_r18_fpn_shapes.py`` and
-``configs/demo/mask_rcnn_r18_fpn_shapes_gc.py`` side by side for each seed
-(a run finished earlier is reused), compares them and writes ``reports/demo/``.
-See docs/demo.md.
+It makes the shapes dataset (``data/shapes``, reused when present), then runs
+``tools/train_pair.sh`` on ``configs/demo/mask_rcnn_r18_fpn_shapes_gc.py`` and
+its twin ``configs/demo/baselines/mask_rcnn_r18_fpn_shapes.py``: side by side
+for each seed (a run finished earlier with the same arguments is reused, a
+killed one resumed), each run tested, the pairs compared; and writes the report
+into ``reports/demo/``. See docs/demo.md.
 """
 
 from __future__ import annotations
@@ -46,13 +47,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     add('--report-dir', default='reports/demo', help='where the report is written')
     add('--data-root', default='data/shapes', help='where the dataset is written or reused')
     add('--iters', type=_int_from(1), help="iterations of each run (default: the configs')")
-    add('--seeds', '--seed', dest='seeds', nargs='+', type=_int_from(0), default=[0],
-        metavar='S', help='training seeds, one GC/baseline pair each (default: 0)')  # fmt: skip
+    seeds = 'training seeds, one GC/baseline pair each (default: 0)'
+    kinds = dict(nargs='+', type=_int_from(0), default=[0], metavar='S', help=seeds)
+    add('--seeds', '--seed', dest='seeds', **kinds)
     add('--data-seed', type=_int_from(0), default=0, help='seed of the dataset (default: 0)')
     add('--num-train', type=_int_from(1), default=800, help='training images (default: 800)')
     add('--num-val', type=_int_from(1), default=50, help='val images (default: 50)')
-    add('--sequential', action='store_true',
-        help="train a pair's runs one after the other (default: side by side)")  # fmt: skip
+    sequential = "train a pair's runs one after the other (default: side by side)"
+    add('--sequential', action='store_true', help=sequential)
     add('--threads', type=_int_from(1), help='torch threads per run (default: a share of the CPU)')
     add('--gc-config', default=str(GC_CONFIG), help=argparse.SUPPRESS)
     add('--baseline-config', default=str(BASELINE_CONFIG), help=argparse.SUPPRESS)
@@ -82,6 +84,7 @@ def main(argv: list[str] | None = None) -> int:
         parallel=not args.sequential,
         threads=args.threads,
         command=shlex.join(['python', 'tools/run_demo.py', *(argv or sys.argv[1:])]),
+        runner=ROOT / 'tools' / 'train_pair.sh',
     )
     print(f'\nDemo report: {result["report"]}')
     print(f'(plots, CSV and summary.json beside it in {result["report_dir"]})')

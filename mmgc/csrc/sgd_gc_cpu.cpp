@@ -247,32 +247,25 @@ int step(int64_t n, void* const* params, void* const* grads, void* const* bufs,
 extern "C" {
 
 // Abi version, checked by the loader.
-int mmgc_sgd_gc_abi_version() { return 2; }
+int mmgc_sgd_gc_abi_version() { return 3; }
 
-// params, grads, bufs: n pointers to contiguous tensors of the same shape
-// (bufs ignored when momentum == 0); shapes: n x (A, O, B); flags: n x
-// (kCenter | kInitBuffer); decoupled: weight_decay shrinks the weight
-// (SGDW) instead of entering the direction. Returns 0.
-int mmgc_sgd_gc_step_f32(int64_t n, void* const* params, void* const* grads,
-                         void* const* bufs, const int64_t* shapes,
-                         const int32_t* flags, double lr, double momentum,
-                         double dampening, double weight_decay, int nesterov,
-                         int maximize, int decoupled, int num_threads) {
+// params, grads, bufs: n pointers to contiguous tensors of the same shape, all
+// float64 (is_double) or all float32 (bufs ignored when momentum == 0);
+// shapes: n x (A, O, B); flags: n x (kCenter | kInitBuffer); decoupled:
+// weight_decay shrinks the weight (SGDW) instead of entering the direction.
+// Returns 0.
+int mmgc_sgd_gc_step(int64_t n, int is_double, void* const* params,
+                     void* const* grads, void* const* bufs,
+                     const int64_t* shapes, const int32_t* flags, double lr,
+                     double momentum, double dampening, double weight_decay,
+                     int nesterov, int maximize, int decoupled,
+                     int num_threads) {
   const Hyper h{lr, momentum, dampening, decoupled ? 0.0 : weight_decay,
                 maximize ? -1.0 : 1.0, 1.0 - lr * weight_decay,
                 nesterov != 0, decoupled != 0};
+  if (is_double)
+    return step<double>(n, params, grads, bufs, shapes, flags, h, num_threads);
   return step<float>(n, params, grads, bufs, shapes, flags, h, num_threads);
-}
-
-int mmgc_sgd_gc_step_f64(int64_t n, void* const* params, void* const* grads,
-                         void* const* bufs, const int64_t* shapes,
-                         const int32_t* flags, double lr, double momentum,
-                         double dampening, double weight_decay, int nesterov,
-                         int maximize, int decoupled, int num_threads) {
-  const Hyper h{lr, momentum, dampening, decoupled ? 0.0 : weight_decay,
-                maximize ? -1.0 : 1.0, 1.0 - lr * weight_decay,
-                nesterov != 0, decoupled != 0};
-  return step<double>(n, params, grads, bufs, shapes, flags, h, num_threads);
 }
 
 }  // extern "C"

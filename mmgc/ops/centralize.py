@@ -22,6 +22,8 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
+from ..errors import ConfigError
+
 __all__ = ['centralize', 'centralize_', 'gc_direction_means', 'gc_update_directions', 'reduce_dims']
 
 
@@ -36,7 +38,7 @@ def reduce_dims(ndim: int, out_dim: int) -> tuple[int, ...]:
         ValueError: If ``out_dim`` is not a valid dim for an ``ndim``-D tensor.
     """
     if not -ndim <= out_dim < ndim:
-        raise ValueError(
+        raise ConfigError(
             f'gc_dim={out_dim} is out of range for a {ndim}-D weight; '
             f'valid values are {-ndim}..{ndim - 1}'
         )

@@ -33,9 +33,16 @@ from mmengine.logging import print_log
 from torch import Tensor
 
 __all__ = [
-    'BUILD_TIMEOUT_S', 'CPU_KERNEL_DTYPES', 'KernelBuild', 'cpu_kernel_build',
-    'cpu_kernel_supports', 'fused_sgd_gc_cpu_', 'load_cpu_kernel', 'time_cpu_kernel_compile',
-]  # fmt: skip
+    'BUILD_TIMEOUT_S',
+    'CPU_KERNEL_DTYPES',
+    'KernelBuild',
+    'SGDHyper',
+    'cpu_kernel_build',
+    'cpu_kernel_supports',
+    'fused_sgd_gc_cpu_',
+    'load_cpu_kernel',
+    'time_cpu_kernel_compile',
+]
 
 #: Dtypes the kernel handles; others take the PyTorch path.
 CPU_KERNEL_DTYPES = (torch.float32, torch.float64)
@@ -44,7 +51,7 @@ BUILD_TIMEOUT_S = 120.0
 
 _SOURCE = Path(__file__).resolve().parent.parent / 'csrc' / 'sgd_gc_cpu.cpp'
 _FLAGS = ('-O3', '-march=native', '-fopenmp', '-fPIC', '-shared', '-std=c++17')
-_ABI_VERSION = 2
+_ABI_VERSION = 3
 _CENTER, _INIT_BUFFER = 1, 2
 
 
@@ -116,10 +123,9 @@ def _build() -> KernelBuild:
         library = ctypes.CDLL(str(path))
         if library.mmgc_sgd_gc_abi_version() != _ABI_VERSION:
             raise RuntimeError('stale kernel library: ABI version mismatch')
-        c = ctypes
-        for func in (library.mmgc_sgd_gc_step_f32, library.mmgc_sgd_gc_step_f64):
-            func.argtypes = [c.c_int64, *[c.c_void_p] * 5, *[c.c_double] * 4, *[c.c_int] * 4]
-            func.restype = c.c_int
+        c, func = ctypes, library.mmgc_sgd_gc_step
+        func.argtypes = [c.c_int64, c.c_int, *[c.c_void_p] * 5, *[c.c_double] * 4, *[c.c_int] * 4]
+        func.restype = c.c_int
     except (OSError, RuntimeError, subprocess.SubprocessError, AttributeError) as err:
         return KernelBuild(path=path, compile_seconds=seconds, error=str(err))
     return KernelBuild(library, path, seconds)
@@ -215,35 +221,47 @@ def _as_float(value: float | Tensor, name: str) -> float:
     return float(value)
 
 
+class SGDHyper(NamedTuple):
+    """The hyperparameters of one SGD(-GC) step, as :func:`~mmgc.sgd_gc` takes
+    them (the symbols are those of :class:`~mmgc.SGDGC`'s rule)."""
+
+    lr: float | Tensor  # gamma
+    momentum: float  # mu
+    dampening: float  # tau
+    weight_decay: float | Tensor  # lambda
+    nesterov: bool
+    maximize: bool
+    decoupled_weight_decay: bool = False  # SGDW: (1 - gamma lambda) theta
+
+
 def fused_sgd_gc_cpu_(
     params: Sequence[Tensor],
     grads: Sequence[Tensor],
     momentum_buffers: list[Tensor | None],
     gc_dims: Sequence[int | None],
-    *,
-    lr: float | Tensor,
-    momentum: float,
-    dampening: float,
-    weight_decay: float | Tensor,
-    nesterov: bool,
-    maximize: bool,
-    decoupled_weight_decay: bool = False,
+    **hyper: float | Tensor | bool,
 ) -> None:
     """One SGD(-GC) step with the kernel, in place (the rule is in
-    :class:`~mmgc.SGDGC`'s docstring; ``gc_dims[i]`` None: no GC;
-    ``decoupled_weight_decay``: SGDW's decay of the weight). All tensors
-    must pass :func:`cpu_kernel_supports`; ``gc_dims`` must be valid. Where
+    :class:`~mmgc.SGDGC`'s docstring; ``gc_dims[i]`` None: no GC). ``hyper``
+    are the fields of :class:`SGDHyper`, by keyword (``lr``, ``momentum``,
+    ``dampening``, ``weight_decay``, ``nesterov``, ``maximize``; optionally
+    ``decoupled_weight_decay``, SGDW's decay of the weight). All tensors must
+    pass :func:`cpu_kernel_supports`; ``gc_dims`` must be valid. Where
     ``momentum != 0``, ``momentum_buffers`` gets new buffers in place of None.
 
     Raises:
+        TypeError: If ``hyper`` lacks a field of :class:`SGDHyper` or has
+            another key.
         RuntimeError: If the kernel is not available.
     """
+    h = SGDHyper(**hyper)
     library = load_cpu_kernel()
     if library is None:
         raise RuntimeError(f'the CPU SGD-GC kernel is unavailable: {cpu_kernel_build().error}')
-    args = (_as_float(lr, 'lr'), float(momentum), float(dampening))
-    args += (_as_float(weight_decay, 'weight_decay'), int(nesterov), int(maximize))
-    args += (int(decoupled_weight_decay), torch.get_num_threads())
+    momentum = h.momentum
+    args = (_as_float(h.lr, 'lr'), float(momentum), float(h.dampening))
+    args += (_as_float(h.weight_decay, 'weight_decay'), int(h.nesterov), int(h.maximize))
+    args += (int(h.decoupled_weight_decay), torch.get_num_threads())
     by_dtype: dict[torch.dtype, list[int]] = {}
     for i, param in enumerate(params):
         by_dtype.setdefault(param.dtype, []).append(i)
@@ -270,5 +288,5 @@ def fused_sgd_gc_cpu_(
             else:
                 shape = (1, 1, param.numel())
             shapes[3 * k : 3 * k + 3] = shape
-        name = 'mmgc_sgd_gc_step_f64' if dtype == torch.float64 else 'mmgc_sgd_gc_step_f32'
-        getattr(library, name)(n, p_ptrs, g_ptrs, b_ptrs, shapes, flags, *args)
+        is_double = int(dtype == torch.float64)
+        library.mmgc_sgd_gc_step(n, is_double, p_ptrs, g_ptrs, b_ptrs, shapes, flags, *args)

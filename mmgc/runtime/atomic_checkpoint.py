@@ -1,17 +1,10 @@
-"""Checkpoints that are either complete on disk or absent (docs/faults.md).
-
-The gap (MMEngine 0.10.x, up to 0.10.7 at least): ``CheckpointHook`` writes
-``epoch_N.pth`` and ``last_checkpoint`` in place without ``fsync``, and with
-``max_keep_ckpts`` deletes the oldest checkpoint *before* writing the new one.
-:class:`AtomicCheckpointHook` writes both with :func:`atomic_write_bytes`, then
-prunes, overriding MMEngine's private ``CheckpointHook._save_checkpoint_with_step``
-(``tests/runtime/faults/test_fault_units.py`` pins its source). Building the
-hook registers the file backend ``'atomic_local'``.
+"""Checkpoints that are either complete on disk or absent (docs/faults.md, "Killed runs
+and checkpoints"): :class:`AtomicCheckpointHook` overrides MMEngine 0.10's private
+``CheckpointHook._save_checkpoint_with_step`` (its source is pinned by the tests).
 """
 
 from __future__ import annotations
 
-import functools
 import glob
 import logging
 import os
@@ -21,6 +14,7 @@ from typing import Any, Union
 
 from mmengine.dist import is_main_process
 from mmengine.fileio import LocalBackend, register_backend
+from mmengine.fileio.backends import backends
 from mmengine.hooks import CheckpointHook
 from mmengine.logging import print_log
 from mmengine.registry import HOOKS
@@ -68,11 +62,6 @@ class AtomicLocalBackend(LocalBackend):
         atomic_write_bytes(obj, filepath)
 
 
-@functools.cache
-def _register_atomic_backend() -> None:
-    register_backend(ATOMIC_BACKEND, AtomicLocalBackend)
-
-
 def _warn(message: str) -> None:
     print_log(message, logger='current', level=logging.WARNING)
 
@@ -80,18 +69,22 @@ def _warn(message: str) -> None:
 @HOOKS.register_module()
 class AtomicCheckpointHook(CheckpointHook):
     """``CheckpointHook`` whose local saves are atomic (else its own, with a warning);
-    deletes a killed save's ``.<name>.partial-<pid>`` before training."""
+    deletes a killed save's ``.<name>.partial-<pid>`` before training. Building one
+    registers the file backend ``'atomic_local'``."""
 
     def __init__(self, interval: int = -1, **kwargs: Any) -> None:
         out_dir, backend_args = kwargs.get('out_dir'), kwargs.get('backend_args') or {}
         local = '://' not in str(out_dir or '') and kwargs.get('file_client_args') is None
         self.atomic = local and backend_args.get('backend', 'local') == 'local'
         if self.atomic:
-            _register_atomic_backend()
+            if ATOMIC_BACKEND not in backends:
+                register_backend(ATOMIC_BACKEND, AtomicLocalBackend)
             kwargs['backend_args'] = {**backend_args, 'backend': ATOMIC_BACKEND}
         else:
-            _warn(f'AtomicCheckpointHook: out_dir={out_dir!r} / backend_args={backend_args!r} '
-                  'is not local; saves are CheckpointHook\'s (not atomic).')  # fmt: skip
+            _warn(
+                f'AtomicCheckpointHook: out_dir={out_dir!r} / backend_args={backend_args!r} '
+                "is not local; saves are CheckpointHook's (not atomic)."
+            )
         super().__init__(interval, **kwargs)
 
     def before_train(self, runner: Any) -> None:
@@ -100,8 +93,10 @@ class AtomicCheckpointHook(CheckpointHook):
         for directory in directories:
             for path in sorted(glob.glob(osp.join(glob.escape(directory), f'.*{_PARTIAL_MARK}*'))):
                 os.remove(path)
-                _warn(f'Removed {path}, the partial file of a checkpoint save that was '
-                      'interrupted; it was never a resume point.')  # fmt: skip
+                _warn(
+                    f'Removed {path}, the partial file of a checkpoint save that was '
+                    'interrupted; it was never a resume point.'
+                )
 
     def _save_checkpoint_with_step(self, runner: Any, step: int, meta: dict) -> None:
         """``CheckpointHook``'s save, reordered: save, then point, then prune."""
@@ -117,9 +112,16 @@ class AtomicCheckpointHook(CheckpointHook):
         self.last_ckpt = self.file_backend.join_path(self.out_dir, ckpt_filename)
         runner.message_hub.update_info('last_ckpt', self.last_ckpt)
         runner.save_checkpoint(
-            self.out_dir, ckpt_filename, self.file_client_args, save_optimizer=self.save_optimizer,
-            save_param_scheduler=self.save_param_scheduler, meta=meta, by_epoch=self.by_epoch,
-            backend_args=self.backend_args, **self.args)  # fmt: skip
+            self.out_dir,
+            ckpt_filename,
+            self.file_client_args,
+            save_optimizer=self.save_optimizer,
+            save_param_scheduler=self.save_param_scheduler,
+            meta=meta,
+            by_epoch=self.by_epoch,
+            backend_args=self.backend_args,
+            **self.args,
+        )
         if not is_main_process():
             return
         atomic_write_bytes(str(self.last_ckpt), osp.join(runner.work_dir, 'last_checkpoint'))
@@ -134,16 +136,15 @@ class AtomicCheckpointHook(CheckpointHook):
 def use_atomic_checkpoints(cfg: Any) -> bool:
     """Make ``cfg.default_hooks.checkpoint`` (in place) an :class:`AtomicCheckpointHook`
     with the same arguments if it is a ``CheckpointHook``; other types are kept.
-
-    Returns:
-        bool: Whether the config's checkpoint hook is (now) atomic.
-    """
+    Returns whether the config's checkpoint hook is (now) atomic."""
     hook = (cfg.get('default_hooks') or {}).get('checkpoint')
     kind = None if hook is None else hook.get('type')
     if kind in ('CheckpointHook', CheckpointHook):
         hook['type'] = 'AtomicCheckpointHook'
     elif hook is not None and kind not in ('AtomicCheckpointHook', AtomicCheckpointHook):
-        _warn(f'default_hooks.checkpoint is {kind!r}, not CheckpointHook: kept as it is, '
-              'so its saves are not made atomic.')  # fmt: skip
+        _warn(
+            f'default_hooks.checkpoint is {kind!r}, not CheckpointHook: kept as it is, '
+            'so its saves are not made atomic.'
+        )
         return False
     return hook is not None

@@ -1,25 +1,9 @@
 """Checkpoint loading that never runs code, on every supported torch.
 
-The gap (MMEngine 0.10, every torch): MMEngine loads checkpoints with
-``torch.load(filename, map_location=...)``. Under torch >= 2.6 that means
-weights-only, which refuses the numpy scalars and ``HistoryBuffer`` objects
-every MMEngine checkpoint holds, so ``--resume`` fails; under older torch it
-means a full unpickle, so a checkpoint can run any code.
-:func:`safe_torch_load` loads genuine MMEngine checkpoints and refuses
-anything else, resolving only an allow list (:func:`allowed_globals`:
-torch's tensor and storage types plus :func:`mmengine_safe_globals`):
-
-- where ``torch.serialization.safe_globals`` takes ``(object, name)`` pairs
-  (torch >= 2.6), torch's weights-only unpickler does the refusing;
-- on older torch (and, to name what torch refused, after a refusal) an
-  unpickler whose ``find_class`` resolves the allow list and nothing else,
-  handed to ``torch.load`` as its ``pickle_module``.
-
-``torch.load`` does not check the CRC-32s that ``torch.save`` writes, so a
-zip checkpoint's members are checked first: a flipped bit is a
-:class:`CheckpointLoadError`, not wrong weights.
-:func:`install_safe_checkpoint_loader` makes :func:`safe_torch_load`
-MMEngine's loader for local paths (resume, ``load_from``, ``load_checkpoint``).
+MMEngine 0.10 calls ``torch.load`` without ``weights_only``: torch >= 2.6 refuses
+every MMEngine checkpoint, older torch unpickles anything. :func:`safe_torch_load`
+CRC-checks a zip checkpoint's members, then resolves only :func:`allowed_globals`
+(how, on which torch: docs/tools.md, "Resume and safe checkpoint loading").
 """
 
 from __future__ import annotations
@@ -53,15 +37,17 @@ __all__ = [
 
 #: numpy dtypes that may appear in a checkpoint (no object, str, void).
 _NUMPY_DTYPES = (
-    np.bool_, np.int8, np.int16, np.int32, np.int64, np.uint8, np.uint16, np.uint32,
-    np.uint64, np.float16, np.float32, np.float64, np.longdouble, np.complex64, np.complex128,
-)  # fmt: skip
+    'bool int8 int16 int32 int64 uint8 uint16 uint32 uint64 '
+    'float16 float32 float64 longdouble complex64 complex128'
+).split()
 
 #: The statistics methods defined on ``HistoryBuffer`` (all that it pickles by name).
 _STATISTICS = frozenset({'min', 'max', 'current', 'mean'})
 
-_TORCH_REBUILDERS = ('_rebuild_tensor', '_rebuild_tensor_v2', '_rebuild_tensor_v3',
-                     '_rebuild_parameter', '_rebuild_parameter_with_state')  # fmt: skip
+_TORCH_REBUILDERS = (
+    '_rebuild_tensor _rebuild_tensor_v2 _rebuild_tensor_v3 '
+    '_rebuild_parameter _rebuild_parameter_with_state'
+).split()
 
 
 class CheckpointLoadError(RuntimeError):
@@ -78,11 +64,7 @@ class _Refused(Exception):
 
 def _history_buffer_getattr(obj: Any, name: Any) -> Any:
     """Stand-in for ``builtins.getattr``, which ``HistoryBuffer`` pickles: only
-    ``getattr(HistoryBuffer, <statistic>)``.
-
-    Raises:
-        _Refused: For any other object or attribute.
-    """
+    ``getattr(HistoryBuffer, <statistic>)``; :class:`_Refused` for any other."""
     method = vars(HistoryBuffer).get(name) if isinstance(name, str) else None
     if obj is HistoryBuffer and name in _STATISTICS and inspect.isfunction(method):
         return method
@@ -91,13 +73,9 @@ def _history_buffer_getattr(obj: Any, name: Any) -> Any:
 
 
 def mmengine_safe_globals() -> list[tuple[Any, str]]:
-    """The globals, beyond torch's own, that MMEngine checkpoints hold.
-
-    Returns:
-        list[tuple[Any, str]]: ``(object, 'module.qualname')`` pairs, the form
-        ``torch.serialization.safe_globals`` takes; numpy's are listed under
-        numpy 1's and numpy 2's module names.
-    """
+    """The globals, beyond torch's own, that MMEngine checkpoints hold: ``(object,
+    'module.qualname')`` pairs, the form ``torch.serialization.safe_globals`` takes;
+    numpy's under numpy 1's and numpy 2's module names."""
     try:
         from numpy._core import multiarray  # numpy >= 2
     except ImportError:  # numpy 1.x
@@ -109,12 +87,9 @@ def mmengine_safe_globals() -> list[tuple[Any, str]]:
         (np.dtype, 'numpy.dtype'),
     ]
     for prefix in ('numpy._core.multiarray', 'numpy.core.multiarray'):
-        allowed.append((multiarray._reconstruct, f'{prefix}._reconstruct'))
-        allowed.append((multiarray.scalar, f'{prefix}.scalar'))
-    for scalar_type in _NUMPY_DTYPES:
-        dtype_class = type(np.dtype(scalar_type))
-        if dtype_class is not np.dtype:  # numpy >= 1.25 has one per dtype
-            allowed.append((dtype_class, f'{dtype_class.__module__}.{dtype_class.__name__}'))
+        allowed += [(getattr(multiarray, f), f'{prefix}.{f}') for f in ('_reconstruct', 'scalar')]
+    dtype_classes = (type(np.dtype(name)) for name in _NUMPY_DTYPES)  # one each on numpy >= 1.25
+    allowed += [(c, f'{c.__module__}.{c.__name__}') for c in dtype_classes if c is not np.dtype]
     return allowed
 
 
@@ -200,14 +175,8 @@ def _load(data: bytes, map_location: Any) -> Any:
 
 
 def safe_torch_load(filename: str, map_location: Any = None) -> Any:
-    """Load a local checkpoint, allowing only the types MMEngine writes.
-
-    Args:
-        filename (str): Path of a local checkpoint file.
-        map_location: Same as :func:`torch.load`. Defaults to None.
-
-    Returns:
-        Any: The loaded checkpoint (usually a dict).
+    """Load the local checkpoint ``filename`` (``map_location`` as :func:`torch.load`'s),
+    allowing only the types MMEngine writes.
 
     Raises:
         FileNotFoundError: If ``filename`` is not a file.

@@ -8,11 +8,11 @@ config, :func:`mmgc.engine.optimizers.gc_switch.enable_gc`), ``--gc-diagnostics`
 from __future__ import annotations
 
 import argparse
-import contextlib
 import functools
 import logging
 import os
 import os.path as osp
+import re
 import sys
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -22,15 +22,15 @@ from mmdet.evaluation import DumpDetResults
 from mmdet.registry import RUNNERS
 from mmengine.config import Config, DictAction
 from mmengine.device import is_cuda_available, is_mlu_available, is_npu_available
-from mmengine.hooks import Hook
 from mmengine.logging import print_log
-from mmengine.runner import Runner
+from mmengine.runner import Runner, find_latest_checkpoint
 
 from ..engine.hooks import GCDiagnosticsHook
-from ..engine.optimizers.coverage import GCCoverageError, check_gc_runner_strategy
+from ..engine.optimizers import GCCoverageError, enable_gc
+from ..engine.optimizers.coverage import check_gc_runner_strategy
 from .atomic_checkpoint import use_atomic_checkpoints
 from .checkpoint import CheckpointLoadError, install_safe_checkpoint_loader
-from .data_check import MissingDataError, check_data_paths
+from .data_check import check_data_paths
 from .distributed import (
     DIST_TIMEOUT_ENV,
     LAUNCHERS,
@@ -42,12 +42,12 @@ from .errors import ConfigError
 from .hooks import StepSeedHook
 from .metrics import TEST_CONFIG_SUFFIX, TestMetricsHook
 from .optimizer_state import PlainOptimizerStateHook
-from .resume import latest_checkpoint
 
 __all__ = [
     'USER_ERRORS',
     'build_runner',
     'exit_on_user_error',
+    'latest_checkpoint',
     'parse_args',
     'run_test',
     'run_train',
@@ -57,34 +57,43 @@ __all__ = [
     'train_parser',
 ]
 
-#: Errors a user causes: mmgc's own and a missing file. The tools end them in one line.
-USER_ERRORS = (
-    ConfigError,
-    MissingDataError,
-    CheckpointLoadError,
-    FileNotFoundError,
-    GCCoverageError,
+#: Errors a user causes: mmgc's checks and a missing file or data (``MissingDataError`` is a
+#: ``FileNotFoundError``). The tools end them in one line.
+USER_ERRORS = (ConfigError, CheckpointLoadError, FileNotFoundError, GCCoverageError)
+
+#: The ``KeyError`` message of MMEngine's builders (``mmengine/registry/build_functions.py``)
+#: for a config ``type`` that is not in the registry: a misspelt or unimported type.
+_NOT_REGISTERED = re.compile(
+    r'(?P<type>.+?) is not in the (?P<registry>.+?) registry\. '
+    r'Please check whether the value of `(?P=type)` is correct'
 )
 
 
 def _text(err: BaseException) -> str:
+    """``err``'s message on one line (a ``KeyError``'s without the quotes of its repr)."""
     text = err.args[0] if isinstance(err, KeyError) and err.args else err
     return ' '.join(str(text).split())
 
 
+def _is_user_error(err: BaseException) -> bool:
+    """Whether ``err`` is a user's: one of :data:`USER_ERRORS`, or MMEngine's
+    ``KeyError`` for a config type that is not in a registry."""
+    return isinstance(err, USER_ERRORS) or bool(
+        isinstance(err, KeyError) and _NOT_REGISTERED.match(_text(err))
+    )
+
+
 def exit_on_user_error(main: Callable[..., Any]) -> Callable[..., Any]:
-    """Run a tool's ``main``; a :data:`USER_ERRORS` error ends it with one line on
-    stderr, ``<ErrorType>: <message>`` (a ``ConfigError`` from a config's bad value
-    shows that value's error type), and exit status 2. Other errors keep their
-    traceback; ``MMGC_DEBUG=1`` shows it for user errors too.
-    """
+    """Run a tool's ``main``; a user's error (:func:`_is_user_error`) ends it with one
+    line on stderr and exit status 2, every other error keeps its traceback (which
+    errors, and the line: docs/tools.md, "Errors: one line, or a traceback")."""
 
     @functools.wraps(main)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         try:
             return main(*args, **kwargs)
-        except USER_ERRORS as err:
-            if os.environ.get('MMGC_DEBUG', '') not in ('', '0'):
+        except (*USER_ERRORS, KeyError) as err:
+            if not _is_user_error(err) or os.environ.get('MMGC_DEBUG', '') not in ('', '0'):
                 raise
             name = type(err.__cause__ if isinstance(err, ConfigError) and err.__cause__ else err)
             hint = '(MMGC_DEBUG=1 shows the traceback)'
@@ -92,20 +101,6 @@ def exit_on_user_error(main: Callable[..., Any]) -> Callable[..., Any]:
             sys.exit(2)
 
     return wrapper
-
-
-@contextlib.contextmanager
-def _bad_values_refused(started: Callable[[], bool] = lambda: False) -> Any:
-    """Re-raise a ``ValueError`` / ``TypeError`` / ``KeyError`` (a config's
-    bad value) as a ``ConfigError``, unless ``started()`` (the loop ran)."""
-    try:
-        yield
-    except ConfigError:
-        raise
-    except (ValueError, TypeError, KeyError) as err:
-        if started():
-            raise
-        raise ConfigError(_text(err)) from err
 
 
 def _positive_int(text: str) -> int:
@@ -191,9 +186,8 @@ def _load(args: argparse.Namespace) -> Config:
     """The config of ``args``, with MMDetection's rules and ``--dist-timeout``."""
     if not osp.isfile(args.config):
         raise FileNotFoundError(f"Config file '{args.config}' does not exist.")
-    with _bad_values_refused():
-        cfg = Config.fromfile(args.config)
-        cfg.merge_from_dict(args.cfg_options or {})
+    cfg = Config.fromfile(args.config)
+    cfg.merge_from_dict(args.cfg_options or {})
     cfg.launcher = args.launcher
     if args.work_dir is not None:
         cfg.work_dir = args.work_dir
@@ -241,19 +235,28 @@ def train_config(args: argparse.Namespace) -> Config:
     return cfg
 
 
-def _enable_gc(cfg: Config, layers: Sequence[str] | None, variant: str | None) -> None:
-    """``--gc``: ``enable_gc`` on ``cfg``, in place; its refusal becomes a ``ConfigError``."""
-    from ..engine.optimizers.gc_switch import enable_gc
+def latest_checkpoint(work_dir: str) -> str | None:
+    """What ``<work_dir>/last_checkpoint`` names (MMEngine's ``find_latest_checkpoint``),
+    which ``--resume`` alone resumes from; None without one. :mod:`.checkpoint` reads it.
 
-    options: dict[str, Any] = {}
-    if layers is not None:
-        options['layers'] = tuple(layers)
-    if variant is not None:
-        options['variant'] = variant
-    try:
-        enable_gc(cfg, **options)
-    except ValueError as err:
-        raise ConfigError(_text(err)) from err
+    Raises:
+        CheckpointLoadError: If it is empty or names a local file that does not exist
+            (MMEngine would fail late, or resume from ``''``).
+    """
+    path = find_latest_checkpoint(work_dir)
+    if path is None or '://' in path or osp.isfile(path):
+        return path
+    raise CheckpointLoadError(
+        f'Cannot resume from {work_dir}: its last_checkpoint names {path!r}, which does not '
+        'exist; pass --resume CKPT with an existing checkpoint, or delete last_checkpoint to '
+        'start afresh.'
+    )
+
+
+def _enable_gc(cfg: Config, layers: Sequence[str] | None, variant: str | None) -> None:
+    """``--gc``: ``enable_gc`` on ``cfg``, in place (a bad value: its ``ConfigError``)."""
+    options = dict(layers=None if layers is None else tuple(layers), variant=variant)
+    enable_gc(cfg, **{key: value for key, value in options.items() if value is not None})
     gc = cfg.optim_wrapper.get('gc') or {}
     print_log(
         f'--gc: GC on {gc.get("layers")} weights, variant {gc.get("variant")!r}, optimizer '
@@ -304,56 +307,24 @@ _GC_OPTIMIZERS = ('SGDGC', 'SGD_GC', 'SGDWGC', 'SGDW_GC')
 def _wants_gc(cfg: Config) -> bool:
     """Whether ``cfg``'s run is configured for GC (its constructor or optimizer)."""
     wrapper = cfg.get('optim_wrapper') or {}
-    optimizer = wrapper.get('optimizer') or {}
-    return (
-        wrapper.get('constructor') == 'GCOptimWrapperConstructor'
-        or optimizer.get('type') in _GC_OPTIMIZERS
-    )
+    optimizer = (wrapper.get('optimizer') or {}).get('type')
+    return wrapper.get('constructor') == 'GCOptimWrapperConstructor' or optimizer in _GC_OPTIMIZERS
 
 
 def build_runner(cfg: Config) -> Any:
     """Build ``cfg``'s runner (``runner_type``, default MMEngine's ``Runner``).
 
     Raises:
-        ConfigError: From a config's bad value (a misspelt type, a bad model argument).
+        ConfigError: For a GC run under a strategy that flattens the weights.
     """
-    with _bad_values_refused():
-        if _wants_gc(cfg):  # FlexibleRunner: DeepSpeed, FSDP1 flatten the weights
-            check_gc_runner_strategy(cfg.get('strategy'))
-        return RUNNERS.build(cfg) if 'runner_type' in cfg else Runner.from_cfg(cfg)
-
-
-class _RunStarted(Hook):
-    """Notes the loop's first hook call: building from the config is over."""
-
-    priority = 'LOWEST'
-    started = False
-
-    def before_train(self, runner: Any) -> None:
-        self.started = True
-
-    before_test = before_train
-
-
-def _guarded(run: Callable[[], Any]) -> Any:
-    """Call ``runner.train`` or ``runner.test``: until the loop's first hook they
-    build from the config (dataloaders, optimizer, schedulers, the checkpoint
-    load), and a bad value raised then becomes a ``ConfigError``."""
-    started = _RunStarted()
-    run.__self__.register_hook(started)
-    with _bad_values_refused(lambda: started.started):
-        return run()
+    if _wants_gc(cfg):  # FlexibleRunner: DeepSpeed, FSDP1 flatten the weights
+        check_gc_runner_strategy(cfg.get('strategy'))
+    return RUNNERS.build(cfg) if 'runner_type' in cfg else Runner.from_cfg(cfg)
 
 
 def run_train(args: argparse.Namespace) -> Any:
-    """Train as ``tools/train.py`` does (after its module registration).
-
-    Args:
-        args (argparse.Namespace): From :func:`train_parser`.
-
-    Returns:
-        ``Runner.train()``'s result, the model.
-    """
+    """Train as ``tools/train.py`` does (after its module registration), with ``args``
+    from :func:`train_parser`; returns ``Runner.train()``'s result, the model."""
     install_safe_checkpoint_loader()
     cfg = train_config(args)
     use_atomic_checkpoints(cfg)
@@ -369,20 +340,14 @@ def run_train(args: argparse.Namespace) -> Any:
             print_log(message + 'from scratch.', logger='current', level=logging.WARNING)
     runner.register_hook(StepSeedHook())
     runner.register_hook(PlainOptimizerStateHook())
-    return _guarded(runner.train)
+    return runner.train()
 
 
 def run_test(args: argparse.Namespace) -> dict[str, Any]:
-    """Test as ``tools/test.py`` does (after its module registration). The config
-    is dumped as ``<work_dir>/<config stem>_test.py``, not over a training run's,
-    and the metrics go to ``<work_dir>/test_metrics.json`` (:mod:`.metrics`).
-
-    Args:
-        args (argparse.Namespace): From :func:`test_parser`.
-
-    Returns:
-        dict: The metrics ``Runner.test()`` returned.
-    """
+    """Test as ``tools/test.py`` does (after its module registration), with ``args``
+    from :func:`test_parser`; returns the metrics of ``Runner.test()``. The config is
+    dumped as ``<work_dir>/<config stem>_test.py``, not over a training run's, and the
+    metrics go to ``<work_dir>/test_metrics.json`` (:mod:`.metrics`)."""
     install_safe_checkpoint_loader()
     cfg = test_config(args)
     check_data_paths(cfg, 'test')
@@ -392,4 +357,4 @@ def run_test(args: argparse.Namespace) -> dict[str, Any]:
     if args.out is not None:
         runner.test_evaluator.metrics.append(DumpDetResults(out_file_path=args.out))
     runner.register_hook(TestMetricsHook(args.config, args.checkpoint))
-    return _guarded(runner.test)
+    return runner.test()

@@ -1,8 +1,6 @@
-"""Stop a run before the model is built when its data is not on disk.
-
-MMEngine builds datasets after the model, so a wrong ``data_root`` fails late,
-deep inside a dataset. :func:`check_data_paths` names the first missing path
-and its config key.
+"""Stop a run before the model is built when its data is not on disk (MMEngine builds
+datasets after the model): :func:`check_data_paths` names the first missing path and
+its config key.
 """
 
 from __future__ import annotations

@@ -1,228 +1,69 @@
-"""The demo: Mask R-CNN trained with GC and with its baseline on synthetic data,
-through ``tools/train.py``'s code path, compared by :mod:`mmgc.runtime.compare` and
-reported by :mod:`mmgc.runtime.demo_report` (see :func:`run_demo`)."""
+"""The demo: the shapes data, then ``tools/train_pair.sh`` on the demo's twins
+(each seed's pair side by side, finished runs reused, killed ones resumed, every
+run tested by ``tools/test.py`` and compared by ``tools/compare_ap.py`` into the
+report folder), then the report: the comparison's Markdown plus the loss plot and
+timings, read from the logs MMEngine wrote (:mod:`mmgc.runtime.logs`)."""
 
 from __future__ import annotations
 
+import csv
 import json
-import math
-import multiprocessing as mp
 import os
-import re
+import platform
+import shlex
+import subprocess
+import sys
 import time
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, fields, replace
-from multiprocessing.connection import wait
 from pathlib import Path
 from typing import Any, Union
 
 import numpy as np
 from mmengine.config import Config
-from mmengine.hooks import Hook
-from mmengine.logging import MessageHub, print_log
-from mmengine.registry import HOOKS
+from mmengine.logging import print_log
 
-from . import compare
-from .demo_report import DemoRun, write_report
+from . import logs
 from .shapes import make_shapes_dataset
 
-__all__ = ['DemoJob', 'DemoRecorderHook', 'demo_options', 'run_demo', 'train_in_parallel']
+__all__ = ['ap_figure', 'demo_options', 'loss_figure', 'run_demo', 'write_report']
 
 PathLike = Union[str, os.PathLike]
-RUN_FILE = 'demo_run.json'  # a finished run's DemoRun fields and its DemoJob, in its work dir
+RUNNER = Path(__file__).resolve().parents[2] / 'tools' / 'train_pair.sh'  # in a checkout
 _LR_STEPS = (8 / 12, 11 / 12)  # the 1x schedule's lr steps, as fractions of the run
-_ITERS_KEYS = ('train_cfg.max_iters', 'train_cfg.val_interval', 'default_hooks.checkpoint.interval')
-_SPLITS = ('train', 'val', 'test')
-_RECORD = 'demo_record'  # the message hub's runtime info that DemoRecorderHook fills
-_ITER_LINE = re.compile(r'Iter\(train\) \[\s*(\d+)/(\d+)\].*?eta: ([0-9:]+)')
+_CHECKPOINT = 'default_hooks.checkpoint.interval'
+_SMOOTH = 20  # iterations in the moving average of the loss plot
+_SIDES = {'baseline': ('tab:blue', 'baseline (SGD)'), 'gc': ('tab:red', 'GC (SGDGC)')}
+# MMEngine logs every iteration's own loss and time; validation would only repeat the test.
+_FIXED = ['default_hooks.logger.interval=1', 'log_processor.window_size=1']
+_FIXED += [f'val_{key}=None' for key in ('dataloader', 'cfg', 'evaluator')]
 
 
-def _clock() -> np.ndarray:
-    return np.array([time.perf_counter(), time.process_time()])
-
-
-@HOOKS.register_module()
-class DemoRecorderHook(Hook):
-    """Puts in the message hub's info ``'demo_record'`` what MMEngine logged (each
-    iteration's loss, the val metrics, the logs, the checkpoint) and the wall and CPU
-    seconds of training (evaluation excluded) and of evaluation."""
-
-    priority = 'VERY_LOW'
-
-    def before_train(self, runner) -> None:
-        self.start, self.eval = _clock(), np.zeros(2)
-
-    def before_val(self, runner) -> None:
-        self.val_start = _clock()
-
-    def after_val(self, runner) -> None:
-        self.eval += _clock() - self.val_start
-
-    def after_train(self, runner) -> None:
-        hub, train = runner.message_hub, _clock() - self.start - self.eval
-        log, checkpoint = Path(runner.log_dir).resolve(), hub.get_info('last_ckpt')
-        losses, scalars = hub.get_scalar('train/loss').data[0], hub.log_scalars
-        record = dict(
-            work_dir=runner.work_dir,
-            iters=runner.iter,
-            metrics={k[4:]: float(v.current()) for k, v in scalars.items() if 'val/coco/' in k},
-            losses=[(i, float(v)) for i, v in enumerate(losses, start=1)],
-            train_s=float(train[0]),
-            train_cpu_s=float(train[1]),
-            eval_s=float(self.eval[0]),
-            log_file=str(log / f'{runner.timestamp}.log'),
-            json_log=str(log / 'vis_data' / f'{runner.timestamp}.json'),
-            checkpoint=str(Path(checkpoint).resolve()) if checkpoint else '',
-        )
-        hub.update_info(_RECORD, record)
-
-
-def demo_options(
-    config: PathLike, *, data_root: PathLike, iters: int | None = None, seed: int | None = None
-) -> dict[str, Any]:
-    """The ``--cfg-options`` that make a demo config one run of the demo.
+def demo_options(config: PathLike, *, data_root: PathLike, iters: int | None = None) -> list[str]:
+    """The ``--cfg-options`` (``K=V``) that make a demo config one run of the demo:
+    the data folder, the schedule scaled to ``iters`` (warm-up, lr steps and the
+    checkpoint follow), a log record every iteration, no validation (the test's twin).
 
     Args:
         config (str | os.PathLike): A demo config.
         data_root (str | os.PathLike): A folder made by ``make_shapes_dataset``.
-        iters (int, optional): Training iterations; the warm-up, the lr steps, the
-            evaluation and the checkpoint follow. Defaults to the config's.
-        seed (int, optional): Training seed. Defaults to the config's.
-
-    Returns:
-        dict: Dotted keys and values, for ``Config.merge_from_dict``.
+        iters (int, optional): Training iterations. Defaults to the config's.
 
     Raises:
-        ValueError: If ``iters`` is not a positive int or ``seed`` is negative.
+        ValueError: If ``iters`` is not an int >= 1.
     """
     if iters is not None and (isinstance(iters, bool) or not isinstance(iters, int) or iters < 1):
         raise ValueError(f'iters must be an int >= 1; got {iters!r}')
-    if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int) or seed < 0):
-        raise ValueError(f'seed must be an int >= 0; got {seed!r}')
     cfg = Config.fromfile(str(config))
     root = str(data_root).rstrip('/\\') + '/'
-    ann = root + cfg.val_dataloader.dataset.ann_file
-    imports = dict(cfg.get('custom_imports') or dict(imports=[], allow_failed_imports=False))
-    imports['imports'] = [*imports.get('imports', []), __name__]  # registers the hook
-    hooks = [*cfg.get('custom_hooks', []), dict(type='DemoRecorderHook')]
-    options: dict[str, Any] = dict(custom_imports=imports, custom_hooks=hooks)
-    options.update({f'{split}_dataloader.dataset.data_root': root for split in _SPLITS})
-    options.update({f'{split}_evaluator.ann_file': ann for split in _SPLITS[1:]})
+    options = [f'{split}_dataloader.dataset.data_root={root}' for split in ('train', 'test')]
+    options.append(f'test_evaluator.ann_file={root}{cfg.test_dataloader.dataset.ann_file}')
     if iters is not None:
-        warmup, steps = (dict(s) for s in cfg.param_scheduler)
-        warmup['end'] = min(int(cfg.warmup_iters), iters)
-        steps.update(end=iters, milestones=[max(1, math.floor(iters * f)) for f in _LR_STEPS])
-        options.update(dict.fromkeys(_ITERS_KEYS, iters), param_scheduler=[warmup, steps])
-    if seed is not None:
-        options['randomness.seed'] = seed
-    return options
-
-
-@dataclass(frozen=True)
-class DemoJob:
-    """One training run: config, seed, work dir, data, iterations (None: the
-    config's) and torch threads (None: a share of the CPU)."""
-
-    name: str
-    config: str
-    seed: int
-    work_dir: str
-    data_root: str
-    iters: int | None = None
-    threads: int | None = None
-
-    @property
-    def label(self) -> str:
-        return f'{self.name} seed {self.seed}'
-
-    @property
-    def console_log(self) -> Path:
-        return Path(self.work_dir, 'console.log')
-
-
-def _child(job: DemoJob) -> None:
-    """A run's process: ``tools/train.py``'s steps, then its :data:`RUN_FILE`."""
-    fd = os.open(job.console_log, os.O_WRONLY | os.O_APPEND)
-    for stream in (1, 2):  # all its output, C++ included
-        os.dup2(fd, stream)
-    import torch
-    from mmdet.utils import register_all_modules, setup_cache_size_limit_of_dynamo
-
-    from .cli import parse_args, run_train, train_parser
-
-    torch.set_num_threads(job.threads)
-    start = time.perf_counter()
-    args = parse_args(train_parser(), [job.config, '--work-dir', job.work_dir])
-    args.cfg_options = demo_options(
-        job.config, data_root=job.data_root, iters=job.iters, seed=job.seed
-    )
-    setup_cache_size_limit_of_dynamo()
-    register_all_modules(init_default_scope=False)
-    run_train(args)
-    record = {**asdict(job), **MessageHub.get_current_instance().get_info(_RECORD)}
-    record.update(total_s=time.perf_counter() - start, job=asdict(job))
-    Path(job.work_dir, RUN_FILE).write_text(json.dumps(record), encoding='utf-8')
-
-
-def _read_run(job: DemoJob) -> DemoRun | None:
-    """The run that ``job``'s work dir holds, if it was trained for ``job``."""
-    try:
-        record = json.loads(Path(job.work_dir, RUN_FILE).read_text(encoding='utf-8'))
-        record['losses'] = [tuple(item) for item in record['losses']]
-        run = DemoRun(**{f.name: record[f.name] for f in fields(DemoRun)})
-    except (OSError, ValueError, KeyError, TypeError):
-        return None
-    return run if record.get('job') == asdict(job) else None
-
-
-def train_in_parallel(jobs: Sequence[DemoJob], *, poll_s: float = 20.0) -> list[DemoRun]:
-    """Train runs side by side, each in a fresh process (MMEngine's visualizer is
-    process-wide) writing to ``<work_dir>/console.log``, with a progress line every
-    ``poll_s`` seconds.
-
-    Args:
-        jobs (Sequence[DemoJob]): The runs; those without ``threads`` share the CPU.
-        poll_s (float): Seconds between progress lines. Defaults to 20.
-
-    Returns:
-        list[DemoRun]: In the order of ``jobs``.
-
-    Raises:
-        RuntimeError: Once all have ended, if a run failed, with the end of its log.
-    """
-    share = max(1, (os.cpu_count() or 1) // len(jobs))
-    jobs = [replace(job, threads=job.threads or share) for job in jobs]
-    processes = [mp.get_context('spawn').Process(target=_child, args=(job,)) for job in jobs]
-    for job, process in zip(jobs, processes):
-        Path(job.work_dir).mkdir(parents=True, exist_ok=True)
-        Path(job.work_dir, RUN_FILE).unlink(missing_ok=True)
-        job.console_log.write_text('')
-        process.start()
-        log = f'{job.threads} thread(s), console log {job.console_log}'
-        print_log(f'[demo] {job.label}: {log}', logger='current')
-    while any(p.is_alive() for p in processes):
-        if not wait([p.sentinel for p in processes if p.is_alive()], timeout=poll_s):
-            where = ', '.join(f'{job.label} {_progress(job.console_log)}' for job in jobs)
-            print_log(f'[demo] progress: {where}', logger='current')
-    runs = [_read_run(job) if p.exitcode == 0 else None for job, p in zip(jobs, processes)]
-    errors = [
-        f'demo run {job.label} ({job.config}) failed: exit code {p.exitcode}; the end of its '
-        f'console log ({job.console_log}):\n{job.console_log.read_text(errors="replace")[-3000:]}'
-        for job, p, run in zip(jobs, processes, runs)
-        if run is None
-    ]
-    if errors:
-        raise RuntimeError('\n\n'.join(errors))
-    return runs
-
-
-def _progress(log_file: Path) -> str:
-    """``'120/750 (eta 0:08:01)'`` from a run's console log."""
-    tail = log_file.read_bytes()[-8192:].decode(errors='replace')
-    lines = _ITER_LINE.findall(tail)
-    if lines:
-        return '{}/{} (eta {})'.format(*lines[-1])
-    return 'evaluating' if 'Evaluating' in tail else 'starting'
+        steps = ','.join(str(max(1, int(iters * f))) for f in _LR_STEPS)  # floor: iters > 0
+        ends = f'param_scheduler.0.end={min(int(cfg.warmup_iters), iters)}'
+        options += [ends, f'param_scheduler.1.end={iters}']
+        options.append(f'param_scheduler.1.milestones=[{steps}]')
+        options += [f'{key}={iters}' for key in ('train_cfg.max_iters', _CHECKPOINT)]
+    return options + _FIXED
 
 
 def run_demo(
@@ -240,32 +81,24 @@ def run_demo(
     command: str | None = None,
     parallel: bool = True,
     threads: int | None = None,
+    runner: PathLike = RUNNER,
 ) -> dict[str, Any]:
-    """Make the data, train GC and baseline for each seed, compare, report.
+    """Make the data; run ``runner`` (``tools/train_pair.sh``) on the twins, one
+    process per run with ``threads`` torch threads (default: the CPU count, halved
+    when ``parallel``: a pair side by side, else one run after the other), runs in
+    ``work_dir/seed<S>/{gc,baseline}``, the comparison into ``report_dir`` (data
+    made anew, or runs of the earlier demo there: every run trained again); then
+    :func:`write_report`.
 
-    A run whose work dir holds its :data:`RUN_FILE` for the same job, on data
-    that was not regenerated, is not trained again.
-
-    Args:
-        gc_config, baseline_config (str | os.PathLike): The GC config and its twin.
-        seeds (Sequence[int]): Training seeds, one pair each. Defaults to ``(0,)``.
-        data_root (str | os.PathLike): The dataset's folder (written or reused).
-        work_dir (str | os.PathLike): Parent of the runs' ``seed<S>/{baseline,gc}``.
-        report_dir (str | os.PathLike): Where the report is written.
-        iters (int, optional): Iterations of each run. Defaults to the configs'.
-        data_seed, num_train, num_val (int): The dataset's seed and image counts.
-        command (str, optional): The command line, quoted in the report.
-        parallel (bool): Train a pair's runs side by side, else one after the other.
-        threads (int, optional): Torch threads per run. Defaults to the CPU count,
-            halved when ``parallel``.
+    ``iters`` defaults to the configs'; ``data_seed``, ``num_train`` and ``num_val``
+    make the data; ``command`` is quoted in the report.
 
     Returns:
-        dict: ``write_report``'s, ``runs`` (baseline, GC; by seed), ``comparison``.
+        dict: :func:`write_report`'s.
 
     Raises:
         ValueError: If ``seeds`` is empty, repeats a seed or holds one < 0.
-        RuntimeError: If a run fails.
-        ConfigMismatchError: If the runs differ in more than the optimizer and seed.
+        RuntimeError: If the pair runner fails (its output names the run).
     """
     seeds = list(seeds)
     if not seeds:
@@ -276,34 +109,221 @@ def run_demo(
     repeated = sorted({s for s in seeds if seeds.count(s) > 1})
     if repeated:
         raise ValueError(f'seeds must differ; {repeated} given more than once')
-    wall_start = time.perf_counter()
+    options = demo_options(gc_config, data_root=Path(data_root).resolve(), iters=iters)
+    start = time.perf_counter()
     print_log('[demo] 1/3 dataset', logger='current')
     data = make_shapes_dataset(data_root, num_train=num_train, num_val=num_val, seed=data_seed)
-    max_iters = iters or Config.fromfile(str(baseline_config)).train_cfg.max_iters
     threads = threads or max(1, (os.cpu_count() or 1) // (2 if parallel else 1))
-    twins = (('baseline', str(baseline_config)), ('gc', str(gc_config)))
-    runs: list[DemoRun] = []
-    for number, seed in enumerate(seeds, start=1):
-        pair = f'[demo] 2/3 pair {number}/{len(seeds)} (seed {seed}, {max_iters} iterations)'
-        folder, root = Path(work_dir).resolve() / f'seed{seed}', data['data_root']
-        jobs = [DemoJob(n, c, seed, str(folder / n), root, iters, threads) for n, c in twins]
-        done = {job: None if data['generated'] else _read_run(job) for job in jobs}
-        todo = [job for job in jobs if done[job] is None or done[job].iters != max_iters]
-        for job in (job for job in jobs if job not in todo):
-            print_log(f'{pair}: {job.name} finished earlier, not trained again', logger='current')
-        for group in [todo] if parallel and len(todo) == 2 else [[job] for job in todo]:
-            names = ' and '.join(job.name for job in group) + ' side by side' * (len(group) > 1)
-            print_log(f'{pair}: training {names}', logger='current')
-            done.update(zip(group, train_in_parallel(group)))
-        runs += done.values()
-    print_log('[demo] 3/3 comparison and report', logger='current')
-    comparison = compare.compare_runs(
-        [compare.load_run(run.work_dir) for run in runs if run.name == 'gc'],
-        [compare.load_run(run.work_dir) for run in runs if run.name == 'baseline'],
-    )
-    wall_s = time.perf_counter() - wall_start
-    report = write_report(
-        runs, comparison, report_dir, data=data, data_seed=data_seed, wall_s=wall_s, command=command
-    )
+    work, out = Path(work_dir).resolve(), Path(report_dir).resolve()
+    cmd = ['bash', str(runner), str(gc_config), '1', '--base-config', str(baseline_config)]
+    cmd += ['--seeds', *map(str, seeds), '--work-dir', str(work), '--out-dir', str(out)]
+    cmd += ['--threads', str(threads), '--side-by-side' if parallel else '--console-log']
+    old = any(work.glob('seed*/*/demo_run.json'))  # runs of the demo before train_pair.sh
+    cmd += [*['--retrain'] * (data['generated'] or old), '--cfg-options', *options]
+    print_log(f'[demo] 2/3 the pairs: {shlex.join(cmd)}', logger='current')
+    code = subprocess.run(cmd, env={**os.environ, 'PYTHON': sys.executable}).returncode
+    if code:
+        raise RuntimeError(f'tools/train_pair.sh failed (exit status {code}); see its output')
+    print_log('[demo] 3/3 report', logger='current')
+    data = dict(data_root=data['data_root'], num_train=num_train, num_val=num_val)  # as made
+    info = dict(seeds=seeds, data_seed=data_seed, threads=threads, data=data)
+    runs = [_run(work / f'seed{s}' / name, name, s, info) for s in seeds for name in _SIDES]
+    info['wall_s'] = round(time.perf_counter() - start, 1)
+    report = write_report(runs, out, info, command)
     print_log(f'[demo] report written to {report["report"]}', logger='current')
-    return {**report, 'runs': runs, 'comparison': comparison}
+    return report
+
+
+def _run(work_dir: Path, name: str, seed: int, info: dict) -> dict[str, Any]:
+    """A tested run, from its files: ``metrics`` (test_metrics.json's: fractions, -1
+    where COCOeval has no data), ``losses`` (``(iteration, total loss)``), ``train_s``
+    (the sum of MMEngine's per-iteration times), ``eval_s`` (the test's mean time per
+    image times the val images), its logs and checkpoint."""
+    record = logs.read_metrics(work_dir / logs.METRICS_FILENAME)
+    losses, times = (logs.train_series(work_dir, key) for key in ('loss', 'time'))
+    scalars = [f for f in logs.scalar_files(work_dir) if logs.train_series(f, 'loss')][-1]
+    test = sorted(p for p in work_dir.glob('*/*.json') if p.stem == p.parent.name)[-1]
+    run = dict(name=name, seed=seed, config=record['config'], work_dir=str(work_dir))
+    run.update(iters=losses[-1][0] if losses else 0, metrics=record['metrics'], losses=losses)
+    run.update(train_s=sum(t for _, t in times), threads=info['threads'])
+    run['eval_s'] = logs.read_scalars(test)[-1]['time'] * info['data']['num_val']
+    folder = scalars.parents[1]
+    log = dict(log_file=str(folder / f'{folder.name}.log'), json_log=str(scalars))
+    return dict(run, **log, checkpoint=record['checkpoint'])
+
+
+_REPORT = """# GC vs baseline: Mask R-CNN R18-FPN on synthetic shapes
+
+MMDetection's Mask R-CNN FPN, ResNet-18 from scratch, trained with SGD (baseline) and with SGDGC \
+(Gradient Centralization on every conv and FC weight), {pairs} with the same data and training \
+seeds {seeds}, pair after pair, by tools/train_pair.sh (tools/train.py, then tools/test.py). \
+COCO metric (pycocotools) on the val split, AP in points.
+{command}
+- data: {num_train} train / {num_val} val images (`{data_root}`, data seed {data_seed})
+- machine: {machine} CPU, {cores} cores, torch {torch}
+
+## AP on val
+
+{table}
+
+n/a: COCOeval has no objects of that size in the val split. The comparison checked that the runs \
+differ only in the optimizer (across the sides) and the seed (within a side).
+
+![AP of both sides](ap.png)
+
+![AP deltas](ap_deltas.png)
+
+## Training loss
+
+Total loss of every iteration: the {smooth}-iteration moving average{lines}
+
+![training loss](loss.png)
+
+| run | first-10 mean loss | last-10 mean loss |
+|---|---:|---:|
+{losses}
+
+## Time
+
+| run | iterations | torch threads | training (s) | s / iteration | evaluation (s) |
+|---|---:|---:|---:|---:|---:|
+{times}
+
+From MMEngine's logs: training is the sum of its per-iteration times, evaluation the test's mean \
+time per image times the images. GC's training-time overhead over the baseline (all seeds): \
+{overhead} in wall time. Whole demo (data, all runs and tests): {wall_s:.0f} s. Wall times on a \
+shared CPU are noisy.
+
+## Files
+
+| run | config | log | JSON log | checkpoint |
+|---|---|---|---|---|
+{files}
+
+Also here: the comparison's own files (`ap_comparison.md`, `ap_comparison.csv`, `ap_seeds.csv`, \
+`ap_deltas.png`: table, per-seed values, delta plot), `loss.csv` (per-iteration losses of every \
+run), `summary.json` (everything, machine-readable).
+"""
+
+
+def write_report(runs: Sequence[dict], out: Path, info: dict, command: str | None = None) -> dict:
+    """Beside the comparison's files (``ap_comparison.md`` ...), write ``report.md``
+    (that Markdown, then losses, timings and every run's files), ``ap.png``,
+    ``loss.png``, ``loss.csv`` and ``summary.json`` (``info``: seeds, data, threads,
+    wall time; GC's training-time overhead; the comparison's rows; the runs).
+
+    Returns:
+        dict: ``report`` (``report.md``'s path), ``report_dir``, ``summary``.
+    """
+    with open(out / 'ap_comparison.csv', newline='', encoding='utf-8') as f:
+        rows = [{k: _number(v) for k, v in row.items()} for row in csv.DictReader(f)]
+    table = (out / 'ap_comparison.md').read_text(encoding='utf-8').strip()
+    base, gc = (sum(r['train_s'] for r in runs if r['name'] == side) for side in _SIDES)
+    summary = dict(info, gc_train_time_overhead=round(gc / base - 1, 4) if base > 0 else None)
+    summary.update(confidence=rows[0]['confidence'], ap=rows)
+    summary['left_out'] = [line[2:] for line in table.splitlines() if line.startswith('- ')]
+    summary['runs'] = [{k: v for k, v in r.items() if k != 'losses'} for r in runs]
+    (out / 'summary.json').write_text(json.dumps(summary, indent=2), encoding='utf-8')
+    losses = [dict(run['losses']) for run in runs]
+    with open(out / 'loss.csv', 'w', newline='', encoding='utf-8') as f:
+        writer = csv.writer(f)
+        writer.writerow(['iter', *(f'{r["name"]}_seed{r["seed"]}' for r in runs)])
+        writer.writerows(
+            [i, *(each.get(i, '') for each in losses)] for i in sorted(set().union(*losses))
+        )
+    loss_figure(runs).savefig(out / 'loss.png', dpi=120)
+    ap_figure(rows, info['seeds']).savefig(out / 'ap.png', dpi=120)
+    (out / 'report.md').write_text(_markdown(runs, summary, table, command), encoding='utf-8')
+    return dict(report=str(out / 'report.md'), report_dir=str(out), summary=summary)
+
+
+def _number(text: str) -> Any:
+    try:
+        return float(text) if text else None
+    except ValueError:
+        return text
+
+
+def _mean(losses: list) -> str:
+    return f'{np.mean([v for _, v in losses]):.3f}' if losses else 'n/a'
+
+
+def _markdown(runs: Sequence[dict], summary: dict, table: str, command: str | None) -> str:
+    import torch
+
+    seeds, overhead, lines = summary['seeds'], summary['gc_train_time_overhead'], ([], [], [])
+    for r in runs:
+        name, per_iter = f'| {r["name"]} seed {r["seed"]} |', r['train_s'] / max(r['iters'], 1)
+        lines[0].append(f'{name} {_mean(r["losses"][:10])} | {_mean(r["losses"][-10:])} |')
+        times = f'{r["train_s"]:.1f} | {per_iter:.3f} | {r["eval_s"]:.1f}'
+        lines[1].append(f'{name} {r["iters"]} | {r["threads"]} | {times} |')
+        files = (r[key] for key in ('config', 'log_file', 'json_log', 'checkpoint'))
+        lines[2].append(name + ''.join(f' `{file}` |' for file in files))
+    values = dict(summary['data'], data_seed=summary['data_seed'], wall_s=summary['wall_s'])
+    values.update(zip(('losses', 'times', 'files'), map('\n'.join, lines)))
+    values.update(machine=platform.machine(), cores=os.cpu_count(), torch=torch.__version__)
+    values.update(pairs=f'{len(seeds)} pair{"s" * (len(seeds) != 1)}', table=table)
+    values.update(seeds=', '.join(map(str, seeds)), smooth=_SMOOTH)
+    values['command'] = f'\nCommand: `{command}`\n' if command else ''
+    values['lines'] = (
+        ' (thick) and every value (thin).' if len(seeds) == 1 else ', one line per run.'
+    )
+    values['overhead'] = 'n/a' if overhead is None else f'{100 * overhead:+.1f}%'
+    return _REPORT.format(**values)
+
+
+def loss_figure(runs: Sequence[dict]) -> Any:
+    """Every run's training loss against iteration (moving average; with one
+    seed also every value), on a bare ``matplotlib.figure.Figure``, the legend below."""
+    from matplotlib.figure import Figure
+
+    seeds = sorted({run['seed'] for run in runs})
+    fig = Figure(figsize=(7, 4.6), layout='constrained')
+    ax = fig.subplots()
+    for run in (r for r in runs if r['losses']):
+        colour, label = _SIDES[run['name']]
+        iters, values = np.array(run['losses']).T
+        if len(seeds) == 1:
+            ax.plot(iters, values, color=colour, alpha=0.25, linewidth=0.8)
+        total = np.cumsum(np.concatenate([[0.0], values]))
+        n = np.minimum(np.arange(1, len(values) + 1), _SMOOTH)  # a shorter window at the start
+        smooth = (total[1:] - total[np.arange(1, len(values) + 1) - n]) / n
+        style = ('-', '--', ':', '-.')[seeds.index(run['seed']) % 4]
+        label += f', seed {run["seed"]}' if len(seeds) > 1 else ''
+        ax.plot(iters, smooth, color=colour, linestyle=style, linewidth=2, label=label)
+    title = 'Mask R-CNN R18-FPN on synthetic shapes: training loss'
+    ax.set(xlabel='iteration', ylabel='training loss (total)', title=title)
+    ax.grid(alpha=0.3)
+    if ax.get_legend_handles_labels()[0]:
+        fig.legend(loc='outside lower center', ncol=3 if len(seeds) > 1 else 2, fontsize=8)
+    return fig
+
+
+def ap_figure(rows: Sequence[dict], seeds: Sequence[int]) -> Any:
+    """Both sides' mean AP / AP50 / AP75 (bbox, segm; ``rows`` as in
+    ``ap_comparison.csv``) as bars, one standard deviation as whiskers (several
+    seeds), the mean written above; on a bare ``matplotlib.figure.Figure``."""
+    from matplotlib.figure import Figure
+
+    shown = [r for r in rows if r['metric'] in ('AP', 'AP50', 'AP75')]
+    fig = Figure(figsize=(7.5, 4.6), layout='constrained')
+    ax = fig.subplots()
+    top = 0.0
+    for offset, side in ((-0.19, 'baseline'), (0.19, 'gc')):
+        means = [r[side] for r in shown]
+        errors = [r[f'{side}_std'] or 0.0 for r in shown]
+        xs = [x + offset for x in range(len(shown))]
+        colour, label = _SIDES[side]
+        heights = [m or 0.0 for m in means]
+        whiskers = errors if any(errors) else None
+        ax.bar(xs, heights, 0.38, yerr=whiskers, capsize=3, color=colour, label=label)
+        for x, mean, y in zip(xs, means, np.add(heights, errors) + 1.0):
+            top = max(top, y)
+            text = 'n/a' if mean is None else f'{mean:.1f}'
+            ax.text(x, y, text, ha='center', va='bottom', fontsize=7)
+    ax.set_xticks(range(len(shown)), [f'{r["task"]}\n{r["metric"]}' for r in shown])
+    ax.set(ylabel='AP (points)', ylim=(0, max(105.0, top + 6.0)))
+    spread = ', mean ± 1 std over seeds ' + ', '.join(map(str, seeds)) if len(seeds) > 1 else ''
+    ax.set_title(f'COCO AP on the val split{spread}')
+    fig.legend(loc='outside lower center', ncol=2, fontsize=8)
+    return fig

@@ -1,13 +1,6 @@
-"""Distributed runs without a GPU (gloo), and the process-group timeout.
-
-The gap (MMEngine 0.10): ``init_dist`` calls ``torch.cuda.set_device`` for
-every launcher, which fails without CUDA, and ``Runner`` passes
-``device_ids=[LOCAL_RANK]`` to ``DistributedDataParallel``, which refuses them
-for a CPU module. A rank that dies or hangs leaves the others waiting until
-the process group's timeout (torch's default: :func:`torch_default_timeout`;
-30 minutes for gloo, and on torch 2.1 for NCCL too; recent CUDA builds use 10
-minutes for NCCL), which only the config sets. :func:`setup_cpu_distributed`
-and :func:`set_dist_timeout` cover these.
+"""Distributed runs without a GPU (gloo), and the process-group timeout (docs/tools.md,
+"Distributed"; docs/faults.md, "Distributed runs losing a process"): MMEngine 0.10's
+``init_dist`` and DDP wrapper need CUDA; only the config sets the timeout.
 """
 
 from __future__ import annotations
@@ -56,14 +49,9 @@ def _minutes(delta: datetime.timedelta) -> str:
 
 
 def torch_default_timeout() -> str:
-    """The process-group timeout that this torch uses when none is given, read
-    from ``torch.distributed.constants``: ``default_pg_timeout`` (gloo, and
-    every backend where there is no ``default_pg_nccl_timeout``, as on torch
-    2.1) and ``default_pg_nccl_timeout`` (NCCL, on builds with NCCL).
-
-    Returns:
-        str: E.g. ``'30 minutes'`` or ``'30 minutes; NCCL: 10 minutes'``.
-    """
+    """This torch's process-group timeout when none is given (``torch.distributed.constants``:
+    ``default_pg_timeout``, and ``default_pg_nccl_timeout`` where NCCL's differs), e.g.
+    ``'30 minutes'`` or ``'30 minutes; NCCL: 10 minutes'``."""
     try:
         from torch.distributed import constants
     except ImportError:  # a torch built without torch.distributed
@@ -84,7 +72,7 @@ def parse_dist_timeout(value: Any, source: str = '--dist-timeout') -> float:
     try:
         seconds = float(value)
     except (TypeError, ValueError):
-        seconds = float('nan')
+        seconds = 0.0
     if not (0 < seconds < float('inf')):
         raise ConfigError(f'{source} must be a positive number of seconds; got {value!r}')
     return seconds
@@ -93,9 +81,7 @@ def parse_dist_timeout(value: Any, source: str = '--dist-timeout') -> float:
 def set_dist_timeout(cfg: Any, seconds: Any = None) -> Optional[float]:
     """Record the process-group timeout in ``cfg.env_cfg.dist_cfg.timeout``: ``seconds``
     (``--dist-timeout``), else ``MMGC_DIST_TIMEOUT``, else the config's own value.
-
-    Returns:
-        float | None: The timeout now in the config (None: torch's default).
+    Returns the timeout now in the config (None: torch's default).
 
     Raises:
         ConfigError: If the given timeout is not a positive number.
@@ -127,13 +113,12 @@ def _launcher_env(launcher: str) -> None:
     Raises:
         ConfigError: If a variable the launcher sets is missing or not an integer.
     """
-    for name in _REQUIRED[launcher]:
-        if name not in os.environ:
-            raise ConfigError(
-                f'--launcher {launcher} needs the environment variable {name}, which is not '
-                'set; start the run with its launcher (tools/dist_train.sh uses torchrun, '
-                'tools/slurm_train.sh srun).'
-            )
+    for name in (n for n in _REQUIRED[launcher] if n not in os.environ):
+        raise ConfigError(
+            f'--launcher {launcher} needs the environment variable {name}, which is not '
+            'set; start the run with its launcher (tools/dist_train.sh uses torchrun, '
+            'tools/slurm_train.sh srun).'
+        )
     names = (*_REQUIRED[launcher][:2], _LOCAL_RANK[launcher])
     values = [os.environ.get(name, '0') for name in names]
     for name, value in zip(names, values):
@@ -149,9 +134,7 @@ def _launcher_env(launcher: str) -> None:
 def setup_cpu_distributed(cfg: Any) -> bool:
     """Prepare ``cfg`` (in place: gloo, :class:`CPUDistributedDataParallel`) and the
     process group for a distributed CPU run; nothing for ``launcher='none'`` or with CUDA.
-
-    Returns:
-        bool: Whether a gloo process group was set up here.
+    Returns whether a gloo process group was set up here.
 
     Raises:
         ConfigError: If ``cfg.launcher`` is not one of :data:`LAUNCHERS`, or

@@ -1,18 +1,7 @@
-"""The ``main`` of each tool: the console scripts of an installed mmgc and the
-``tools/*.py`` shims call the same functions.
-
-=====================  ===============================  ==========================
-console script         tools/ shim                      function
-=====================  ===============================  ==========================
-``mmgc-train``         ``tools/train.py``               :func:`main_train`
-``mmgc-test``          ``tools/test.py``                :func:`main_test`
-``mmgc-compare-ap``    ``tools/compare_ap.py``          :func:`main_compare_ap`
-``mmgc-plot-gc-stats`` ``tools/plot_gc_stats.py``       :func:`main_plot_gc_stats`
-=====================  ===============================  ==========================
-
-Each takes ``argv`` (default: ``sys.argv[1:]``). A user's error ends in one
-line on stderr and exit status 2; the training and test tools' errors are
-those of :func:`mmgc.runtime.cli.exit_on_user_error`.
+"""The ``main`` of each tool (``mmgc-train``, ``mmgc-test``, ``mmgc-compare-ap``,
+``mmgc-plot-gc-stats``); the console scripts and the ``tools/*.py`` shims call them
+(docs/tools.md). Each takes ``argv`` (default: ``sys.argv[1:]``); a user's error ends
+in one line on stderr and exit status 2 (:func:`mmgc.runtime.cli.exit_on_user_error`).
 """
 
 from __future__ import annotations
@@ -40,8 +29,12 @@ __all__ = [
     'parse_compare_ap_args',
 ]
 
-#: Exit status of a tool for a user's error (a missing run, runs that cannot be compared).
-USER_ERROR_STATUS = 2
+
+def _run_mmdet_tool(parser: argparse.ArgumentParser, run, argv: Sequence[str] | None) -> None:
+    args = parse_args(parser, argv)
+    setup_cache_size_limit_of_dynamo()  # fewer repeated compilations
+    register_all_modules(init_default_scope=False)
+    run(args)
 
 
 # @record: under torchrun, the error that ends a rank is shown in torchrun's
@@ -49,24 +42,16 @@ USER_ERROR_STATUS = 2
 @exit_on_user_error
 @record
 def main_train(argv: Sequence[str] | None = None) -> None:
-    """``mmgc-train`` / ``tools/train.py``: MMDetection's ``tools/train.py``
-    with mmgc loaded (:func:`mmgc.runtime.cli.run_train`)."""
-    args = parse_args(train_parser(), argv)
-    setup_cache_size_limit_of_dynamo()  # fewer repeated compilations
-    register_all_modules(init_default_scope=False)
-    run_train(args)
+    """``tools/train.py``: MMDetection's with mmgc loaded (:func:`~.cli.run_train`)."""
+    _run_mmdet_tool(train_parser(), run_train, argv)
 
 
 @exit_on_user_error
 @record
 def main_test(argv: Sequence[str] | None = None) -> None:
-    """``mmgc-test`` / ``tools/test.py``: MMDetection's ``tools/test.py`` with
-    mmgc loaded; writes ``<work_dir>/test_metrics.json``
-    (:func:`mmgc.runtime.cli.run_test`)."""
-    args = parse_args(test_parser(), argv)
-    setup_cache_size_limit_of_dynamo()
-    register_all_modules(init_default_scope=False)
-    run_test(args)
+    """``tools/test.py``: MMDetection's with mmgc loaded; writes
+    ``<work_dir>/test_metrics.json`` (:func:`~.cli.run_test`)."""
+    _run_mmdet_tool(test_parser(), run_test, argv)
 
 
 def compare_ap_parser() -> argparse.ArgumentParser:
@@ -75,12 +60,8 @@ def compare_ap_parser() -> argparse.ArgumentParser:
         description='Compare GC and baseline COCO APs over seeds (mean, spread, paired delta)'
     )
     add = parser.add_argument
-    add(
-        'runs',
-        nargs='*',
-        metavar='GC BASE',
-        help='a GC run and a baseline run (work dir or test_metrics.json), or --gc/--base',
-    )
+    help_runs = 'a GC run and a baseline run (work dir or test_metrics.json), or --gc/--base'
+    add('runs', nargs='*', metavar='GC BASE', help=help_runs)
     add('--gc', nargs='+', metavar='RUN', help='the GC runs')
     add('--base', nargs='+', metavar='RUN', help='the baseline runs')
     add('--out-dir', default='work_dirs/compare_ap', help='where to write the report')
@@ -88,16 +69,15 @@ def compare_ap_parser() -> argparse.ArgumentParser:
     add('--base-config', help="config of every baseline run (default: each run's own)")
     add('--metafile', help="metafile with the paper's APs (default: mmgc's configs/metafile.yml)")
     add('--model', help="metafile entry (default: the GC runs' config name, if listed)")
-    add('--ignore-keys', nargs='+', default=[],
-        help='more config keys (dotted) allowed to differ between the runs')  # fmt: skip
+    help_ignore = 'more config keys (dotted) allowed to differ between the runs'
+    add('--ignore-keys', nargs='+', default=[], help=help_ignore)
     return parser
 
 
 def parse_compare_ap_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
-    """Parse ``mmgc-compare-ap``'s ``argv``: the runs as ``GC BASE`` or as
-    ``--gc RUN... --base RUN...``; ``--metafile`` defaults to the one shipped
-    with mmgc (:func:`mmgc.mim.configs_root`). Exits with status 2 on a bad
-    command line, as argparse does."""
+    """Parse ``argv``: the runs as ``GC BASE`` or ``--gc RUN... --base RUN...``;
+    ``--metafile`` defaults to mmgc's (:func:`mmgc.mim.configs_root`). A bad
+    command line exits with status 2, as argparse does."""
     parser = compare_ap_parser()
     args = parser.parse_args(argv)
     if args.runs:
@@ -116,15 +96,9 @@ def parse_compare_ap_args(argv: Sequence[str] | None = None) -> argparse.Namespa
     return args
 
 
-def _user_error(err: BaseException) -> int:
-    print(f'error: {" ".join(str(err).split())}', file=sys.stderr)
-    return USER_ERROR_STATUS
-
-
 def main_compare_ap(argv: Sequence[str] | None = None) -> int:
-    """``mmgc-compare-ap`` / ``tools/compare_ap.py``: compare GC runs' COCO APs
-    with their baselines' over seeds (:mod:`mmgc.runtime.compare`), print the
-    report in Markdown and write it to ``--out-dir``.
+    """``tools/compare_ap.py``: compare GC runs' COCO APs with their baselines'
+    (:mod:`mmgc.runtime.compare`), print the Markdown and write the report.
 
     Returns:
         int: 0 when the report is written; 2 (one line on stderr, nothing
@@ -145,18 +119,17 @@ def main_compare_ap(argv: Sequence[str] | None = None) -> int:
             skipped=gc_skipped + base_skipped,
         )
     except (FileNotFoundError, ValueError) as err:  # ConfigMismatchError is a ValueError
-        return _user_error(err)
+        print(f'error: {" ".join(str(err).split())}', file=sys.stderr)
+        return 2
     print(compare.comparison_to_markdown(comparison))
-    paths = compare.write_report(comparison, args.out_dir)
-    for kind, path in paths.items():
+    for kind, path in compare.write_report(comparison, args.out_dir).items():
         print(f'{kind}: {path}')
     return 0
 
 
 def main_plot_gc_stats(argv: Sequence[str] | None = None) -> int:
-    """``mmgc-plot-gc-stats`` / ``tools/plot_gc_stats.py``: plot the gradient
-    statistics of a GC run against its baseline (the paper's Fig. 4). Both
-    runs need ``GCDiagnosticsHook`` (``--gc-diagnostics N`` when training).
+    """``tools/plot_gc_stats.py``: plot a GC run's gradient statistics against its
+    baseline's (the paper's Fig. 4); both need ``GCDiagnosticsHook``.
 
     Returns:
         int: 0 when the PNG is written; 1 (one line on stderr) when a run
@@ -177,6 +150,5 @@ def main_plot_gc_stats(argv: Sequence[str] | None = None) -> int:
     except FileNotFoundError as err:
         print(f'error: {err}', file=sys.stderr)
         return 1
-    out = plot_gc_stats(runs, args.out, gc_runs=('with GC',))
-    print(f'wrote {out}')
+    print(f'wrote {plot_gc_stats(runs, args.out, gc_runs=("with GC",))}')
     return 0

@@ -1,8 +1,5 @@
-"""``StepSeedHook``: a resumed run draws the random numbers of an unbroken one.
-
-MMEngine seeds Python, numpy and torch once and checkpoints no generator
-state. The hook re-seeds all three from ``(seed, epoch)`` before each training
-epoch and from ``(seed, iter)`` before each iteration (limits: docs/tools.md).
+"""``StepSeedHook``: a resumed run draws the random numbers of an unbroken one
+(why and its limits: docs/tools.md, "A resumed run equals one that never stopped").
 Configs import it with ``custom_imports=dict(imports=['mmgc', 'mmgc.runtime.hooks'])``.
 """
 

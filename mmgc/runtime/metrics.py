@@ -1,4 +1,5 @@
-"""The metrics file that ``tools/test.py`` writes and ``tools/compare_ap.py`` reads.
+"""The metrics file that ``tools/test.py`` writes and ``tools/compare_ap.py`` reads
+(with :func:`mmgc.runtime.logs.read_metrics`).
 
 MMEngine's ``LoggerHook`` dumps test metrics only to a timestamped file. The
 comparison needs a fixed path, ``<work_dir>/test_metrics.json``, and the config
@@ -7,10 +8,8 @@ and seed that the checkpoint was *trained* with (``meta['cfg']``, ``meta['seed']
 
 from __future__ import annotations
 
-import json
 import math
 import numbers
-import os
 import os.path as osp
 from typing import Any, Optional
 
@@ -19,15 +18,11 @@ from mmengine.dist import master_only
 from mmengine.hooks import Hook
 from mmengine.logging import print_log
 
-__all__ = [
-    'METRICS_FILENAME',
-    'TEST_CONFIG_SUFFIX',
-    'TestMetricsHook',
-    'read_metrics_file',
-    'write_metrics_file',
-]
+from .atomic_checkpoint import atomic_write_bytes
+from .logs import METRICS_FILENAME
 
-METRICS_FILENAME = 'test_metrics.json'
+__all__ = ['METRICS_FILENAME', 'TEST_CONFIG_SUFFIX', 'TestMetricsHook', 'write_metrics_file']
+
 #: ``tools/test.py`` dumps its config as ``<config stem>_test.py``, beside the training one.
 TEST_CONFIG_SUFFIX = '_test.py'
 
@@ -53,8 +48,7 @@ def write_metrics_file(
     record = dict(format='mmgc-test-metrics/2', config=config, checkpoint=checkpoint)
     record['metrics'] = {k: v if math.isfinite(v) else None for k, v in kept.items()}
     record.update(config_text=config_text, train_config_text=train_config_text, seed=seed)
-    mmengine.dump(record, f'{path}.tmp', file_format='json', indent=2)
-    os.replace(f'{path}.tmp', path)
+    atomic_write_bytes(mmengine.dump(record, file_format='json', indent=2), path)
     return path
 
 
@@ -77,33 +71,7 @@ class TestMetricsHook(Hook):
     @master_only
     def after_test_epoch(self, runner: Any, metrics: Optional[dict] = None) -> None:
         path = osp.join(runner.work_dir, METRICS_FILENAME)
-        write_metrics_file(
-            path,
-            metrics or {},
-            config=self.config,
-            checkpoint=self.checkpoint,
-            config_text=runner.cfg.pretty_text,
-            train_config_text=self.meta.get('cfg'),
-            seed=self.meta.get('seed'),
-        )
+        train = dict(train_config_text=self.meta.get('cfg'), seed=self.meta.get('seed'))
+        kw = dict(config=self.config, checkpoint=self.checkpoint, **train)
+        write_metrics_file(path, metrics or {}, config_text=runner.cfg.pretty_text, **kw)
         print_log(f'Metrics written to {path}', logger='current')
-
-
-def read_metrics_file(path: str) -> dict[str, Any]:
-    """Read a file that :func:`write_metrics_file` wrote.
-
-    Raises:
-        FileNotFoundError: If ``path`` does not exist.
-        ValueError: If it is not JSON with a ``metrics`` object.
-    """
-    with open(path, encoding='utf-8') as f:
-        try:
-            record = json.load(f)
-        except json.JSONDecodeError as err:
-            raise ValueError(f"Metrics file '{path}' is not valid JSON: {err}") from None
-    if not isinstance(record, dict) or not isinstance(record.get('metrics'), dict):
-        raise ValueError(
-            f"Metrics file '{path}' has no 'metrics' object; expected {METRICS_FILENAME} "
-            'written by tools/test.py.'
-        )
-    return record

@@ -1,12 +1,7 @@
-"""Resume a GC run from the checkpoint of its plain-optimizer baseline.
-
-The gap (torch, every version): ``Optimizer.load_state_dict`` pairs groups and
-parameters by position. A baseline (``torch.optim.SGD``, MMEngine's default
-constructor) holds every parameter, frozen ones included, in one group; its GC
-twin holds them in a few groups with the options :data:`GC_KEYS`. torch
-refuses the baseline's state, or, where the counts agree, pairs the wrong
-tensors. :class:`PlainOptimizerStateHook` (registered by ``tools/train.py``)
-maps it by parameter (:func:`plain_state_to_gc`) before MMEngine loads it.
+"""Resume a GC run from the checkpoint of its plain-optimizer baseline (docs/tools.md,
+"What the tools add"): ``Optimizer.load_state_dict`` pairs groups and parameters by
+position, so :class:`PlainOptimizerStateHook` maps the baseline's one group onto the GC
+twin's groups by parameter (:func:`plain_state_to_gc`) before MMEngine loads it.
 """
 
 from __future__ import annotations

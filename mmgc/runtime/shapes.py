@@ -1,10 +1,5 @@
-"""A synthetic instance-segmentation dataset in COCO format: coloured shapes.
-
-Two to six circles, triangles, squares and stars per image (one hue per
-class), which may overlap, on gradient or checkerboard backgrounds with noise.
-Each shape is a polygon rasterized by pycocotools (as ``COCOeval`` does) and
-painted from that raster; a partly covered one is annotated with the RLE of
-its visible pixels (modal masks). Image ``i`` of a split depends only on
+"""A synthetic instance-segmentation dataset in COCO format: coloured shapes
+(docs/demo.md, "The dataset"). Image ``i`` of a split depends only on
 ``(seed, split, i)`` and the image size.
 """
 
@@ -23,6 +18,8 @@ import numpy as np
 from mmengine.logging import print_log
 from PIL import Image
 from pycocotools import mask as mask_utils
+
+from .atomic_checkpoint import atomic_write_bytes
 
 __all__ = ['SHAPES_CLASSES', 'make_shapes_dataset']
 
@@ -49,16 +46,10 @@ def make_shapes_dataset(
     seed: int = 0,
 ) -> dict[str, Any]:
     """Write ``annotations/instances_{train,val}.json``, ``{train,val}/000000.png``...
-    and ``shapes_manifest.json`` (the parameters) under ``data_root``.
-
-    Args:
-        data_root (str | os.PathLike): Folder to write to. A complete dataset made with
-            the same parameters is reused; one made with others, or interrupted, is
-            regenerated.
-        num_train (int): Training images. Defaults to 800.
-        num_val (int): Validation images. Defaults to 50.
-        image_size (int): Side of the square images in pixels, >= 32. Defaults to 128.
-        seed (int): Seed (>= 0) of the whole dataset. Defaults to 0.
+    and ``shapes_manifest.json`` (the parameters) under ``data_root``: ``num_train``
+    and ``num_val`` images of ``image_size`` (>= 32) pixels square. A complete dataset
+    made with the same parameters is reused; one made with others, or interrupted,
+    is regenerated.
 
     Returns:
         dict: Absolute ``data_root``, ``{train,val}_ann``, ``{train,val}_img_dir``;
@@ -100,11 +91,11 @@ def make_shapes_dataset(
         )
     for name in _OURS:
         shutil.rmtree(root / name, ignore_errors=True)
-    _write_json(manifest, {**params, 'complete': False})  # an interrupted run is redone
+    atomic_write_bytes(json.dumps({**params, 'complete': False}), manifest)  # interrupted: redone
     print_log(f'shapes dataset: drawing {what} into {root}', logger='current')
     for split in _SPLITS:
         _make_split(root, split, params)
-    _write_json(manifest, {**params, 'complete': True})
+    atomic_write_bytes(json.dumps({**params, 'complete': True}), manifest)
     return {**paths, 'generated': True}
 
 
@@ -133,7 +124,7 @@ def _make_split(root: Path, split: str, params: dict[str, Any]) -> None:
     info = dict(description=desc, version=f'{_VERSION}', seed=seed)
     classes = [dict(id=i + 1, name=c, supercategory='shape') for i, c in enumerate(SHAPES_CLASSES)]
     coco = dict(info=info, images=images, annotations=annotations, categories=classes)
-    _write_json(root / 'annotations' / f'instances_{split}.json', coco)
+    atomic_write_bytes(json.dumps(coco), root / 'annotations' / f'instances_{split}.json')
     print_log(f'shapes dataset: {split}: {len(annotations)} instances', logger='current')
 
 
@@ -230,11 +221,3 @@ def _read_json(path: Path) -> Any:
         return json.loads(path.read_text(encoding='utf-8'))
     except (OSError, ValueError):
         return None
-
-
-def _write_json(path: Path, obj: Any) -> None:
-    """Write ``obj`` as JSON, replacing ``path`` atomically."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + '.tmp')
-    tmp.write_text(json.dumps(obj), encoding='utf-8')
-    os.replace(tmp, path)

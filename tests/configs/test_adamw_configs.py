@@ -3,7 +3,6 @@ the optim wrapper, and the GC one trains a real Mask R-CNN step with AdamW
 seeing centralized gradients."""
 
 import math
-from pathlib import Path
 
 import pytest
 import torch
@@ -12,9 +11,9 @@ from mmengine.optim import build_optim_wrapper
 from mmengine.registry import DefaultScope
 
 import mmgc  # noqa: F401
-from tests.engine.optimizers.test_mask_rcnn_gc import _batch
+from tests.conftest import ROOT, detection_batch
 
-CONFIGS = Path(__file__).resolve().parents[2] / 'configs' / 'adamw'
+CONFIGS = ROOT / 'configs' / 'adamw'
 GC = CONFIGS / 'mask_rcnn_r50_fpn_adamw_gc.py'
 BASE = CONFIGS / 'baselines' / 'mask_rcnn_r50_fpn_adamw.py'
 
@@ -67,6 +66,6 @@ def test_gc_adamw_trains_a_step_with_centralized_gradients():
 
     optimizer.register_step_pre_hook(record)
     model.train()
-    losses = model.train_step(_batch(0), wrapper)
+    losses = model.train_step(detection_batch(0), wrapper)
     assert all(math.isfinite(float(v)) for v in losses.values())
     assert seen['sums'].abs().max() < 1e-6

@@ -18,23 +18,21 @@ import shutil
 from pathlib import Path
 
 import mmdet
-import numpy as np
 import pytest
 import torch
 import yaml
 from mmcv.cnn.bricks import ConvWS2d
 from mmdet.models.backbones import ResNet
 from mmdet.registry import MODELS
-from mmdet.structures import DetDataSample
-from mmdet.structures.mask import BitmapMasks
 from mmdet.utils import register_all_modules
 from mmengine.config import Config
 from mmengine.optim import OptimWrapper, build_optim_wrapper
-from mmengine.structures import InstanceData
 from mmengine.utils import import_modules_from_strings
 from torch import nn
 
-REPO = Path(__file__).resolve().parents[2]
+from tests.conftest import ROOT, detection_batch, without_scope
+
+REPO = ROOT
 CONFIG_DIR = REPO / 'configs'
 METAFILE = CONFIG_DIR / 'metafile.yml'
 MMDET_CONFIG_DIR = Path(mmdet.__file__).parent / '.mim' / 'configs'
@@ -144,15 +142,6 @@ def test_gc_config_differs_from_its_twin_only_in_the_optimizer(row):
     assert gc_optim == expected
 
 
-def _without_scope(value):
-    """``value`` without the ``_scope_`` marks MMEngine adds to inherited dicts."""
-    if isinstance(value, dict):
-        return {k: _without_scope(v) for k, v in value.items() if k != '_scope_'}
-    if isinstance(value, (list, tuple)):
-        return type(value)(_without_scope(v) for v in value)
-    return value
-
-
 def _load_mmdet_config(mmdet_config: str) -> dict:
     """Load MMDetection's packaged config ``mmdet::<path>`` from its file."""
     prefix = 'mmdet::'
@@ -165,12 +154,12 @@ def _load_mmdet_config(mmdet_config: str) -> dict:
 def test_baseline_is_mmdetection_config_unchanged(row):
     """Model, data pipeline, schedule, frozen BN and init_cfg stay MMDetection's."""
     mmdet_config = _meta_models()[f'{row}_gc']['Metadata']['MMDet Config']
-    expected = _without_scope(_load_mmdet_config(mmdet_config))
+    expected = without_scope(_load_mmdet_config(mmdet_config))
     if row == 'mask_rcnn_r50_fpn_4conv1fc':  # built from MMDetection's parts
         bbox_head = expected['model']['roi_head']['bbox_head']
         assert bbox_head['type'] == 'Shared2FCBBoxHead'
         bbox_head.update(type='Shared4Conv1FCBBoxHead', conv_out_channels=256)
-    baseline = _without_scope(_as_dict(BASELINE_PATHS[row]))
+    baseline = without_scope(_as_dict(BASELINE_PATHS[row]))
     for key in SETTINGS_KEYS:
         baseline.pop(key)
     assert baseline == expected
@@ -340,40 +329,6 @@ def _shrink(cfg: Config) -> Config:
     return cfg
 
 
-def _batch(with_mask: bool, seed: int = 0) -> dict:
-    """Two random images with a few ground-truth boxes (and masks)."""
-    rng = np.random.default_rng(seed)
-    inputs, samples = [], []
-    for height, width, num_gts in ((96, 128, 3), (128, 96, 2)):
-        image = rng.integers(0, 256, size=(3, height, width), dtype=np.uint8)
-        x1 = rng.uniform(0, width / 2, num_gts)
-        y1 = rng.uniform(0, height / 2, num_gts)
-        x2 = x1 + rng.uniform(16, width / 2, num_gts)
-        y2 = y1 + rng.uniform(16, height / 2, num_gts)
-        sample = DetDataSample(
-            metainfo=dict(
-                img_id=len(samples),
-                img_shape=(height, width),
-                ori_shape=(height, width),
-                scale_factor=(1.0, 1.0),
-                flip=False,
-                flip_direction=None,
-            )
-        )
-        gts = InstanceData()
-        gts.bboxes = torch.from_numpy(np.stack([x1, y1, x2, y2], 1)).float()
-        gts.labels = torch.from_numpy(rng.integers(0, 80, num_gts))
-        if with_mask:
-            masks = np.zeros((num_gts, height, width), dtype=np.uint8)
-            for i, box in enumerate(gts.bboxes.round().int().tolist()):
-                masks[i, box[1] : box[3], box[0] : box[2]] = 1
-            gts.masks = BitmapMasks(masks, height, width)
-        sample.gt_instances = gts
-        inputs.append(torch.from_numpy(image))
-        samples.append(sample)
-    return dict(inputs=inputs, data_samples=samples)
-
-
 def _kind(module: nn.Module) -> str | None:
     """The weight kinds whose optimizer update the training test checks."""
     if isinstance(module, nn.ConvTranspose2d):
@@ -479,7 +434,9 @@ def test_one_training_step_through_the_configured_optimizer(path, one_thread):
 
     handle = optimizer.register_step_pre_hook(record)
     try:
-        log_vars = model.train_step(_batch(with_mask=row.startswith('mask')), optim_wrapper)
+        log_vars = model.train_step(
+            detection_batch(with_mask=row.startswith('mask')), optim_wrapper
+        )
     finally:
         handle.remove()
 

@@ -1,4 +1,5 @@
-"""Test helper: inject faults into a real training run (tests/runtime/faults/).
+"""Test helper: inject faults into a real training run (tests/runtime/:
+test_resume.py, test_distributed.py, test_optimizer_state.py).
 
 Imported by ``tests/data/configs/mask_rcnn_tiny_gc_fault*.py`` through
 ``custom_imports`` (the tests put this folder on PYTHONPATH). What the hook

@@ -1,5 +1,7 @@
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from torch.testing import assert_close
 
 from mmgc.ops import centralize, centralize_, gc_direction_means, gc_update_directions, reduce_dims
@@ -91,3 +93,19 @@ def test_direction_means_are_what_projection_removes(maximize, weight_decay):
         assert_close(direction - mean, project(direction, dim), rtol=1e-12, atol=1e-12)
     for grad, before in zip(grads, grads_before):
         assert torch.equal(grad, before)
+
+
+@settings(max_examples=60, deadline=None, derandomize=True)
+@given(shape=st.lists(st.integers(0, 5), max_size=5).map(tuple), out_dim=st.integers(0, 4))
+def test_centralize_properties(shape, out_dim):
+    """Random shapes (hypothesis, derandomized): ``P`` of the reference,
+    idempotent, never lengthening; 0-D and 1-D tensors are left alone."""
+    g = torch.randn(shape, generator=torch.Generator().manual_seed(3), dtype=torch.float64)
+    if g.dim() <= 1:
+        assert torch.equal(centralize(g), g)
+        return
+    out_dim %= g.dim()
+    c = centralize(g, out_dim)
+    assert_close(c, project(g, out_dim))
+    assert_close(centralize(c, out_dim), c)  # P is idempotent
+    assert float(torch.linalg.vector_norm(c)) <= float(torch.linalg.vector_norm(g)) + 1e-12

@@ -17,10 +17,7 @@ from mmgc.runtime.errors import ConfigError
 BASE = 'tests/data/configs/mask_rcnn_tiny.py'
 
 
-@pytest.fixture(autouse=True)
-def _in_the_repository(tools, monkeypatch):
-    """The config paths are relative to the repository root."""
-    monkeypatch.chdir(tools.root)
+pytestmark = pytest.mark.usefixtures('in_the_repository')
 
 
 def _config(*argv: str) -> Config:

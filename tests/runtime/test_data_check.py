@@ -13,10 +13,7 @@ from mmgc.runtime.data_check import MissingDataError, check_data_paths, data_pat
 TINY = 'tests/data/configs/mask_rcnn_tiny_gc.py'
 
 
-@pytest.fixture(autouse=True)
-def _in_the_repository(tools, monkeypatch):
-    """The config path is relative to the repository root."""
-    monkeypatch.chdir(tools.root)
+pytestmark = pytest.mark.usefixtures('in_the_repository')
 
 
 def _config(data_root: str) -> Config:

@@ -4,13 +4,13 @@ error in compare_ap ends in one line and exit status 2 with nothing written."""
 
 from __future__ import annotations
 
-import importlib.util
 import os
 
 import pytest
 
 from mmgc.mim import configs_root
 from mmgc.runtime import entry_points
+from tests.conftest import load_tool
 
 
 @pytest.mark.parametrize(
@@ -22,11 +22,8 @@ from mmgc.runtime import entry_points
         ('plot_gc_stats', entry_points.main_plot_gc_stats),
     ],
 )
-def test_tools_are_shims_over_the_entry_points(tools, tool, function):
-    spec = importlib.util.spec_from_file_location(tool, tools.root / 'tools' / f'{tool}.py')
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    assert module.main is function
+def test_tools_are_shims_over_the_entry_points(tool, function):
+    assert load_tool(tool).main is function
 
 
 def test_compare_ap_reads_the_shipped_metafile_by_default():

@@ -32,6 +32,12 @@ def repo(tools, tmp_path) -> Path:
     return tmp_path / 'repo'
 
 
+@pytest.fixture
+def launch(tools, repo, tmp_path):
+    """``launch(script, *args, **env)``: :func:`_launch` in this test's folders."""
+    return lambda *args, **env: _launch(tools, repo, tmp_path, list(args), **env)
+
+
 def _launch(tools, repo: Path, tmp_path: Path, args: list[str], **env: str):
     record = tmp_path / 'record.txt'
     full = tools.env(RECORD=str(record), **env)
@@ -50,47 +56,45 @@ def _launch(tools, repo: Path, tmp_path: Path, args: list[str], **env: str):
     return proc, record.read_text().splitlines() if record.exists() else []
 
 
-def test_dist_train_uses_the_repository_venv(tools, repo, tmp_path):
+def test_dist_train_uses_the_repository_venv(launch, repo, tmp_path):
     venv_python = _recorder(repo / '.venv' / 'bin' / 'python')
-    proc, called = _launch(tools, repo, tmp_path, ['dist_train.sh', 'cfg.py', '2', '--amp'])
+    proc, called = launch('dist_train.sh', 'cfg.py', '2', '--amp')
     assert proc.returncode == 0, proc.stderr
     assert called[0] == str(venv_python)
     assert called[1:3] == ['-m', 'torch.distributed.run']
     assert '--nproc_per_node=2' in called
     assert called[-5:] == [
-        str(repo / 'tools' / 'train.py'), 'cfg.py', '--amp', '--launcher', 'pytorch',
-    ]  # fmt: skip
+        str(repo / 'tools' / 'train.py'),
+        *'cfg.py --amp --launcher pytorch'.split(),
+    ]
 
 
-def test_mmgc_venv_wins_over_the_repository_venv(tools, repo, tmp_path):
+def test_mmgc_venv_wins_over_the_repository_venv(launch, repo, tmp_path):
     _recorder(repo / '.venv' / 'bin' / 'python')
     other = _recorder(tmp_path / 'other_venv' / 'bin' / 'python')
-    proc, called = _launch(
-        tools, repo, tmp_path, ['dist_test.sh', 'cfg.py', 'ckpt.pth', '1'],
-        MMGC_VENV=str(tmp_path / 'other_venv'),
-    )  # fmt: skip
+    proc, called = launch(
+        'dist_test.sh', 'cfg.py', 'ckpt.pth', '1', MMGC_VENV=str(tmp_path / 'other_venv')
+    )
     assert proc.returncode == 0, proc.stderr
     assert called[0] == str(other)
-    assert called[-5:] == [str(repo / 'tools' / 'test.py'), 'cfg.py', 'ckpt.pth', '--launcher',
-                           'pytorch']  # fmt: skip
+    assert called[-5:] == [
+        str(repo / 'tools' / 'test.py'),
+        *'cfg.py ckpt.pth --launcher pytorch'.split(),
+    ]
 
 
-def test_python_wins_over_every_venv(tools, repo, tmp_path):
+def test_python_wins_over_every_venv(launch, repo, tmp_path):
     _recorder(repo / '.venv' / 'bin' / 'python')
     chosen = _recorder(tmp_path / 'chosen' / 'python3')
-    proc, called = _launch(
-        tools, repo, tmp_path, ['dist_train.sh', 'cfg.py', '1'],
-        PYTHON=str(chosen), MMGC_VENV=str(tmp_path / 'nowhere'),
-    )  # fmt: skip
+    proc, called = launch(
+        'dist_train.sh', 'cfg.py', '1', PYTHON=str(chosen), MMGC_VENV=str(tmp_path / 'nowhere')
+    )
     assert proc.returncode == 0, proc.stderr
     assert called[0] == str(chosen)
 
 
-def test_a_missing_mmgc_venv_is_an_error(tools, repo, tmp_path):
-    proc, called = _launch(
-        tools, repo, tmp_path, ['dist_train.sh', 'cfg.py', '1'],
-        MMGC_VENV=str(tmp_path / 'nowhere'),
-    )  # fmt: skip
+def test_a_missing_mmgc_venv_is_an_error(launch, repo, tmp_path):
+    proc, called = launch('dist_train.sh', 'cfg.py', '1', MMGC_VENV=str(tmp_path / 'nowhere'))
     assert proc.returncode == 2
     assert proc.stderr.strip() == (
         f'_dist_run.sh: MMGC_VENV={tmp_path / "nowhere"} has no bin/python; run '
@@ -99,17 +103,19 @@ def test_a_missing_mmgc_venv_is_an_error(tools, repo, tmp_path):
     assert called == []
 
 
-def test_slurm_train_runs_the_venv_python_under_srun(tools, repo, tmp_path):
+def test_slurm_train_runs_the_venv_python_under_srun(launch, repo, tmp_path):
     venv_python = _recorder(repo / '.venv' / 'bin' / 'python')
-    proc, called = _launch(
-        tools, repo, tmp_path, ['slurm_train.sh', 'gpu', 'job', 'cfg.py', 'work'],
-        GPUS='4', GPUS_PER_NODE='0',
-    )  # fmt: skip
+    proc, called = launch(
+        'slurm_train.sh', 'gpu', 'job', 'cfg.py', 'work', GPUS='4', GPUS_PER_NODE='0'
+    )
     assert proc.returncode == 0, proc.stderr
     assert called[0].endswith('/bin/srun')
     assert '--ntasks=4' in called and not any(a.startswith('--gres') for a in called)
     start = called.index(str(venv_python))
+    train = str(repo / 'tools' / 'train.py')
     assert called[start:] == [
-        str(venv_python), '-u', str(repo / 'tools' / 'train.py'), 'cfg.py', '--work-dir=work',
-        '--launcher=slurm',
-    ]  # fmt: skip
+        str(venv_python),
+        '-u',
+        train,
+        *'cfg.py --work-dir=work --launcher=slurm'.split(),
+    ]

@@ -42,6 +42,7 @@ import pytest
 import torch
 
 from mmgc.runtime.checkpoint import safe_torch_load
+from tests.conftest import ROOT, assert_same_checkpoint
 
 pytestmark = pytest.mark.slow
 
@@ -240,7 +241,7 @@ def _steps(flow: str) -> list[tuple[str, str]]:
     ]
 
 
-README = Path(__file__).resolve().parents[2] / 'README.md'
+README = ROOT / 'README.md'
 
 
 def test_every_readme_command_has_a_stand_in():
@@ -499,21 +500,6 @@ def test_test_tool_writes_coco_metrics_and_the_seed(one_machine):
         assert metrics[key] == pytest.approx(last_val[key])
 
 
-def _assert_same_checkpoint(a: dict, b: dict) -> None:
-    assert (a['meta']['epoch'], a['meta']['iter']) == (b['meta']['epoch'], b['meta']['iter'])
-    assert a['state_dict'].keys() == b['state_dict'].keys()
-    for key, value in a['state_dict'].items():
-        torch.testing.assert_close(b['state_dict'][key], value, rtol=0, atol=0)
-    sa, sb = a['optimizer'], b['optimizer']
-    assert sa['state'].keys() == sb['state'].keys()
-    for key, state in sa['state'].items():
-        torch.testing.assert_close(
-            sb['state'][key]['momentum_buffer'], state['momentum_buffer'], rtol=0, atol=0
-        )
-    assert sa['param_groups'] == sb['param_groups']
-    assert a['param_schedulers'] == b['param_schedulers']
-
-
 def test_resume_continues_a_stopped_run_bit_for_bit(tools, one_machine, tmp_path):
     """The one-machine run, stopped after epoch 1 (its epoch-1 checkpoint and
     last_checkpoint: what a run killed in epoch 2 leaves), resumed by the
@@ -528,7 +514,7 @@ def test_resume_continues_a_stopped_run_bit_for_bit(tools, one_machine, tmp_path
     out = tools.output(proc)
     assert f"Resuming from '{work_dir / 'epoch_1.pth'}'" in out
     assert 'resumed epoch: 1, iter: 4' in out and 'local_safe backend' in out
-    _assert_same_checkpoint(
+    assert_same_checkpoint(
         safe_torch_load(str(one_machine / 'work_dirs/mask_rcnn_r50_fpn_gc/epoch_2.pth')),
         safe_torch_load(str(work_dir / 'epoch_2.pth')),
     )

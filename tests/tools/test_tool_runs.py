@@ -2,8 +2,8 @@
 own commands (tests/tools/test_readme_commands.py: training, val metrics,
 test metrics, --resume, --gc-diagnostics, dist_train.sh, compare_ap.py) do
 not reach: --resume in an empty work dir, test.py --out, a malicious and a
-corrupt checkpoint, a missing data root, and the weights of the two ranks of
-dist_train.sh.
+corrupt checkpoint, a missing data root (the weights of the two ranks of
+dist_train.sh: tests/runtime/test_distributed.py).
 
 A tiny Mask R-CNN (tests/data/configs/mask_rcnn_tiny_gc.py: MMDetection's
 Mask R-CNN config shrunk) is trained for one epoch with ``tools/train.py`` on
@@ -14,7 +14,6 @@ of this module (module-scoped fixtures).
 
 from __future__ import annotations
 
-import os
 import sys
 from pathlib import Path
 
@@ -23,6 +22,7 @@ import pytest
 import torch
 
 from mmgc.runtime.checkpoint import safe_torch_load
+from tests.conftest import RunsCode
 
 pytestmark = pytest.mark.slow
 
@@ -62,21 +62,11 @@ def test_test_tool_dumps_predictions(tools, gc_config, gc_run):
     assert (gc_run / 'test_metrics.json').is_file()
 
 
-class _RunsCode:
-    """Unpickling it would run a shell command (weights_only=False would)."""
-
-    def __init__(self, marker: str) -> None:
-        self.marker = marker
-
-    def __reduce__(self):
-        return (os.system, (f'touch {self.marker}',))
-
-
 def test_resume_refuses_malicious_checkpoint(tools, gc_config, gc_run, tmp_path):
     marker = tmp_path / 'code_ran'
     evil = tmp_path / 'evil.pth'
     ckpt = safe_torch_load(str(gc_run / 'epoch_1.pth'))
-    ckpt['meta']['note'] = _RunsCode(str(marker))
+    ckpt['meta']['note'] = RunsCode(str(marker))
     torch.save(ckpt, evil)
     proc = tools.train(gc_config, tmp_path / 'work', '--resume', evil)
     assert proc.returncode == 2
@@ -112,41 +102,3 @@ def test_missing_data_root_stops_before_the_runner(tools, gc_config, tmp_path):
     # The Runner creates the work dir before it builds the model: the check
     # stopped the run earlier than that.
     assert not work_dir.exists()
-
-
-def test_dist_train_two_cpu_processes_keep_identical_weights(tools, tmp_path):
-    work_dir = tmp_path / 'dist'
-    proc = tools.run(
-        [
-            'bash',
-            'tools/dist_train.sh',
-            tools.configs / 'mask_rcnn_tiny_gc_dist.py',
-            '2',
-            '--work-dir',
-            work_dir,
-            '--cfg-options',
-            *tools.data_options(splits=('train', 'test')),  # no validation
-        ],
-        {'PYTHON': sys.executable, 'PORT': str(tools.free_port())},
-    )
-    tools.ok(proc)
-    assert "dist_cfg=dict(backend='gloo')" in tools.output(proc)
-    dumps = {
-        (rank, when): torch.load(work_dir / f'rank{rank}_{when}.pth', weights_only=True)
-        for rank in (0, 1)
-        for when in ('before', 'after')
-    }
-    assert dumps[0, 'after']['world_size'] == 2
-    assert dumps[0, 'after']['wrapper'] == 'CPUDistributedDataParallel'
-    # The ranks trained on different halves of the 8 images ...
-    ids0, ids1 = dumps[0, 'after']['img_ids'], dumps[1, 'after']['img_ids']
-    assert len(ids0) == len(ids1) == 4
-    assert not set(ids0) & set(ids1)
-    # ... their weights moved ...
-    before, after = dumps[0, 'before']['state_dict'], dumps[0, 'after']['state_dict']
-    assert any(not torch.equal(before[k], after[k]) for k in before)
-    # ... and stayed identical across ranks (DDP averaged the gradients).
-    other = dumps[1, 'after']['state_dict']
-    assert after.keys() == other.keys()
-    for key, value in after.items():
-        torch.testing.assert_close(other[key], value, rtol=0, atol=0)

@@ -1,21 +1,23 @@
 """tools/train_pair.sh: a GC config and its twin over seeds, tested, compared.
 
 The plan (which launcher, which twin, what is skipped or resumed, --gc on a
-config without a twin) is checked with --dry-run. One real run trains the
-tiny Mask R-CNN twins (tests/data/configs/mask_rcnn_tiny_gc_fault.py and its
-baseline: 2 epochs of two iterations on 4 images, no validation) for one
-seed in one process each; the GC run of the first call is killed (SIGKILL
-after its 3rd iteration, by tests/data/fault_hooks.py) and the second call
-continues it; a third one (a dry run) would redo nothing. The README's
-train_pair.sh line (tests/tools/test_readme_commands.py) runs two seeds on
-two gloo processes per run, reuses finished runs, and checks the seed (an
-option given only to training) through the test and the comparison.
+config without a twin) is checked with --dry-run; the runner's own logic (side
+by side, console logs and progress, a failed run's log, runs trained with other
+arguments moved aside, --retrain) on a stand-in python that logs like MMEngine.
+One real run trains the tiny Mask R-CNN twins (tests/data/configs/
+mask_rcnn_tiny_gc_fault.py and its baseline: 2 epochs of two iterations on 4
+images, no validation) for one seed; the GC run of the first call is killed
+(SIGKILL after its 3rd iteration, by tests/data/fault_hooks.py) and the second
+call continues it. The README's
+train_pair.sh line (tests/tools/test_readme_commands.py) runs two seeds on two
+gloo processes per run, and tests/runtime/test_demo.py runs the demo on it.
 """
 
 from __future__ import annotations
 
 import csv
 import json
+import re
 import sys
 
 import pytest
@@ -23,6 +25,8 @@ import pytest
 GC = 'tests/data/configs/mask_rcnn_tiny_gc_fault.py'
 BASE = 'tests/data/configs/mask_rcnn_tiny_fault.py'
 SCRIPT = 'tools/train_pair.sh'
+R50 = 'configs/mask_rcnn_r50_fpn_gc.py'
+CONFIGS = 'tests/data/configs'
 
 
 def _pair(tools, *args, env=None):
@@ -35,19 +39,7 @@ def _pair(tools, *args, env=None):
 def test_dry_run_on_torchrun_finds_the_twin_and_plans_every_step(tools, tmp_path):
     work = tmp_path / 'w'
     proc = tools.ok(
-        _pair(
-            tools,
-            'configs/mask_rcnn_r50_fpn_gc.py',
-            '8',
-            '--seeds',
-            '0',
-            '1',
-            '--work-dir',
-            work,
-            '--dry-run',
-            '--',
-            '--amp',
-        )
+        _pair(tools, R50, '8', '--seeds', '0', '1', '--work-dir', work, '--dry-run', '--', '--amp')
     )
     lines = proc.stdout.splitlines()
     commands = [line for line in lines if not line.startswith('[train_pair.sh]')]
@@ -72,20 +64,9 @@ def test_dry_run_on_torchrun_finds_the_twin_and_plans_every_step(tools, tmp_path
 
 def test_dry_run_single_process_and_slurm(tools, tmp_path):
     tiny_gc = 'tests/data/configs/mask_rcnn_tiny_gc.py'
+    options = ('--cfg-options', 'a=1', 'b=2')
     one = tools.ok(
-        _pair(
-            tools,
-            tiny_gc,
-            '1',
-            '--seeds',
-            '3',
-            '--work-dir',
-            tmp_path,
-            '--dry-run',
-            '--cfg-options',
-            'a=1',
-            'b=2',
-        )
+        _pair(tools, tiny_gc, '1', '--seeds', '3', '--work-dir', tmp_path, *options, '--dry-run')
     ).stdout
     assert (
         f'{sys.executable} {tools.root}/tools/train.py tests/data/configs/mask_rcnn_tiny.py '
@@ -93,21 +74,9 @@ def test_dry_run_single_process_and_slurm(tools, tmp_path):
     ) in one
     assert f'{tools.root}/tools/test.py {tiny_gc} {tmp_path}/seed3/gc/\\<last_checkpoint\\> ' in one
     assert f'--work-dir {tmp_path}/seed3/gc --cfg-options a=1 b=2' in one
+    args = ['configs/faster_rcnn_r50_fpn_gc.py', '16', '--seeds', '2', '--slurm', 'gpu']
     slurm = tools.ok(
-        _pair(
-            tools,
-            'configs/faster_rcnn_r50_fpn_gc.py',
-            '16',
-            '--seeds',
-            '2',
-            '--slurm',
-            'gpu',
-            '--job-name',
-            'r50',
-            '--work-dir',
-            tmp_path,
-            '--dry-run',
-        )
+        _pair(tools, *args, '--job-name', 'r50', '--work-dir', tmp_path, '--dry-run')
     ).stdout
     assert (
         f'env GPUS=16 bash {tools.root}/tools/slurm_train.sh gpu r50_s2_baseline '
@@ -130,17 +99,7 @@ def test_dry_run_skips_done_runs_and_resumes_stopped_ones(tools, tmp_path):
     (trained / 'last_checkpoint').write_text(str(trained / 'epoch_12.pth'))
     (stopped / 'last_checkpoint').write_text(str(stopped / 'epoch_5.pth'))
     out = tools.ok(
-        _pair(
-            tools,
-            'configs/mask_rcnn_r50_fpn_gc.py',
-            '1',
-            '--seeds',
-            '0',
-            '1',
-            '--work-dir',
-            tmp_path,
-            '--dry-run',
-        )
+        _pair(tools, R50, '1', '--seeds', '0', '1', '--work-dir', tmp_path, '--dry-run')
     ).stdout
     assert f'seed 0 gc: done ({done}/test_metrics.json), skipped' in out
     assert f'--work-dir {done}' not in out
@@ -151,9 +110,6 @@ def test_dry_run_skips_done_runs_and_resumes_stopped_ones(tools, tmp_path):
     assert f'--work-dir {stopped} --resume --cfg-options randomness.seed=1' in out
     assert f'{stopped}/epoch_5.pth' in out
     assert 'seed 1 baseline: training' in out
-
-
-R50 = 'configs/mask_rcnn_r50_fpn_gc.py'
 
 
 @pytest.mark.parametrize(
@@ -170,6 +126,9 @@ R50 = 'configs/mask_rcnn_r50_fpn_gc.py'
         ([str(GC), '1', '--seeds', '0'], 'does not end in _gc); pass --base-config'),
         ([R50, '1', '--seeds', '0', '--base-config', 'x.py'], "config 'x.py' does not exist"),
         ([], 'usage: train_pair.sh CONFIG GPUS --seeds'),
+        ([R50, '8', '--seeds', '0', '--side-by-side'], "GPUS must be 1; got '8'"),
+        ([R50, '1', '--seeds', '0', '--side-by-side', '--slurm', 'p'], 'drop it or --slurm'),
+        ([R50, '1', '--seeds', '0', '--threads', '0'], "whole number >= 1; got '0'"),
     ],
 )
 def test_argument_errors(tools, args, match):
@@ -185,22 +144,9 @@ def test_dry_run_with_gc_pairs_a_config_with_itself(tools, tmp_path):
     """--gc: CONFIG (any config, no twin file) with tools/train.py --gc is the
     GC side, CONFIG itself the baseline; both are tested with CONFIG."""
     base = 'configs/baselines/mask_rcnn_r50_fpn.py'
+    gc = ['--gc', '--gc-layers', 'conv', '--gc-variant', 'update']
     out = tools.ok(
-        _pair(
-            tools,
-            base,
-            '1',
-            '--seeds',
-            '4',
-            '--gc',
-            '--gc-layers',
-            'conv',
-            '--gc-variant',
-            'update',
-            '--work-dir',
-            tmp_path,
-            '--dry-run',
-        )
+        _pair(tools, base, '1', '--seeds', '4', *gc, '--work-dir', tmp_path, '--dry-run')
     ).stdout
     train = f'{sys.executable} {tools.root}/tools/train.py {base} --work-dir {tmp_path}/seed4'
     assert (
@@ -226,9 +172,106 @@ def test_gc_argument_errors(tools, args, match):
     assert match in proc.stderr
 
 
+# ------------------------------------- the runner itself, on a stand-in python
+
+FAKE_PYTHON = r"""#!/usr/bin/env bash
+# Stands in for python running tools/{train,test,compare_ap}.py: logs like MMEngine.
+script=$(basename "$1"); shift
+wd=''
+while [ $# -gt 0 ]; do [ "$1" = --work-dir ] && wd=$2; shift; done
+case $script in
+  train.py)
+    echo "start $(date +%s.%N) threads=${OMP_NUM_THREADS:-unset}" >>"$wd/calls"
+    for i in 1 2 3; do echo "Iter(train) [$i/3]  lr: 1  eta: 0:00:0$((3 - i))"; sleep 0.6; done
+    if [[ $wd == *"${FAIL:-none}" ]]; then echo "boom in $wd"; exit 3; fi
+    echo "$wd/iter_3.pth" >"$wd/last_checkpoint"
+    echo "end $(date +%s.%N)" >>"$wd/calls" ;;
+  test.py) echo "Iter(test) [1/1]  eta: 0:00:00"; echo '{}' >"$wd/test_metrics.json" ;;
+  compare_ap.py) echo "compared" ;;
+esac
+"""
+
+
+@pytest.fixture
+def fake(tools, tmp_path):
+    """``train_pair.sh CONFIG 1 ARGS`` with the stand-in python, in ``tmp_path/w``."""
+    python = tmp_path / 'python'
+    python.write_text(FAKE_PYTHON)
+    python.chmod(0o755)
+
+    def run(*args, env=None):
+        cmd = ['bash', SCRIPT, 'tests/data/configs/mask_rcnn_tiny_gc.py', '1', *args]
+        env = {'PYTHON': str(python), 'PROGRESS_S': '1', **(env or {})}
+        return tools.run([*cmd, '--work-dir', tmp_path / 'w'], env=env, timeout=60)
+
+    return run
+
+
+def test_side_by_side_trains_a_seeds_runs_at_once_then_the_next_seed(fake, tmp_path):
+    out = fake('--seeds', '0', '1', '--side-by-side', '--threads', '3')
+    assert out.returncode == 0, out.stderr
+    spans = {}  # (seed, side): (start, end) of its training
+    for seed, side in [(s, side) for s in (0, 1) for side in ('gc', 'baseline')]:
+        wd = tmp_path / f'w/seed{seed}/{side}'
+        calls = (wd / 'calls').read_text().split()
+        spans[seed, side] = float(calls[1]), float(calls[-1])
+        assert calls[2] == 'threads=3' and 'Iter(test) [1/1]' in (wd / 'console.log').read_text()
+        record = (wd / 'train_args').read_text()
+        assert (
+            record.startswith(f'{CONFIGS}/mask_rcnn_tiny')
+            and ' GPUS=1 OMP_NUM_THREADS=3 ' in record
+        )
+    for seed in (0, 1):  # the two sides overlap in time; seed 1 starts once seed 0 has ended
+        (gc_start, gc_end), (base_start, base_end) = spans[seed, 'gc'], spans[seed, 'baseline']
+        assert gc_start < base_end and base_start < gc_end
+    seed0, seed1 = (spans[s, 'gc'] + spans[s, 'baseline'] for s in (0, 1))
+    assert max(seed0) < min(seed1)
+    assert 'seed 0: gc and baseline at once; console logs' in out.stdout
+    assert re.search(r'progress: seed 0 gc [123]/3 \(eta 0:00:0\d\), seed 0 baseline ', out.stdout)
+    assert out.stdout.rstrip().endswith('comparing\ncompared')
+
+
+def test_a_failed_run_ends_in_the_end_of_its_log(fake, tmp_path):
+    out = fake('--seeds', '0', '--side-by-side', '--threads', '1', env={'FAIL': 'seed0/gc'})
+    assert out.returncode == 3
+    log = tmp_path / 'w/seed0/gc/console.log'
+    assert f'seed 0 gc failed (exit status 3); the end of its console log ({log}' in out.stderr
+    assert f'boom in {tmp_path}/w/seed0/gc' in out.stderr
+    assert (tmp_path / 'w/seed0/baseline/test_metrics.json').is_file()  # the other side ran on
+    assert 'comparing' not in out.stdout
+    again = fake('--seeds', '0', '--console-log', '--threads', '1')  # one after the other
+    assert again.returncode == 0, again.stderr
+    assert 'seed 0 baseline: done' in again.stdout and 'seed 0 gc: training' in again.stdout
+
+
+def test_a_run_trained_with_other_arguments_is_moved_aside_never_reused(fake, tmp_path):
+    gc = tmp_path / 'w/seed0/gc'
+    assert fake('--seeds', '0', '--cfg-options', 'a=1').returncode == 0
+    assert not (gc / 'console.log').exists()  # without --console-log: the output is ours
+    plan = fake('--seeds', '0', '--cfg-options', 'a=2', '--dry-run')
+    assert 'seed 0 gc: trained with other arguments than now' in plan.stdout
+    assert 'would be moved aside to' in plan.stdout and 'seed=0 a=2' in plan.stdout
+    changed = fake('--seeds', '0', '--cfg-options', 'a=2')
+    (aside,) = tmp_path.glob('w/seed0/gc.stale-*')
+    assert f'seed 0 gc: trained with other arguments than now ({gc}/train_args: ' in changed.stdout
+    assert f'moved aside to {aside}, training again' in changed.stdout
+    assert (aside / 'test_metrics.json').is_file() and 'a=1' in (aside / 'train_args').read_text()
+    assert 'a=2' in (gc / 'train_args').read_text() and (gc / 'test_metrics.json').is_file()
+    same = fake('--seeds', '0', '--cfg-options', 'a=2')  # the same arguments: reused
+    assert f'seed 0 gc: done ({gc}/test_metrics.json), skipped\n' in same.stdout
+    threads = fake('--seeds', '0', '--cfg-options', 'a=2', '--threads', '2', '--dry-run')
+    assert 'seed 0 gc: trained with other arguments' in threads.stdout  # threads change numbers
+    (gc / 'train_args').unlink()  # trained by hand, or by an older train_pair.sh
+    legacy = fake('--seeds', '0', '--cfg-options', 'a=3')
+    assert 'skipped (no train_args: its training arguments are not checked)' in legacy.stdout
+    retrain = fake('--seeds', '0', '--cfg-options', 'a=2', '--retrain')
+    assert retrain.stdout.count('--retrain; moved aside to') == 2
+    assert len(list(tmp_path.glob('w/seed0/*.stale-*'))) == 5  # (a=3 moved the baseline)
+
+
 @pytest.fixture(scope='module')
 def pair(tools, tmp_path_factory):
-    """One seed, one process per run: the GC run killed once, continued, repeated."""
+    """One seed, one process per run: the GC run killed once, then continued."""
     work = tmp_path_factory.mktemp('pair')
     # Two iterations per epoch (4 images, 2 per step), two test images.
     options = ['train_dataloader.dataset.indices=4', 'test_dataloader.dataset.indices=2']
@@ -239,14 +282,8 @@ def pair(tools, tmp_path_factory):
     stopped = {p.name: p.stat().st_mtime_ns for p in (work / 'seed0' / 'gc').iterdir()}
     base_started = (work / 'seed0' / 'baseline').exists()
     continued = tools.ok(_pair(tools, *args))
-    again = tools.ok(_pair(tools, *args, '--dry-run'))  # what a third call would do
     return dict(
-        work=work,
-        killed=killed,
-        stopped=stopped,
-        base_started=base_started,
-        continued=continued,
-        again=again,
+        work=work, killed=killed, stopped=stopped, base_started=base_started, continued=continued
     )
 
 
@@ -279,16 +316,3 @@ def test_the_continued_pair_is_compared(pair):
         rows = {(r['task'], r['metric']): r for r in csv.DictReader(f)}
     assert rows['bbox', 'AP']['pairs'] == '1'
     assert rows['bbox', 'AP']['verdict'] == 'spread unknown (1 seed)'
-
-
-@pytest.mark.slow
-def test_a_finished_pair_is_not_redone(pair, tools):
-    out, work = pair['again'].stdout, pair['work']
-    for side in ('gc', 'baseline'):
-        assert f'seed 0 {side}: done ({work}/seed0/{side}/test_metrics.json)' in out
-    assert ': training' not in out and ': testing' not in out
-    commands = [line for line in out.splitlines() if not line.startswith('[train_pair.sh]')]
-    assert commands == [
-        f'{sys.executable} {tools.root}/tools/compare_ap.py --gc {work}/seed0/gc '
-        f'--base {work}/seed0/baseline --out-dir {work}/compare '
-    ]

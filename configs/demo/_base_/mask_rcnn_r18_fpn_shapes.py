@@ -105,13 +105,12 @@ train_dataloader = dict(
         pipeline=train_pipeline,
     ),
 )
+# val and test: the train loader's settings on the val split, one image a batch
 val_dataloader = dict(
+    train_dataloader,
     batch_size=1,
-    num_workers=0,
-    persistent_workers=False,
     dataset=dict(
-        data_root=data_root,
-        metainfo=metainfo,
+        train_dataloader['dataset'],
         ann_file='annotations/instances_val.json',
         data_prefix=dict(img='val/'),
         pipeline=test_pipeline,

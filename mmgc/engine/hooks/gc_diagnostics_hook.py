@@ -13,6 +13,7 @@ from mmengine.model import is_model_wrapper
 from mmengine.registry import HOOKS
 from torch import nn
 
+from ...errors import ConfigError
 from ...ops import centralize, reduce_dims
 from ..optimizers.selection import gc_target_of
 
@@ -74,11 +75,11 @@ class GCDiagnosticsHook(Hook):
 
     def __init__(self, interval: int = 50, layers: Sequence[str] | None = None) -> None:
         if isinstance(interval, bool) or not isinstance(interval, int) or interval < 1:
-            raise ValueError(f'interval must be a positive int; got {interval!r}')
+            raise ConfigError(f'interval must be a positive int; got {interval!r}')
         if layers is not None and (
             isinstance(layers, str) or not all(isinstance(n, str) for n in layers)
         ):
-            raise ValueError(f'layers must be a list of module names; got {layers!r}')
+            raise ConfigError(f'layers must be a list of module names; got {layers!r}')
         self.interval = interval
         self.layers = list(layers) if layers is not None else None
         self._watched: dict[str, tuple[nn.Parameter, int, torch.Tensor]] = {}
@@ -94,7 +95,7 @@ class GCDiagnosticsHook(Hook):
             target = gc_target_of(module) if module is not None else None
             if target is None:
                 candidates = [n for n, m in modules.items() if gc_target_of(m)][:5]
-                raise ValueError(
+                raise ConfigError(
                     f'GCDiagnosticsHook: layer {name!r} is not a conv or Linear '
                     f'module of the model; conv/Linear layers are e.g. {candidates}'
                 )
@@ -156,5 +157,5 @@ def _default_layers(model: nn.Module) -> list[str]:
         (convs if target.kind == 'conv' else fcs).append(name)
     chosen = convs[:1] + fcs[-1:]
     if not chosen:
-        raise ValueError('GCDiagnosticsHook: the model has no trainable conv or Linear layer')
+        raise ConfigError('GCDiagnosticsHook: the model has no trainable conv or Linear layer')
     return chosen

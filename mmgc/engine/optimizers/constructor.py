@@ -41,6 +41,7 @@ from mmengine.optim import DefaultOptimWrapperConstructor, OptimWrapper
 from mmengine.registry import OPTIM_WRAPPER_CONSTRUCTORS, OPTIM_WRAPPERS, OPTIMIZERS
 from torch import nn
 
+from ...errors import ConfigError, ConfigTypeError
 from .coverage import (
     check_gc_strategy,
     gc_local_optimizer,
@@ -50,7 +51,7 @@ from .coverage import (
 from .gc_step_hooks import attach_gc_hooks, supports_gc, supports_gc_variant, uses_gc_hooks
 from .selection import GC_LAYER_KINDS, GCTarget, parse_gc_layers, select_gc_weights
 from .sgd_gc import SGDGC, _check_gc_options
-from .variants import GC_VARIANTS
+from .variants import GC_VARIANTS, check_one_of
 
 __all__ = [
     'GC_SWITCH_VARIANTS',
@@ -61,9 +62,15 @@ __all__ = [
 
 #: ``paramwise_cfg`` keys of MMEngine's default constructor, and ours.
 MMENGINE_PARAMWISE_KEYS = (
-    'bias_lr_mult', 'bias_decay_mult', 'bypass_duplicate', 'custom_keys',
-    'dcn_offset_lr_mult', 'dwconv_decay_mult', 'flat_decay_mult', 'norm_decay_mult',
-)  # fmt: skip
+    'bias_lr_mult',
+    'bias_decay_mult',
+    'bypass_duplicate',
+    'custom_keys',
+    'dcn_offset_lr_mult',
+    'dwconv_decay_mult',
+    'flat_decay_mult',
+    'norm_decay_mult',
+)
 PARAMWISE_KEYS = (*MMENGINE_PARAMWISE_KEYS, 'gc_layers')
 #: The keys of the ``gc`` option (new form).
 GC_CFG_KEYS = ('constructor', 'layers', 'variant')
@@ -85,9 +92,7 @@ def check_gc_switch_variant(variant: Any) -> str:
     Raises:
         ValueError: Naming the bad value and the valid ones.
     """
-    if not isinstance(variant, str) or variant not in GC_SWITCH_VARIANTS:
-        raise ValueError(f'the GC variant must be one of {GC_SWITCH_VARIANTS}; got {variant!r}')
-    return variant
+    return check_one_of(variant, GC_SWITCH_VARIANTS, 'the GC variant')
 
 
 def _check_custom_keys_gc(custom_keys: Any) -> None:
@@ -99,7 +104,7 @@ def _check_custom_keys_gc(custom_keys: Any) -> None:
             try:
                 _check_gc_options(options)
             except TypeError as err:
-                raise TypeError(f'custom_keys[{key!r}]: {err}') from None
+                raise ConfigTypeError(f'custom_keys[{key!r}]: {err}') from None
 
 
 def _check_paramwise_cfg(paramwise_cfg: Any) -> dict:
@@ -113,21 +118,21 @@ def _check_paramwise_cfg(paramwise_cfg: Any) -> dict:
     if paramwise_cfg is None:
         return {}
     if not isinstance(paramwise_cfg, dict):
-        raise TypeError(f'paramwise_cfg must be None or a dict; got {paramwise_cfg!r}')
+        raise ConfigTypeError(f'paramwise_cfg must be None or a dict; got {paramwise_cfg!r}')
     unknown = sorted(set(paramwise_cfg) - set(PARAMWISE_KEYS))
     if unknown:
-        raise ValueError(
+        raise ConfigError(
             f'unknown paramwise_cfg key(s) {unknown}; valid keys are {list(PARAMWISE_KEYS)}'
         )
     custom_keys = paramwise_cfg.get('custom_keys', {})
     if not isinstance(custom_keys, dict):
-        raise TypeError(
+        raise ConfigTypeError(
             f'paramwise_cfg.custom_keys must be a dict of {{name: options dict}}; '
             f'got {custom_keys!r}'
         )
     for key, options in custom_keys.items():
         if not isinstance(options, dict):
-            raise TypeError(
+            raise ConfigTypeError(
                 f'custom_keys[{key!r}] must be a dict of options (lr_mult, '
                 f'decay_mult, gc, gc_dim, ...); got {options!r}'
             )
@@ -222,7 +227,7 @@ class GCOptimWrapperConstructor:
 
     def __init__(self, optim_wrapper_cfg: dict, paramwise_cfg: dict | None = None) -> None:
         if not isinstance(optim_wrapper_cfg, dict) or 'optimizer' not in optim_wrapper_cfg:
-            raise TypeError(
+            raise ConfigTypeError(
                 f'optim_wrapper_cfg must be a dict with an optimizer; got {optim_wrapper_cfg!r}'
             )
         optim_wrapper_cfg = dict(optim_wrapper_cfg)
@@ -253,22 +258,22 @@ class GCOptimWrapperConstructor:
     @staticmethod
     def _parse_gc_cfg(gc_cfg: Any) -> tuple[Any, tuple[str, ...], str]:
         if not isinstance(gc_cfg, dict):
-            raise TypeError(
+            raise ConfigTypeError(
                 f'optim_wrapper.gc must be a dict with keys {GC_CFG_KEYS}; got {gc_cfg!r}'
             )
         unknown = sorted(set(gc_cfg) - set(GC_CFG_KEYS))
         if unknown:
-            raise ValueError(
+            raise ConfigError(
                 f'unknown optim_wrapper.gc key(s) {unknown}; valid keys are {list(GC_CFG_KEYS)}'
             )
         inner = gc_cfg.get('constructor', DEFAULT_CONSTRUCTOR)
         if inner in ('GCOptimWrapperConstructor', GCOptimWrapperConstructor):
-            raise ValueError(
+            raise ConfigError(
                 'optim_wrapper.gc.constructor must be the constructor GC is added to '
                 "(e.g. 'DefaultOptimWrapperConstructor'); got 'GCOptimWrapperConstructor'"
             )
         if not isinstance(inner, (str, type)):
-            raise TypeError(
+            raise ConfigTypeError(
                 f'optim_wrapper.gc.constructor must be a registered constructor name or '
                 f'class; got {inner!r}'
             )
@@ -284,7 +289,7 @@ class GCOptimWrapperConstructor:
         if 'gc_layers' in paramwise_cfg:
             old = parse_gc_layers(paramwise_cfg.pop('gc_layers'))
             if old != self.gc_layers:
-                raise ValueError(
+                raise ConfigError(
                     f'paramwise_cfg.gc_layers={old} disagrees with optim_wrapper.gc.layers='
                     f'{self.gc_layers}; set one of them'
                 )
@@ -303,13 +308,13 @@ class GCOptimWrapperConstructor:
                 optimizer_type, optimizer_cls = self.optimizer_cfg.get('optimizer_type'), local_cls
             if not supports_gc(optimizer_cls):
                 valid = _registry_names(registry, supports_gc)
-                raise ValueError(
+                raise ConfigError(
                     f'GCOptimWrapperConstructor needs an optimizer that can apply gradient '
                     f'centralization, one of {valid}; got optimizer type {optimizer_type!r}'
                 )
             if not takes_gc_variant(optimizer_cls, self.variant):
                 valid = _registry_names(registry, lambda c: takes_gc_variant(c, self.variant))
-                raise ValueError(
+                raise ConfigError(
                     f'GC variant {self.variant!r} is not defined for optimizer type '
                     f'{optimizer_type!r}; optimizer types that take it: {valid}'
                     + (", e.g. 'SGDWGC'" if self.variant == 'sgdw' and 'SGDWGC' in valid else '')
@@ -358,7 +363,7 @@ class GCOptimWrapperConstructor:
         if not isinstance(recorded, _RecordedOptimWrapper) or not isinstance(
             recorded.optimizer, _RecordedOptimizer
         ):
-            raise TypeError(
+            raise ConfigTypeError(
                 f'GCOptimWrapperConstructor cannot add GC to {self._inner_name}: it built '
                 f'{type(recorded).__name__}, not one optimizer in one optim wrapper from the '
                 f"config's types; use a constructor that does, such as "
@@ -386,7 +391,7 @@ class GCOptimWrapperConstructor:
             if g.get('gc') and not g.get('decoupled_weight_decay')
         ]
         if coupled:
-            raise ValueError(
+            raise ConfigError(
                 f"GC variant 'sgdw' needs decoupled weight decay in every GC group; "
                 f'groups {coupled} of {self.optimizer_cfg["type"]!r} have '
                 f"decoupled_weight_decay=False: use optimizer type 'SGDWGC'"
@@ -418,7 +423,7 @@ class GCOptimWrapperConstructor:
                 if isinstance(param, torch.Tensor)
                 else repr(param)
             )
-            raise ValueError(
+            raise ConfigError(
                 f'{self._inner_name} put {what} into parameter group {index}, which is not a '
                 f'parameter of the model, so GC cannot be decided for it by its module; '
                 f"use a constructor whose groups hold the model's parameters"
@@ -431,7 +436,7 @@ class GCOptimWrapperConstructor:
             )
             first = where[id(param)]
             groups = f'group {index}, twice' if first == index else f'groups {first} and {index}'
-            raise ValueError(
+            raise ConfigError(
                 f'parameter {names[id(param)]!r} appears more than once in the parameter '
                 f'groups {self._inner_name} built ({groups}; a shared parameter?){hint}'
             )
@@ -489,7 +494,7 @@ class GCOptimWrapperConstructor:
                     entry[0] += 1
                     entry[1] += param.numel()
         if not counts and all_params:  # configured for GC, would centralize nothing
-            raise ValueError(
+            raise ConfigError(
                 f'GCOptimWrapperConstructor: no weight gets gradient centralization '
                 f'(gc_layers={self.gc_layers}): the optimizer holds no '
                 f'{" or ".join(self.gc_layers)} weight with an output-unit dim; choose other '

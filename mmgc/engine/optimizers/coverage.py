@@ -27,6 +27,7 @@ flattens the optimizer's groups after the optimizer is built.
 
 from __future__ import annotations
 
+import importlib
 import logging
 import sys
 import weakref
@@ -39,6 +40,7 @@ from torch import Tensor, nn
 from torch.optim import Optimizer
 from torch.utils.hooks import RemovableHandle
 
+from ...errors import ConfigError
 from .variants import gc_variant_of
 
 # ``sgd_gc`` and ``gc_step_hooks`` are imported where they are used: they call
@@ -91,15 +93,19 @@ class GCCoverage(NamedTuple):
         )
 
 
-def _zero_class() -> type | None:
-    """torch's ``ZeroRedundancyOptimizer`` (MMEngine's subclasses it), if present."""
+def _distributed_class(module: str, name: str) -> type | None:
+    """``torch.distributed.<module>.<name>``, if this torch has it."""
     if not torch.distributed.is_available():
         return None
     try:
-        from torch.distributed.optim import ZeroRedundancyOptimizer
-    except ImportError:
+        return getattr(importlib.import_module(f'torch.distributed.{module}'), name)
+    except (ImportError, AttributeError):
         return None
-    return ZeroRedundancyOptimizer
+
+
+def _zero_class() -> type | None:
+    """torch's ``ZeroRedundancyOptimizer`` (MMEngine's subclasses it), if present."""
+    return _distributed_class('optim', 'ZeroRedundancyOptimizer')
 
 
 def gc_local_optimizer(optimizer: Optimizer) -> Optimizer:
@@ -348,13 +354,8 @@ def install_gc_coverage_check(optimizer: Optimizer) -> RemovableHandle:
 
 
 def _fsdp1_class() -> type | None:
-    if not torch.distributed.is_available():
-        return None
-    try:
-        from torch.distributed.fsdp import FullyShardedDataParallel
-    except ImportError:
-        return None
-    return FullyShardedDataParallel
+    """torch's ``FullyShardedDataParallel`` (FSDP1), if present."""
+    return _distributed_class('fsdp', 'FullyShardedDataParallel')
 
 
 def _deepspeed_engine_class() -> type | None:
@@ -379,7 +380,7 @@ def _check_zero(zero: type, optimizer_cfg: dict) -> type:
 
     name = zero.__name__
     if optimizer_cfg.get('overlap_with_ddp', False):
-        raise ValueError(
+        raise ConfigError(
             f'{name} with overlap_with_ddp=True steps a functional optimizer inside '
             f"DDP's communication hook, where gradient centralization cannot act; set "
             f'overlap_with_ddp=False (the default)'
@@ -389,7 +390,7 @@ def _check_zero(zero: type, optimizer_cfg: dict) -> type:
         local = getattr(torch.optim, local_type, None) if isinstance(local_type, str) else None
         registered = _optimizer_class(local_type) if isinstance(local_type, str) else None
         if local is None and isinstance(registered, type) and issubclass(registered, SGDGC):
-            raise ValueError(
+            raise ConfigError(
                 f"MMEngine's {name} looks optimizer_type up in torch.optim, so "
                 f"optimizer_type={local_type!r} cannot work; use optimizer_type='SGD', "
                 f"which gets gradient centralization through mmgc's step hooks, or "
@@ -403,7 +404,7 @@ def _check_zero(zero: type, optimizer_cfg: dict) -> type:
         valid = sorted(
             n for n in dir(torch.optim) if supports_gc(getattr(torch.optim, n)) and n[0].isupper()
         )
-        raise ValueError(
+        raise ConfigError(
             f'{name} needs a local optimizer that can apply gradient centralization; '
             f'got {local_type!r} ({where}), valid: {valid}'
             + (' or SGDGC (as optimizer_class)' if where == 'optimizer_class' else '')
@@ -442,14 +443,14 @@ def check_gc_strategy(model: nn.Module | None, optimizer_cfg: dict | None = None
     modules = model.named_modules() if model is not None else ()
     for name, module in modules:
         if fsdp1 is not None and isinstance(module, fsdp1):
-            raise ValueError(
+            raise ConfigError(
                 f'gradient centralization cannot run under torch FSDP1 '
                 f'({type(module).__name__} at {name or "the top"} of the model; '
                 f"MMEngine's FSDPStrategy uses it): it hands the optimizer flat 1-D "
                 f'parameters, in which no output unit can be found; {WHAT_WORKS}'
             )
         if engine is not None and isinstance(module, engine):
-            raise ValueError(
+            raise ConfigError(
                 f'gradient centralization cannot run under DeepSpeed ({type(module).__name__}): '
                 f'ZeRO hands the optimizer one flat 1-D partition per parameter group, in '
                 f'which no output unit can be found; {WHAT_WORKS}'
@@ -504,7 +505,7 @@ def check_gc_runner_strategy(strategy: Any) -> None:
         return
     for flattening, what in _flattening_strategies().items():
         if issubclass(cls, flattening):
-            raise ValueError(
+            raise ConfigError(
                 f'gradient centralization cannot run under strategy {strategy_type!r} '
                 f'({what}, in which no output unit can be found); {WHAT_WORKS} '
                 f"(strategy='DDPStrategy', or Runner's default)"

@@ -87,6 +87,7 @@ from torch import Tensor
 from torch.optim import Optimizer
 from torch.utils.hooks import RemovableHandle
 
+from ...errors import ConfigError
 from ...ops import centralize_, reduce_dims
 from .coverage import install_gc_coverage_check
 from .sgd_gc import GC_GROUP_DEFAULTS, SGDGC
@@ -151,10 +152,10 @@ def _check_groups(optimizer: Optimizer) -> None:
         try:
             variant = check_gc_variant(gc_variant_of(group))
         except ValueError as err:
-            raise ValueError(f'param group {index}: {err}') from None
+            raise ConfigError(f'param group {index}: {err}') from None
         if not supports_gc_variant(type(optimizer), variant):
             valid = [v for v in GC_VARIANTS if supports_gc_variant(type(optimizer), v)]
-            raise ValueError(
+            raise ConfigError(
                 f'param group {index}: gc_variant={variant!r} is not defined for '
                 f'{type(optimizer).__name__} (its averaged weights follow the '
                 f'uncentralized step); use one of {valid}'
@@ -305,9 +306,9 @@ def attach_gc_hooks(optimizer: Optimizer) -> tuple[RemovableHandle, RemovableHan
             added later is checked at its first step).
     """
     if isinstance(optimizer, SGDGC):
-        raise ValueError('SGDGC centralizes in its own step; it needs no GC hooks')
+        raise ConfigError('SGDGC centralizes in its own step; it needs no GC hooks')
     if not supports_gc(type(optimizer)):
-        raise ValueError(
+        raise ConfigError(
             f'cannot apply gradient centralization to {type(optimizer).__name__}; '
             f'supported: SGDGC and torch.optim '
             f'{sorted(c.__name__ for c in COUPLED_DECAY + DECOUPLED_DECAY + NO_DECAY)}'

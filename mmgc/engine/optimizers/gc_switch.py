@@ -23,6 +23,7 @@ from typing import Any
 import torch
 from mmengine.registry import OPTIMIZERS
 
+from ...errors import ConfigError
 from .constructor import DEFAULT_CONSTRUCTOR, check_gc_switch_variant
 from .selection import GC_LAYER_KINDS, parse_gc_layers
 from .sgd_gc import SGDGC
@@ -51,7 +52,7 @@ def _gc_optimizer_type(optimizer_type: Any, variant: str) -> Any:
     is_sgd = isinstance(cls, type) and issubclass(cls, (torch.optim.SGD, SGDGC))
     if variant == 'sgdw':
         if not is_sgd:
-            raise ValueError(
+            raise ConfigError(
                 f"GC variant 'sgdw' (SGD with decoupled weight decay) needs an SGD config; "
                 f"the optimizer is {optimizer_type!r}: use variant 'grad' or 'update'"
             )
@@ -93,7 +94,7 @@ def enable_gc(
     variant = check_gc_switch_variant(variant)
     optim_wrapper = cfg.get('optim_wrapper')
     if not isinstance(optim_wrapper, dict) or not isinstance(optim_wrapper.get('optimizer'), dict):
-        raise ValueError(
+        raise ConfigError(
             'enable_gc needs a training config with optim_wrapper.optimizer (one optimizer); '
             f'got optim_wrapper={optim_wrapper!r}'
         )

@@ -28,6 +28,8 @@ from typing import NamedTuple
 from mmengine.logging import print_log
 from torch import nn
 
+from ...errors import ConfigError
+
 __all__ = ['GC_LAYER_KINDS', 'GCTarget', 'parse_gc_layers', 'gc_target_of', 'select_gc_weights']
 
 #: The layer kinds a user can select with ``paramwise_cfg.gc_layers``.
@@ -66,7 +68,7 @@ def parse_gc_layers(gc_layers: str | Iterable[str]) -> tuple[str, ...]:
     except TypeError:
         kinds = ()
     if not kinds or any(not isinstance(k, str) or k not in GC_LAYER_KINDS for k in kinds):
-        raise ValueError(
+        raise ConfigError(
             f'gc_layers must be a non-empty subset of {GC_LAYER_KINDS}; got {gc_layers!r}'
         )
     return tuple(k for k in GC_LAYER_KINDS if k in kinds)

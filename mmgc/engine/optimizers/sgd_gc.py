@@ -23,8 +23,9 @@ from torch.optim import Optimizer
 from torch.optim.optimizer import _default_to_fused_or_foreach
 from torch.optim.sgd import sgd as torch_sgd
 
+from ...errors import ConfigError, ConfigTypeError
 from ...ops import gc_direction_means, gc_update_directions, reduce_dims
-from ...ops.cpu_kernel import cpu_kernel_supports, fused_sgd_gc_cpu_, load_cpu_kernel
+from ...ops.cpu_kernel import SGDHyper, cpu_kernel_supports, fused_sgd_gc_cpu_, load_cpu_kernel
 from .coverage import install_gc_coverage_check
 from .variants import check_gc_variant
 
@@ -42,9 +43,15 @@ __all__ = [
 GC_GROUP_DEFAULTS: dict[str, Any] = {'gc': True, 'gc_dim': 0}
 #: The group options :meth:`SGDGC.step` hands to :func:`sgd_gc`.
 _STEP_OPTIONS = (
-    'lr', 'dampening', 'weight_decay', 'nesterov', 'maximize', 'foreach', 'fused',
+    'lr',
+    'dampening',
+    'weight_decay',
+    'nesterov',
+    'maximize',
+    'foreach',
+    'fused',
     'decoupled_weight_decay',
-)  # fmt: skip
+)
 
 
 def torch_has_fused_sgd() -> bool:
@@ -88,17 +95,17 @@ def _check_fused_supported(params: Iterable[Tensor]) -> None:
     if missing is None:
         return
     if missing.startswith('has no'):
-        raise ValueError(
+        raise ConfigError(
             f'fused=True needs a torch with a fused SGD kernel; torch '
             f'{torch.__version__} has none: use the default (fused=None) or '
             f'foreach=True/False'
         )
     if 'unchanged' in missing:
-        raise ValueError(
+        raise ConfigError(
             f'fused=True: torch {torch.__version__} {missing} (tried on one '
             f'element): use the default (fused=None) or foreach=True/False'
         )
-    raise ValueError(
+    raise ConfigError(
         f'fused=True on CPU tensors needs a torch whose fused SGD runs on the '
         f'CPU; torch {torch.__version__} has it for GPUs only: use the '
         f'default (fused=None) or foreach=True/False'
@@ -114,7 +121,7 @@ def _check_loaded_fused(groups: list[dict], params_of: Callable[[int], list[Tens
             continue
         missing = _fused_missing(params_of(i))
         if missing is not None:
-            raise ValueError(
+            raise ConfigError(
                 f'the loaded state has fused=True in parameter group {i}, but torch '
                 f"{torch.__version__} {missing}: set 'fused' to None in the state's "
                 f'param_groups before loading (SGDGC then picks the fastest kernel '
@@ -127,16 +134,16 @@ def _check_gc_options(group: dict) -> None:
     ``gc_dim`` has the wrong type."""
     gc = group.get('gc', GC_GROUP_DEFAULTS['gc'])
     if not isinstance(gc, bool):
-        raise TypeError(f'param group option gc must be True or False; got {gc!r}')
+        raise ConfigTypeError(f'param group option gc must be True or False; got {gc!r}')
     gc_dim = group.get('gc_dim', GC_GROUP_DEFAULTS['gc_dim'])
     if isinstance(gc_dim, bool) or not isinstance(gc_dim, int):
-        raise TypeError(
+        raise ConfigTypeError(
             f'param group option gc_dim must be an int (the output-unit dim, '
             f'0 for Conv/Linear, 1 for ConvTranspose); got {gc_dim!r}'
         )
     decoupled = group.get('decoupled_weight_decay', False)
     if not isinstance(decoupled, bool):
-        raise TypeError(
+        raise ConfigTypeError(
             f'param group option decoupled_weight_decay must be True or False; got {decoupled!r}'
         )
     if 'gc_variant' in group:  # SGD: 'grad' and 'update' are the same update
@@ -252,24 +259,24 @@ class SGDGC(Optimizer):
         decoupled_weight_decay: bool = False,
     ) -> None:
         if isinstance(lr, Tensor) and lr.numel() != 1:
-            raise ValueError(f'Tensor lr must have one element; got shape {tuple(lr.shape)}')
+            raise ConfigError(f'Tensor lr must have one element; got shape {tuple(lr.shape)}')
         if lr < 0.0:
-            raise ValueError(f'Invalid learning rate: {lr} (must be >= 0)')
+            raise ConfigError(f'Invalid learning rate: {lr} (must be >= 0)')
         if momentum < 0.0:
-            raise ValueError(f'Invalid momentum value: {momentum} (must be >= 0)')
+            raise ConfigError(f'Invalid momentum value: {momentum} (must be >= 0)')
         if weight_decay < 0.0:
-            raise ValueError(f'Invalid weight_decay value: {weight_decay} (must be >= 0)')
+            raise ConfigError(f'Invalid weight_decay value: {weight_decay} (must be >= 0)')
         if nesterov and (momentum <= 0 or dampening != 0):
-            raise ValueError(
+            raise ConfigError(
                 'Nesterov momentum requires a momentum > 0 and zero dampening; '
                 f'got momentum={momentum}, dampening={dampening}'
             )
         if fused and differentiable:
-            raise ValueError('fused=True does not support differentiable=True')
+            raise ConfigError('fused=True does not support differentiable=True')
         if fused and foreach:
-            raise ValueError('fused=True and foreach=True cannot be set together')
+            raise ConfigError('fused=True and foreach=True cannot be set together')
         if not isinstance(decoupled_weight_decay, bool):
-            raise TypeError(
+            raise ConfigTypeError(
                 f'decoupled_weight_decay must be True or False; got {decoupled_weight_decay!r}'
             )
         defaults = dict(lr=lr, momentum=momentum, dampening=dampening, weight_decay=weight_decay)
@@ -300,7 +307,7 @@ class SGDGC(Optimizer):
             seen: set[int] = set()
             twice = [p for p in params if id(p) in seen or seen.add(id(p))]
             if twice:
-                raise ValueError(
+                raise ConfigError(
                     f'a parameter group lists the same tensor (shape '
                     f'{tuple(twice[0].shape)}) more than once; list each tensor once'
                 )
@@ -329,7 +336,7 @@ class SGDGC(Optimizer):
         """
         missing = [i for i, g in enumerate(state_dict['param_groups']) if 'gc' not in g]
         if missing:
-            raise ValueError(
+            raise ConfigError(
                 f'the state dict has no GC options in its parameter groups {missing}, so '
                 f'it is not an SGDGC state (a torch.optim.SGD one?); resume a baseline '
                 f'run with tools/train.py --resume, which maps it onto the GC groups by '
@@ -395,26 +402,8 @@ class SGDWGC(SGDGC):
         ...                    weight_decay=5e-4)
     """
 
-    def __init__(
-        self,
-        params: Iterable[Tensor] | Iterable[dict[str, Any]],
-        lr: float | Tensor = 1e-3,
-        momentum: float = 0,
-        dampening: float = 0,
-        weight_decay: float | Tensor = 0,
-        nesterov: bool = False,
-        *,
-        maximize: bool = False,
-        foreach: bool | None = None,
-        differentiable: bool = False,
-        fused: bool | None = None,
-        decoupled_weight_decay: bool = True,
-    ) -> None:
-        super().__init__(
-            params, lr, momentum, dampening, weight_decay, nesterov, maximize=maximize,
-            foreach=foreach, differentiable=differentiable, fused=fused,
-            decoupled_weight_decay=decoupled_weight_decay,
-        )  # fmt: skip
+    # SGDGC's signature with another default (inspect.signature shows it)
+    __init__ = functools.partialmethod(SGDGC.__init__, decoupled_weight_decay=True)
 
 
 def sgd_gc(
@@ -497,28 +486,18 @@ def sgd_gc(
         if centralized and not kernel.mmgc:
             kernel = kernel._replace(centralized=True)
         kernels.setdefault(kernel, []).append(i)
-    hyper = dict(lr=lr, momentum=momentum, dampening=dampening, nesterov=nesterov)
+    hyper = SGDHyper(
+        lr, momentum, dampening, weight_decay, nesterov, maximize, decoupled_weight_decay
+    )
     for kernel, indices in kernels.items():
         sub_params, sub_grads = [params[i] for i in indices], [grads[i] for i in indices]
         sub_buffers = [momentum_buffers[i] for i in indices]
         sub_dims = [gc_dims[i] for i in indices]
         if kernel.mmgc:
-            decay = dict(weight_decay=weight_decay, maximize=maximize)
-            decay.update(decoupled_weight_decay=decoupled_weight_decay)
-            fused_sgd_gc_cpu_(sub_params, sub_grads, sub_buffers, sub_dims, **decay, **hyper)
+            fused_sgd_gc_cpu_(sub_params, sub_grads, sub_buffers, sub_dims, **hyper._asdict())
         else:
-            _torch_step(
-                sub_params,
-                sub_grads,
-                sub_buffers,
-                sub_dims if kernel.centralized else None,
-                kernel=kernel,
-                autograd=autograd,
-                weight_decay=weight_decay,
-                maximize=maximize,
-                decoupled_weight_decay=decoupled_weight_decay,
-                **hyper,
-            )
+            dims = sub_dims if kernel.centralized else None  # None: torch's SGD as it is
+            _torch_step(sub_params, sub_grads, sub_buffers, dims, kernel, autograd, hyper)
         for i, buffer in zip(indices, sub_buffers):
             momentum_buffers[i] = buffer
 
@@ -533,19 +512,13 @@ def _torch_step(
     grads: list[Tensor],
     buffers: list[Tensor | None],
     gc_dims: list[int] | None,
-    *,
     kernel: _Kernel,
     autograd: bool,
-    lr: float | Tensor,
-    momentum: float,
-    dampening: float,
-    weight_decay: float | Tensor,
-    nesterov: bool,
-    maximize: bool,
-    decoupled_weight_decay: bool,
+    hyper: SGDHyper,
 ) -> None:
     """One call of ``torch.optim.sgd.sgd`` on tensors of one kernel; with
     ``gc_dims`` (all centralized) the generic path of :func:`sgd_gc`."""
+    lr, momentum, dampening, weight_decay, nesterov, maximize, decoupled_weight_decay = hyper
     decay = 0.0 if decoupled_weight_decay else weight_decay
     means = None
     if gc_dims is not None and autograd:  # differentiable: out-of-place directions
@@ -590,8 +563,8 @@ def _torch_step(
     options = dict(foreach=foreach, has_sparse_grad=any(g.is_sparse for g in grads))
     if kernel.fused:  # only set where torch has it (checked at construction and load)
         options['fused'] = True
-    hyper = dict(lr=lr, momentum=momentum, dampening=dampening, nesterov=nesterov)
-    torch_sgd(params, grads, buffers, **options, weight_decay=decay, maximize=maximize, **hyper)
+    options.update(lr=lr, momentum=momentum, dampening=dampening, nesterov=nesterov)
+    torch_sgd(params, grads, buffers, **options, weight_decay=decay, maximize=maximize)
     if means is not None:
         _shift_each(buffers, means, after, sign=-1.0)
         _shift_each(params, means, weight, sign=1.0, lr=lr)

@@ -15,10 +15,23 @@ from __future__ import annotations
 
 from typing import Any
 
-__all__ = ['GC_VARIANTS', 'check_gc_variant', 'gc_variant_of']
+from ...errors import ConfigError
+
+__all__ = ['GC_VARIANTS', 'check_gc_variant', 'check_one_of', 'gc_variant_of']
 
 #: The values of the ``gc_variant`` group option, default first.
 GC_VARIANTS: tuple[str, ...] = ('grad', 'update')
+
+
+def check_one_of(value: Any, choices: tuple[str, ...], name: str) -> str:
+    """Return ``value`` if it is one of the strings ``choices``.
+
+    Raises:
+        ValueError: ``'{name} must be one of {choices}; got {value!r}'``.
+    """
+    if not isinstance(value, str) or value not in choices:
+        raise ConfigError(f'{name} must be one of {choices}; got {value!r}')
+    return value
 
 
 def check_gc_variant(value: Any) -> str:
@@ -27,9 +40,7 @@ def check_gc_variant(value: Any) -> str:
     Raises:
         ValueError: Naming the bad value and the valid ones.
     """
-    if not isinstance(value, str) or value not in GC_VARIANTS:
-        raise ValueError(f'gc_variant must be one of {GC_VARIANTS}; got {value!r}')
-    return value
+    return check_one_of(value, GC_VARIANTS, 'gc_variant')
 
 
 def gc_variant_of(group: dict) -> str:

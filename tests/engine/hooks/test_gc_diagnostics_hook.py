@@ -7,100 +7,53 @@ from pathlib import Path
 
 import pytest
 import torch
-import torch.nn.functional as F
 from mmengine.hooks import Hook
-from mmengine.model import BaseModel
 from mmengine.optim import AmpOptimWrapper, OptimWrapper
-from mmengine.runner import Runner
-from torch import nn
-from torch.utils.data import Dataset
 
 import mmgc  # noqa: F401
 from mmgc.engine.hooks import GCDiagnosticsHook
 from mmgc.engine.optimizers.gc_step_hooks import attach_gc_hooks
 from mmgc.engine.optimizers.sgd_gc import torch_fused_sgd_on_cpu as cpu_fused_sgd
 from mmgc.runtime.gc_stats import load_gc_stats
+from tests.conftest import ToyData, ToyNet
 
 
-class ToyNet(BaseModel):
-    def __init__(self):
-        super().__init__()
-        self.conv = nn.Conv2d(3, 8, 3)
-        self.bn = nn.BatchNorm2d(8)
-        self.head = nn.Linear(8, 16)
-        self.cls = nn.Linear(16, 3)
+@pytest.fixture(scope='session')
+def run(toy_runner):
+    """``run(work_dir, gc, ...)``: the toy runner with a GCDiagnosticsHook
+    (``args``: its options, interval 2 by default, and the toy runner's
+    ``model``, ``data``, ``iters``: 8), SGD or SGDGC with the GC constructor,
+    batches of 4."""
 
-    def forward(self, inputs, labels=None, mode='tensor'):
-        x = self.bn(self.conv(inputs)).relu().mean((2, 3))
-        out = self.cls(self.head(x).relu())
-        if mode == 'loss':
-            return {'loss': F.cross_entropy(out, labels)}
-        return out
-
-
-class ToyData(Dataset):
-    def __init__(self, n=32, inf_at=None):
-        gen = torch.Generator().manual_seed(0)
-        self.x = torch.randn(n, 3, 8, 8, generator=gen)
-        self.y = torch.randint(0, 3, (n,), generator=gen)
-        if inf_at is not None:  # that sample's batch gives inf/NaN gradients
-            self.x[inf_at] = float('inf')
-
-    def __len__(self):
-        return len(self.x)
-
-    def __getitem__(self, i):
-        return dict(inputs=self.x[i], labels=self.y[i])
-
-
-def _run(
-    work_dir,
-    gc: bool,
-    name: str,
-    max_iters=8,
-    model=None,
-    optim_wrapper=None,
-    data=None,
-    hooks=(),
-    checkpoint=None,
-    load_from=None,
-    **hook,
-):
-    optimizer = dict(type='SGDGC' if gc else 'SGD', lr=0.1, momentum=0.9, weight_decay=1e-3)
-    if optim_wrapper is None or isinstance(optim_wrapper, dict):
-        optim_wrapper = dict(type='OptimWrapper', optimizer=optimizer, **(optim_wrapper or {}))
-        if gc:
-            optim_wrapper['constructor'] = 'GCOptimWrapperConstructor'
-    runner = Runner(
-        model=model or ToyNet(),
-        work_dir=str(work_dir),
-        experiment_name=name,
-        train_dataloader=dict(
-            dataset=data or ToyData(),
-            sampler=dict(type='DefaultSampler', shuffle=False),
+    def run(
+        work_dir, gc: bool, optim_wrapper=None, hooks=(), checkpoint=None, load_from=None, **args
+    ):
+        optimizer = dict(type='SGDGC' if gc else 'SGD', lr=0.1, momentum=0.9, weight_decay=1e-3)
+        if optim_wrapper is None or isinstance(optim_wrapper, dict):
+            optim_wrapper = dict(type='OptimWrapper', optimizer=optimizer, **(optim_wrapper or {}))
+            if gc:
+                optim_wrapper['constructor'] = 'GCOptimWrapperConstructor'
+        return toy_runner(
+            work_dir,
+            model=args.pop('model', None),
+            data=args.pop('data', None),
+            optim_wrapper=optim_wrapper,
+            iters=args.pop('iters', 8),
             batch_size=4,
-            collate_fn=dict(type='default_collate'),
-        ),
-        optim_wrapper=optim_wrapper,
-        train_cfg=dict(by_epoch=False, max_iters=max_iters),
-        custom_hooks=[dict(type='GCDiagnosticsHook', **{'interval': 2, **hook}), *hooks],
-        default_hooks=dict(logger=dict(type='LoggerHook', interval=4), checkpoint=checkpoint),
-        load_from=load_from,
-        resume=load_from is not None,
-        visualizer=dict(
-            type='Visualizer', vis_backends=[dict(type='LocalVisBackend')], name=f'vis_{name}'
-        ),
-        randomness=dict(seed=0),
-    )
-    runner.train()
-    return runner
+            hooks=[dict(type='GCDiagnosticsHook', **{'interval': 2, **args}), *hooks],
+            default_hooks=dict(logger=dict(type='LoggerHook', interval=4), checkpoint=checkpoint),
+            load_from=load_from,
+            resume=load_from is not None,
+        )
+
+    return run
 
 
 @pytest.fixture(scope='module')
-def two_runs(tmp_path_factory):
+def two_runs(tmp_path_factory, run):
     root = tmp_path_factory.mktemp('gc_diag')
-    _run(root / 'gc', gc=True, name='diag_gc')
-    _run(root / 'base', gc=False, name='diag_base')
+    run(root / 'gc', gc=True)
+    run(root / 'base', gc=False)
     return root / 'gc', root / 'base'
 
 
@@ -135,11 +88,11 @@ def test_plot_tool_names_missing_stats(tmp_path, tools):
     assert f'no vis_data/scalars.json under {tmp_path}' in result.stderr
 
 
-def test_explicit_layers_and_errors(tmp_path):
-    _run(tmp_path, gc=True, name='diag_explicit', layers=['head'])
+def test_explicit_layers_and_errors(tmp_path, run):
+    run(tmp_path, gc=True, layers=['head'])
     assert set(load_gc_stats(tmp_path)) == {'head'}
     with pytest.raises(ValueError, match=r"layer 'bn' is not a conv or Linear module"):
-        _run(tmp_path / 'bad', gc=True, name='diag_bad', layers=['bn'])
+        run(tmp_path / 'bad', gc=True, layers=['bn'])
     with pytest.raises(ValueError, match='interval must be a positive int; got 0'):
         GCDiagnosticsHook(interval=0)
 
@@ -159,19 +112,12 @@ def _iterations(work_dir, layer='conv', stat='grad_norm'):
     'interval, expected',
     [(2, [3, 6, 9, 12]), (5, [6, 12])],
 )
-def test_samples_the_first_step_at_or_after_each_multiple(tmp_path, interval, expected):
+def test_samples_the_first_step_at_or_after_each_multiple(tmp_path, run, interval, expected):
     """With accumulative_counts=3 the optimizer steps at iterations 3, 6, 9,
     12; a sample is due at each multiple of ``interval`` and taken at the
     first step at or after it (before: only at multiples of lcm(interval, 3),
     so interval=5 recorded nothing in 12 iterations)."""
-    _run(
-        tmp_path,
-        gc=True,
-        name=f'diag_acc{interval}',
-        max_iters=12,
-        optim_wrapper=dict(accumulative_counts=3),
-        interval=interval,
-    )
+    run(tmp_path, gc=True, iters=12, optim_wrapper=dict(accumulative_counts=3), interval=interval)
     assert _iterations(tmp_path) == expected
     assert _iterations(tmp_path, 'cls', 'sum_drift') == expected
 
@@ -184,7 +130,7 @@ needs_fused_amp = pytest.mark.skipif(
 
 @needs_fused_amp
 @pytest.mark.parametrize('gc', [True, False], ids=['gc', 'baseline'])
-def test_fused_amp_records_unscaled_gradients_of_steps_taken(tmp_path, gc):
+def test_fused_amp_records_unscaled_gradients_of_steps_taken(tmp_path, run, gc):
     """torch's fused SGD under a CPU GradScaler(1024), in MMEngine's real
     AmpOptimWrapper (bf16 autocast) and Runner, with mmgc's GC hooks or
     without. Iteration 4's batch has an inf input: the kernel skips that step
@@ -215,10 +161,9 @@ def test_fused_amp_records_unscaled_gradients_of_steps_taken(tmp_path, gc):
     wrapper._scale_update_param = None
     wrapper.loss_scaler = torch.amp.GradScaler('cpu', init_scale=1024.0)
     wrapper.cast_dtype = torch.bfloat16
-    _run(
+    run(
         tmp_path,
         gc=True,
-        name=f'diag_amp_{gc}',
         model=model,
         optim_wrapper=wrapper,
         data=ToyData(inf_at=12),  # iteration 4 reads samples 12..15
@@ -249,7 +194,7 @@ class _Interrupt(Hook):
             raise KeyboardInterrupt(f'stopped after iteration {self.at}')
 
 
-def test_resumed_run_samples_as_an_uninterrupted_one(tmp_path, monkeypatch):
+def test_resumed_run_samples_as_an_uninterrupted_one(tmp_path, monkeypatch, run):
     """accumulative_counts=3, interval=4: steps at 3, 6, 9, 12 sample at 6,
     9, 12. Stopped after iteration 8 (checkpoint iter_8) and resumed, the run
     has taken its last step at 6, so the sample due at 8 is taken at 9, as in
@@ -257,24 +202,17 @@ def test_resumed_run_samples_as_an_uninterrupted_one(tmp_path, monkeypatch):
     # MMEngine 0.10.7 loads its own checkpoints with torch.load's defaults,
     # which since torch 2.6 refuse them (FIELD-NOTES section 5)
     monkeypatch.setenv('TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD', '1')
-    options = dict(max_iters=12, optim_wrapper=dict(accumulative_counts=3), interval=4)
-    _run(tmp_path / 'whole', gc=True, name='diag_whole', **options)
+    options = dict(iters=12, optim_wrapper=dict(accumulative_counts=3), interval=4)
+    run(tmp_path / 'whole', gc=True, **options)
     assert _iterations(tmp_path / 'whole') == [6, 9, 12]
     with pytest.raises(KeyboardInterrupt, match='stopped after iteration 8'):
-        _run(
+        run(
             tmp_path / 'cut',
             gc=True,
-            name='diag_cut',
             hooks=[_Interrupt(8)],
             checkpoint=dict(type='CheckpointHook', interval=8, by_epoch=False),
             **options,
         )
     assert _iterations(tmp_path / 'cut') == [6]
-    _run(
-        tmp_path / 'resumed',
-        gc=True,
-        name='diag_resumed',
-        load_from=str(tmp_path / 'cut' / 'iter_8.pth'),
-        **options,
-    )
+    run(tmp_path / 'resumed', gc=True, load_from=str(tmp_path / 'cut' / 'iter_8.pth'), **options)
     assert _iterations(tmp_path / 'resumed') == [9, 12]

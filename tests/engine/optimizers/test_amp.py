@@ -3,7 +3,6 @@ optimizers, bf16/fp16 autocast, and MMEngine's AmpOptimWrapper.step, checked
 against the float64 references of tests/reference.py (``P(g + wd w)``, then the
 optimizer's own update, on the unscaled gradient)."""
 
-import functools
 import inspect
 import warnings
 
@@ -14,36 +13,20 @@ from torch import nn
 from torch.testing import assert_close
 
 from mmgc.engine.optimizers.gc_step_hooks import attach_gc_hooks
+from tests.conftest import cpu_fused, fused_cases, needs_scaler
 from tests.reference import ReferenceAdagradGC, ReferenceAdamGC, ReferenceSGDGC
 
-needs_scaler = pytest.mark.skipif(
-    not hasattr(torch.amp, 'GradScaler'),
-    reason=f'torch {torch.__version__} has no CPU GradScaler (torch.amp.GradScaler)',
-)
 
-
-@functools.cache
-def cpu_fused(name: str) -> bool:
-    """Whether ``torch.optim.<name>(fused=True)`` steps on CPU tensors."""
-    p = nn.Parameter(torch.zeros(2))
-    p.grad = torch.zeros(2)
-    try:
-        getattr(torch.optim, name)([p], lr=0.1, fused=True).step()
-    except (RuntimeError, TypeError, ValueError):
-        return False
-    return True
+def _gc_wrapper(model: nn.Module, name: str, fused: bool, options: dict) -> OptimWrapper:
+    """What the GC constructor builds for ``torch.optim.<name>`` on ``model``."""
+    optimizer = dict(type=name, **_fused(fused), **options)
+    cfg = dict(type='OptimWrapper', optimizer=optimizer, constructor='GCOptimWrapperConstructor')
+    return build_optim_wrapper(model, cfg)
 
 
 def _fused(fused: bool) -> dict:
     """``fused=True``, or nothing (torch 2.1's SGD takes no ``fused`` at all)."""
     return dict(fused=True) if fused else {}
-
-
-def _fused_marks(name: str, fused: bool):
-    return pytest.mark.skipif(
-        fused and not cpu_fused(name),
-        reason=f'torch {torch.__version__} has no CPU fused {name}',
-    )
 
 
 WD = 0.1  # large, so that a decay off by the loss scale is far outside the tolerance
@@ -127,25 +110,11 @@ def _scaled_steps(gc_opt, twin_opt, gc_params, twin_params, ref, scaler, twin_sc
 
 
 @needs_scaler
-@pytest.mark.parametrize(
-    'name, fused',
-    [
-        pytest.param(name, fused, marks=_fused_marks(name, fused), id=f'{name}-fused={fused}')
-        for name in CASES
-        for fused in (True, False)
-    ],
-)
+@pytest.mark.parametrize('name, fused', fused_cases(*CASES))
 def test_grad_scaler_through_constructor(name, fused):
     options, make_ref = CASES[name]
     model, twin = _model(), _model()
-    wrapper = build_optim_wrapper(
-        model,
-        dict(
-            type='OptimWrapper',
-            optimizer=dict(type=name, **_fused(fused), **options),
-            constructor='GCOptimWrapperConstructor',
-        ),
-    )
+    wrapper = _gc_wrapper(model, name, fused, options)
     params, out_dims = _params(model)
     twin_params, _ = _params(twin)
     twin_opt = getattr(torch.optim, name)(twin_params, **_fused(fused), **options)
@@ -239,7 +208,10 @@ DIRECT = {
         pytest.param(
             case,
             marks=[
-                _fused_marks(DIRECT[case][0], True),
+                pytest.mark.skipif(
+                    not cpu_fused(DIRECT[case][0]),
+                    reason=f'torch {torch.__version__} has no CPU fused {DIRECT[case][0]}',
+                ),
                 pytest.mark.skipif(
                     case == 'Adam-decoupled' and not _ADAM_DECOUPLED,
                     reason=f'torch {torch.__version__} Adam has no decoupled_weight_decay',
@@ -294,14 +266,7 @@ def _cpu_amp_wrapper(opt, **kwargs):
 
 @needs_scaler
 @pytest.mark.parametrize('clip', [True, False], ids=['clip', 'no-clip'])
-@pytest.mark.parametrize(
-    'name, fused',
-    [
-        pytest.param(name, fused, marks=_fused_marks(name, fused), id=f'{name}-fused={fused}')
-        for name in ('SGD', 'AdamW', 'Adam')
-        for fused in (True, False)
-    ],
-)
+@pytest.mark.parametrize('name, fused', fused_cases('SGD', 'AdamW', 'Adam'))
 def test_mmengine_amp_optim_wrapper(name, fused, clip):
     """MMEngine's AmpOptimWrapper (backward, step, optim_context: bf16 CPU
     autocast). With clipping it calls ``unscale_`` first (so a fused kernel
@@ -310,14 +275,7 @@ def test_mmengine_amp_optim_wrapper(name, fused, clip):
     gradient."""
     options, make_ref = CASES[name]
     model = _model()
-    inner = build_optim_wrapper(
-        model,
-        dict(
-            type='OptimWrapper',
-            optimizer=dict(type=name, **_fused(fused), **options),
-            constructor='GCOptimWrapperConstructor',
-        ),
-    )
+    inner = _gc_wrapper(model, name, fused, options)
     wrapper = _cpu_amp_wrapper(inner.optimizer, clip_grad=dict(max_norm=0.05) if clip else None)
     params, out_dims = _params(model)
     ref = make_ref(params, out_dims)
@@ -373,14 +331,7 @@ def _autocast_works(dtype) -> bool:
         )
     ],
 )
-@pytest.mark.parametrize(
-    'name, fused',
-    [
-        pytest.param(name, fused, marks=_fused_marks(name, fused), id=f'{name}-fused={fused}')
-        for name in ('SGD', 'AdamW', 'Adam')
-        for fused in (True, False)
-    ],
-)
+@pytest.mark.parametrize('name, fused', fused_cases('SGD', 'AdamW', 'Adam'))
 def test_autocast_forward(dtype, scaled, name, fused):
     """A conv + linear model run forward in ``torch.autocast('cpu', dtype)``,
     backward (on the loss scaled by ``GradScaler``, then its step, where
@@ -388,14 +339,7 @@ def test_autocast_forward(dtype, scaled, name, fused):
     unscaled gradients."""
     options, make_ref = CASES[name]
     model = _model()
-    wrapper = build_optim_wrapper(
-        model,
-        dict(
-            type='OptimWrapper',
-            optimizer=dict(type=name, **_fused(fused), **options),
-            constructor='GCOptimWrapperConstructor',
-        ),
-    )
+    wrapper = _gc_wrapper(model, name, fused, options)
     scaler = torch.amp.GradScaler('cpu', init_scale=SCALE) if scaled else None
     params, out_dims = _params(model)
     ref = make_ref(params, out_dims)

@@ -249,6 +249,17 @@ def _skip_optimizer(device: str, name: str, dtype=None) -> None:
     _skip_without(device, path=path, dtype=dtype, adam=adam)
 
 
+def _amp_setup(device: str, name: str, dtype: torch.dtype):
+    """The net on ``device``, its AMP wrapper of optimizer ``name`` (skipped
+    where the device cannot run it), its parameters and their reference."""
+    _skip_optimizer(device, name, dtype)
+    optimizer, make_ref = OPTIMIZERS[name]
+    model = _net(device)
+    wrapper = _amp_wrapper(model, dict(optimizer), device, dtype)
+    params = list(model.parameters())
+    return model, wrapper, params, make_ref(params, _out_dims(model))
+
+
 @pytest.mark.parametrize('dtype', [torch.float16, torch.bfloat16], ids=['fp16', 'bf16'])
 @pytest.mark.parametrize('name', list(OPTIMIZERS))
 @pytest.mark.parametrize('device', DEVICES)
@@ -256,12 +267,7 @@ def test_amp_gc_sees_the_unscaled_gradient(device, name, dtype):
     """Three AMP steps through ``AmpOptimWrapper``: the weights equal the
     reference stepped on the unscaled gradient (``P(g + wd w)`` for SGDGC,
     ``P(g)`` with decoupled decay for AdamW)."""
-    _skip_optimizer(device, name, dtype)
-    optimizer, make_ref = OPTIMIZERS[name]
-    model = _net(device)
-    wrapper = _amp_wrapper(model, dict(optimizer), device, dtype)
-    params = list(model.parameters())
-    ref = make_ref(params, _out_dims(model))
+    model, wrapper, params, ref = _amp_setup(device, name, dtype)
     for step in range(3):
         loss = _forward_loss(model, wrapper, device, *_batch(device, step))
         wrapper.backward(loss)
@@ -290,12 +296,7 @@ def test_amp_inf_step_changes_nothing(device, name):
     weights and optimizer state stay bit for bit, the scale backs off, and a
     further good step still equals the reference."""
     dtype = torch.float16 if device == 'cuda' else torch.bfloat16
-    _skip_optimizer(device, name, dtype)
-    optimizer, make_ref = OPTIMIZERS[name]
-    model = _net(device)
-    wrapper = _amp_wrapper(model, dict(optimizer), device, dtype)
-    params = list(model.parameters())
-    ref = make_ref(params, _out_dims(model))
+    model, wrapper, params, ref = _amp_setup(device, name, dtype)
 
     def good_step(step: int) -> None:
         wrapper.backward(_forward_loss(model, wrapper, device, *_batch(device, step)))

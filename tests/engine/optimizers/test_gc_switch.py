@@ -20,9 +20,10 @@ from torch import nn
 
 from mmgc import SGDGC
 from mmgc.engine.optimizers.gc_switch import enable_gc
+from tests.conftest import ROOT
 
 MMDET_CONFIGS = Path(mmdet.__file__).parent / '.mim' / 'configs'
-REPO = Path(__file__).resolve().parents[3]
+REPO = ROOT
 
 #: Keys in which a GC run may differ from its baseline (the comparison's allowed keys).
 ALLOWED = (

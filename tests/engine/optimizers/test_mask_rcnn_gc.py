@@ -1,5 +1,6 @@
 """SGDGC and the GC constructor on a real MMDetection Mask R-CNN (ResNet-18),
-built from a config that inherits MMDetection's and uses the README snippet."""
+built from the README's config snippet (which inherits MMDetection's), with
+the tests' tiny sizes."""
 
 import math
 
@@ -11,71 +12,25 @@ from mmengine.registry import DefaultScope
 
 import mmgc  # noqa: F401  (registers SGDGC and GCOptimWrapperConstructor)
 from mmgc import SGDGC
+from tests.conftest import ROOT, TEST_CONFIGS, detection_batch
 
 mmdet = pytest.importorskip('mmdet')
 
-CONFIG = """
-_base_ = 'mmdet::mask_rcnn/mask-rcnn_r50_fpn_1x_coco.py'
-custom_imports = dict(imports=['mmgc'], allow_failed_imports=False)
-optim_wrapper = dict(
-    type='OptimWrapper',
-    optimizer=dict(type='SGDGC', lr=0.02, momentum=0.9, weight_decay=1e-4),
-    constructor='GCOptimWrapperConstructor',
-    paramwise_cfg=dict(gc_layers=('conv', 'fc')))
-# ResNet-18 from scratch, narrower heads: the same modules as R50 Mask R-CNN
-width = 64
-model = dict(
-    backbone=dict(depth=18, init_cfg=None),
-    neck=dict(in_channels=[64, 128, 256, 512], out_channels=width),
-    rpn_head=dict(in_channels=width, feat_channels=width),
-    roi_head=dict(
-        bbox_roi_extractor=dict(out_channels=width),
-        bbox_head=dict(in_channels=width, fc_out_channels=128, num_classes=3),
-        mask_roi_extractor=dict(out_channels=width),
-        mask_head=dict(in_channels=width, conv_out_channels=width, num_classes=3)),
-    train_cfg=dict(
-        rpn_proposal=dict(nms_pre=300, max_per_img=100),
-        rcnn=dict(sampler=dict(num=64))))
+
+def _readme_config() -> str:
+    """The README's "Use it in a config" block, as written."""
+    text = (ROOT / 'README.md').read_text()
+    start = text.index('```python\n', text.index('## Use it in a config')) + len('```python\n')
+    return text[start : text.index('```\n', start)]
+
+
+#: The README's config with the tests' tiny sizes (ResNet-18 from scratch,
+#: narrow heads: the same modules as R50 Mask R-CNN), as the README
+#: stand-ins apply them (tests/data/configs/readme/).
+TINY = f"""
+_base_ = ['./readme_config.py', '{TEST_CONFIGS / 'readme' / 'tiny.py'}']
+globals().update(_base_.readme_tiny)
 """
-
-
-def _batch(seed: int, size: int = 96):
-    from mmdet.structures import DetDataSample
-    from mmdet.structures.mask import BitmapMasks
-    from mmengine.structures import InstanceData
-
-    gen = torch.Generator().manual_seed(seed)
-    inputs, samples = [], []
-    for _ in range(2):
-        image = torch.randint(0, 255, (3, size, size), generator=gen, dtype=torch.uint8)
-        boxes, masks = [], []
-        for _ in range(2):
-            x0, y0 = torch.randint(0, size // 2, (2,), generator=gen).tolist()
-            w, h = torch.randint(16, size // 2, (2,), generator=gen).tolist()
-            boxes.append([x0, y0, x0 + w, y0 + h])
-            mask = torch.zeros(size, size, dtype=torch.uint8)
-            mask[y0 : y0 + h, x0 : x0 + w] = 1
-            image[:, y0 : y0 + h, x0 : x0 + w] = 200  # a visible object
-            masks.append(mask.numpy())
-        instances = InstanceData(
-            bboxes=torch.tensor(boxes, dtype=torch.float32),
-            labels=torch.randint(0, 3, (2,), generator=gen),
-            masks=BitmapMasks(masks, size, size),
-        )
-        sample = DetDataSample(
-            metainfo=dict(
-                img_shape=(size, size),
-                ori_shape=(size, size),
-                pad_shape=(size, size),
-                scale_factor=(1.0, 1.0),
-            )
-        )
-        sample.gt_instances = instances
-        inputs.append(image)
-        samples.append(sample)
-    return dict(inputs=inputs, data_samples=samples)
-
-
 BASELINE_OPTIM = """
 optim_wrapper = dict(
     _delete_=True,
@@ -89,8 +44,9 @@ def _build(tmp_path, gc: bool):
     from mmdet.utils import register_all_modules
 
     register_all_modules(init_default_scope=False)
+    (tmp_path / 'readme_config.py').write_text(_readme_config())
     path = tmp_path / 'mask_rcnn_r18_fpn.py'
-    path.write_text(CONFIG if gc else CONFIG + BASELINE_OPTIM)
+    path.write_text(TINY if gc else TINY + BASELINE_OPTIM)
     cfg = Config.fromfile(str(path))
     torch.manual_seed(0)
     with DefaultScope.overwrite_default_scope('mmdet'):
@@ -120,7 +76,7 @@ def _train_and_measure(model, wrapper, weights, steps=3):
     start = {n: p.detach().clone() for n, (p, _) in weights.items()}
     model.train()
     for step in range(steps):
-        losses = model.train_step(_batch(step), wrapper)
+        losses = model.train_step(detection_batch(step), wrapper)
         assert all(math.isfinite(float(v)) for v in losses.values()), losses
         assert float(losses['loss']) > 0
     eps = torch.finfo(torch.float32).eps

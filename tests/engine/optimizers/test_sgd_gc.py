@@ -1,3 +1,12 @@
+"""SGDGC (mmgc.engine.optimizers.sgd_gc) against torch's SGD and the float64
+references of tests/reference.py: every path (mmgc's CPU kernel, the generic
+path on torch's fused, foreach and for-loop kernels, the differentiable
+path) with coupled and decoupled decay, its state dicts and errors, the
+generic path's memory, the paper's Eq. 3 invariant and what decoupled decay
+makes of it, and property-based tests over random shapes, dtypes, memory
+formats and non-finite gradients (hypothesis, with a fixed seed so that runs
+are reproducible)."""
+
 import copy
 import importlib
 import inspect
@@ -6,12 +15,18 @@ import re
 
 import pytest
 import torch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from torch import nn
 from torch.testing import assert_close
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils._pytree import tree_flatten
 
 from mmgc import SGDGC
 from mmgc.engine.optimizers.sgd_gc import torch_fused_sgd_on_cpu
-from tests.reference import ReferenceSGDGC
+from mmgc.ops.cpu_kernel import cpu_kernel_supports
+from tests.conftest import hyper_id, step_with_reference
+from tests.reference import ReferenceSGDGC, ReferenceSGDWGC, project
 
 # the module (mmgc.engine.optimizers.sgd_gc is also the name of its function)
 sgd_gc_module = importlib.import_module('mmgc.engine.optimizers.sgd_gc')
@@ -21,30 +36,12 @@ NEEDS_CPU_FUSED = pytest.mark.skipif(
     not torch_fused_sgd_on_cpu(), reason=f'torch {torch.__version__} has no fused SGD for the CPU'
 )
 
-# (name, factory, out_dim); out_dim None: the tensor is 1-D and never centralized
-LAYERS = [
-    ('conv1d', lambda: nn.Conv1d(3, 4, 3), 0),
-    ('conv2d', lambda: nn.Conv2d(3, 6, 3), 0),
-    ('conv3d', lambda: nn.Conv3d(2, 4, 2), 0),
-    ('grouped', lambda: nn.Conv2d(4, 6, 3, groups=2), 0),
-    ('depthwise', lambda: nn.Conv2d(4, 4, 3, groups=4), 0),
-    ('deconv', lambda: nn.ConvTranspose2d(3, 5, 2, stride=2), 1),
-    ('linear', lambda: nn.Linear(7, 5), 0),
-]
-
-HYPER = [
-    dict(momentum=0.0, weight_decay=0.0),
-    dict(momentum=0.9, weight_decay=1e-2),
-    dict(momentum=0.9, weight_decay=1e-2, nesterov=True),
-    dict(momentum=0.9, dampening=0.3, weight_decay=1e-3),
-    dict(momentum=0.5, weight_decay=1e-2, maximize=True),
-]
 IMPLS = [
     pytest.param(dict(foreach=False), id='for-loop'),
     pytest.param(dict(foreach=True), id='foreach'),
     pytest.param(dict(fused=True), id='fused', marks=NEEDS_CPU_FUSED),
 ]
-# plus dict(): the default path, mmgc's CPU kernel (tests/ops/test_fast_paths.py);
+# plus dict(): the default path, mmgc's CPU kernel (tests/ops/test_cpu_kernel.py);
 # it rounds differently (means summed in double), so it equals torch's float32
 # kernels only up to rounding; float64 runs agree to 1e-12
 ALL_IMPLS = [*IMPLS, pytest.param(dict(), id='default')]
@@ -53,31 +50,6 @@ ALL_IMPLS = [*IMPLS, pytest.param(dict(), id='default')]
 def _random_grads(params, step, dtype=torch.float64):
     g = torch.Generator().manual_seed(1000 + step)
     return [torch.randn(p.shape, generator=g, dtype=dtype) for p in params]
-
-
-@pytest.mark.parametrize('impl', ALL_IMPLS)
-@pytest.mark.parametrize('hyper', HYPER, ids=lambda h: '-'.join(f'{k}={v}' for k, v in h.items()))
-@pytest.mark.parametrize(('name', 'factory', 'out_dim'), LAYERS, ids=[lay[0] for lay in LAYERS])
-def test_matches_reference(name, factory, out_dim, hyper, impl):
-    torch.manual_seed(0)
-    layer = factory().double()
-    weight, bias = layer.weight, layer.bias
-    opt = SGDGC(
-        [dict(params=[weight], gc_dim=out_dim), dict(params=[bias])],
-        lr=0.1,
-        **hyper,
-        **impl,
-    )
-    ref = ReferenceSGDGC([weight, bias], [out_dim, None], lr=0.1, **hyper)
-    for step in range(4):
-        grads = _random_grads([weight, bias], step)
-        weight.grad, bias.grad = (g.clone() for g in grads)
-        opt.step()
-        ref.step(grads)
-        # p.grad is left exactly as it was found
-        assert torch.equal(weight.grad, grads[0]) and torch.equal(bias.grad, grads[1])
-        assert_close(weight.detach(), ref.weights[0], rtol=1e-12, atol=1e-12)
-        assert_close(bias.detach(), ref.weights[1], rtol=1e-12, atol=1e-12)
 
 
 def test_float32_matches_reference():
@@ -173,16 +145,22 @@ def test_gc_off_equals_torch_sgd(hyper, impl):
             )
 
 
-@NEEDS_CPU_FUSED
-def test_default_path_gc_off_is_torch_fused_sgd_bit_for_bit():
-    # on the CPU the default path hands tensors it does not centralize to
-    # torch's fused SGD (one call, not a Python loop)
+def _gc_off_twins(**torch_options):
+    """A seeded conv-BN-linear net and its twin: SGDGC with GC off on the
+    net, torch's SGD with ``torch_options`` on the twin, the same settings."""
     torch.manual_seed(0)
     model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), nn.Flatten(), nn.Linear(144, 3))
     twin = copy.deepcopy(model)
     hyper = dict(lr=0.1, momentum=0.9, weight_decay=1e-2)
     ours = SGDGC([dict(params=model.parameters(), gc=False)], **hyper)
-    theirs = torch.optim.SGD(twin.parameters(), **hyper, fused=True)
+    return model, twin, ours, torch.optim.SGD(twin.parameters(), **hyper, **torch_options)
+
+
+@NEEDS_CPU_FUSED
+def test_default_path_gc_off_is_torch_fused_sgd_bit_for_bit():
+    # on the CPU the default path hands tensors it does not centralize to
+    # torch's fused SGD (one call, not a Python loop)
+    model, twin, ours, theirs = _gc_off_twins(fused=True)
     for step in range(3):
         _step_each(((model, ours), (twin, theirs)), step)
     for a, b in zip(model.parameters(), twin.parameters()):
@@ -470,12 +448,7 @@ def test_default_path_without_torch_cpu_fused_sgd_uses_mmgc_kernel(monkeypatch):
     are not centralized go through mmgc's kernel too: torch's SGD up to
     rounding."""
     monkeypatch.setattr(sgd_gc_module, 'torch_fused_sgd_on_cpu', lambda *dtype: False)
-    torch.manual_seed(0)
-    model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), nn.Flatten(), nn.Linear(144, 3))
-    twin = copy.deepcopy(model)
-    hyper = dict(lr=0.1, momentum=0.9, weight_decay=1e-2)
-    ours = SGDGC([dict(params=model.parameters(), gc=False)], **hyper)
-    theirs = torch.optim.SGD(twin.parameters(), **hyper, foreach=False)
+    model, twin, ours, theirs = _gc_off_twins(foreach=False)
     calls = []
     kernel = sgd_gc_module.fused_sgd_gc_cpu_
     monkeypatch.setattr(
@@ -613,8 +586,6 @@ def test_decoupled_weight_decay_is_a_group_option_saved_and_loaded():
 def test_sgdw_gc_from_the_registry_is_the_authors_sgdw_gc(name):
     from mmengine.registry import OPTIMIZERS
 
-    from tests.reference import ReferenceSGDWGC
-
     torch.manual_seed(0)
     conv = nn.Conv2d(3, 6, 3).double()
     params = list(conv.parameters())
@@ -624,11 +595,7 @@ def test_sgdw_gc_from_the_registry_is_the_authors_sgdw_gc(name):
     assert opt.param_groups[0]['decoupled_weight_decay'] is True
     ref = ReferenceSGDWGC(params, [0, None], **hyper)
     for step in range(3):
-        grads = _random_grads(params, step)
-        for p, g in zip(params, grads):
-            p.grad = g.clone()
-        opt.step()
-        ref.step(grads)
+        step_with_reference(opt, ref, params, _random_grads(params, step))
     for p, expected in zip(params, ref.weights):
         assert_close(p.detach(), expected, rtol=1e-12, atol=1e-12)
     # the decay is decoupled, not L2: SGDGC with L2 decay ends elsewhere
@@ -678,3 +645,454 @@ def test_invalid_variant_and_decoupled_options(group, error, match):
     if 'decoupled_weight_decay' in group:
         with pytest.raises(error, match=f'decoupled_weight_decay {match}'):
             SGDGC([nn.Parameter(torch.randn(2, 2))], lr=0.1, **group)
+
+
+# --- every path against the references, memory, invariants ---
+
+
+class Plain(torch.Tensor):
+    """A tensor subclass without ``__torch_dispatch__`` (mmgc's kernel must not
+    take it; torch's ops keep the type)."""
+
+
+#: How the tensors are handed to SGDGC; 'default-*' leave foreach/fused unset.
+PATHS = [
+    pytest.param(dict(foreach=False), 'plain', id='for-loop'),
+    pytest.param(dict(foreach=True), 'plain', id='foreach'),
+    pytest.param(dict(fused=True), 'plain', id='fused', marks=NEEDS_CPU_FUSED),
+    pytest.param(dict(), 'plain', id='default-kernel'),  # mmgc's kernel (coupled decay)
+    # the default path's generic route: torch's fused SGD where it runs on the
+    # CPU (channels-last conv weights), else torch's own choice (a
+    # non-contiguous gradient, a tensor subclass)
+    pytest.param(dict(), 'channels-last', id='default-generic-channels-last'),
+    pytest.param(dict(), 'strided-grad', id='default-generic-strided'),
+    pytest.param(dict(), 'subclass', id='default-generic-subclass'),
+    pytest.param(dict(differentiable=True), 'plain', id='differentiable'),
+]
+PATH_HYPER = [
+    dict(momentum=0.0, weight_decay=0.0),
+    dict(momentum=0.0, weight_decay=0.05, maximize=True),
+    dict(momentum=0.9, weight_decay=0.01),
+    dict(momentum=0.9, weight_decay=0.01, nesterov=True),
+    dict(momentum=0.9, dampening=0.3, weight_decay=1e-3),
+    dict(momentum=0.5, weight_decay=0.01, maximize=True, nesterov=True),
+    dict(momentum=1e-5, dampening=0.2, weight_decay=0.01),  # buffer corrected after the step
+    dict(momentum=0.9, weight_decay=0.01, tensor_lr=True),
+]
+# (shape, out_dim) of each layer's weight (the weight's shape is what the step sees)
+SHAPES = [
+    ((6, 4, 3, 3), 0),  # conv2d
+    ((3, 5, 2, 2), 1),  # deconv: (in, out, kh, kw)
+    ((5, 7), 0),  # linear
+    ((6,), None),  # a bias: not centralized
+    ((4, 3, 3), 0),  # conv1d
+    ((4, 2, 2, 2, 2), 0),  # conv3d
+    ((6, 2, 3, 3), 0),  # grouped conv (groups=2)
+    ((4, 1, 3, 3), 0),  # depthwise conv
+]
+
+
+def _as(kind, tensor):
+    if kind == 'subclass':
+        return tensor.as_subclass(Plain)
+    if kind == 'channels-last' and tensor.dim() == 4:
+        return tensor.contiguous(memory_format=torch.channels_last)
+    return tensor
+
+
+def _grad(kind, values):
+    if kind == 'strided-grad' and values.dim() > 1:  # same values, not contiguous
+        return values.transpose(0, -1).contiguous().transpose(0, -1)
+    return _as(kind, values.clone())
+
+
+@pytest.mark.parametrize('decoupled', [False, True], ids=['l2', 'decoupled'])
+@pytest.mark.parametrize('hyper', PATH_HYPER, ids=hyper_id)
+@pytest.mark.parametrize(('impl', 'kind'), PATHS)
+def test_path_matches_reference(impl, kind, hyper, decoupled):
+    hyper = dict(hyper)
+    tensor_lr = hyper.pop('tensor_lr', False)
+    gen = torch.Generator().manual_seed(0)
+    start = [torch.randn(s, generator=gen, dtype=torch.float64) for s, _ in SHAPES]
+    dims = [d for _, d in SHAPES]
+    params = [nn.Parameter(_as(kind, w.clone()), requires_grad=False) for w in start]
+    lr = torch.tensor(0.1, dtype=torch.float64) if tensor_lr else 0.1
+    weight_decay = hyper.pop('weight_decay')
+    wd = torch.tensor(weight_decay, dtype=torch.float64) if tensor_lr else weight_decay
+    groups = [dict(params=[p], gc=d is not None, gc_dim=d or 0) for p, d in zip(params, dims)]
+    opt = SGDGC(groups, lr=lr, weight_decay=wd, decoupled_weight_decay=decoupled, **hyper, **impl)
+    reference = ReferenceSGDWGC if decoupled else ReferenceSGDGC
+    ref = reference(start, dims, lr=0.1, weight_decay=weight_decay, **hyper)
+    for step in range(4):
+        grads = [torch.randn(s, generator=gen, dtype=torch.float64) for s, _ in SHAPES]
+        if step == 0:  # the deconv's first gradient comes later: buffers born in step 2
+            grads[1] = None
+        for p, g in zip(params, grads):
+            p.grad = None if g is None else _grad(kind, g)
+        kept = [None if p.grad is None else p.grad.clone() for p in params]
+        opt.step()
+        ref.step(grads)
+        for p, before in zip(params, kept):  # p.grad is left as it was
+            assert (p.grad is None) == (before is None)
+            assert p.grad is None or torch.equal(p.grad, before)
+        for p, expected in zip(params, ref.weights):
+            assert_close(p.detach().as_subclass(torch.Tensor), expected, rtol=1e-12, atol=1e-12)
+    if kind == 'subclass':
+        assert all(type(p) is Plain for p in params)
+
+
+def test_subclass_takes_the_generic_path_bit_for_bit():
+    """A ``class T(torch.Tensor)`` weight is not handed to mmgc's kernel: the
+    default step is the generic path on torch's for-loop, to the bit."""
+    gen = torch.Generator().manual_seed(3)
+    start = torch.randn(16, 8, 3, 3, generator=gen)
+    sub = nn.Parameter(start.clone().as_subclass(Plain))
+    plain = nn.Parameter(start.clone())
+    assert not cpu_kernel_supports(sub, sub.detach().clone(), None, False)
+    assert cpu_kernel_supports(plain, plain.detach().clone(), None, False)
+    hyper = dict(lr=0.1, momentum=0.9, weight_decay=1e-2)
+    ours, loop = SGDGC([sub], **hyper), SGDGC([plain], **hyper, foreach=False)
+    for _ in range(3):
+        grad = torch.randn(start.shape, generator=gen)
+        sub.grad, plain.grad = grad.clone().as_subclass(Plain), grad.clone()
+        ours.step()
+        loop.step()
+    assert type(sub) is Plain and type(ours.state[sub]['momentum_buffer']) is Plain
+    assert torch.equal(sub.detach().as_subclass(torch.Tensor), plain.detach())
+
+
+@pytest.mark.parametrize(
+    'view',
+    [
+        lambda t: t._neg_view(),  # negative bit: the memory holds -values
+        lambda t: torch.empty(2 * t.shape[0], *t.shape[1:])[::2].copy_(t),  # strided
+    ],
+    ids=['neg-bit', 'strided'],
+)
+def test_kernel_refuses_views_it_cannot_address(view):
+    w = torch.randn(4, 3)
+    assert cpu_kernel_supports(w, torch.randn(4, 3), None, False)
+    assert not cpu_kernel_supports(w, view(torch.randn(4, 3)), None, False)
+    assert not cpu_kernel_supports(w, torch.randn(4, 3), view(torch.randn(4, 3)), False)
+
+
+class _LargestAllocation(TorchDispatchMode):
+    """Bytes of the storages aten ops allocate: the largest, and the peak of
+    those alive at once."""
+
+    def __init__(self):
+        super().__init__()
+        self.largest = 0
+        self.live = 0
+        self.peak = 0
+        self._sizes = {}
+
+    def _free(self, key):
+        self.live -= self._sizes.pop(key, 0)
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        import weakref
+
+        kwargs = kwargs or {}
+        leaves = tree_flatten((args, kwargs))[0]
+        inputs = {t.untyped_storage().data_ptr() for t in leaves if isinstance(t, torch.Tensor)}
+        out = func(*args, **kwargs)
+        for t in tree_flatten(out)[0]:
+            if not isinstance(t, torch.Tensor):
+                continue
+            key = t.untyped_storage().data_ptr()
+            if key == 0 or key in inputs or key in self._sizes:
+                continue
+            size = t.untyped_storage().nbytes()
+            self._sizes[key] = size
+            self.largest = max(self.largest, size)
+            self.live += size
+            self.peak = max(self.peak, self.live)
+            weakref.finalize(t, self._free, key)
+        return out
+
+
+def _steady_step_allocations(make_optimizer, channels_last=False):
+    """Allocations of the third step (buffers exist) on four conv/FC weights."""
+    torch.manual_seed(0)
+    model = nn.Sequential(
+        nn.Conv2d(16, 32, 3), nn.Conv2d(32, 32, 3), nn.Linear(64, 48), nn.Linear(48, 40)
+    )
+    if channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    weights = [m.weight for m in model]
+    opt = make_optimizer(weights)
+    for step in range(3):
+        for w in weights:
+            w.grad = torch.randn_like(w)
+        if step < 2:
+            opt.step()
+    with _LargestAllocation() as tracker:
+        opt.step()
+    return tracker, min(w.numel() * w.element_size() for w in weights)
+
+
+HYPER_MEMORY = [
+    dict(momentum=0.9, weight_decay=1e-4),
+    dict(momentum=0.9, weight_decay=1e-4, nesterov=True),
+    dict(momentum=0.0, weight_decay=1e-4, maximize=True),
+    dict(momentum=0.9, weight_decay=1e-4, decoupled_weight_decay=True),
+]
+
+
+@pytest.mark.parametrize('hyper', HYPER_MEMORY, ids=hyper_id)
+@pytest.mark.parametrize(
+    'impl',
+    [
+        pytest.param(dict(fused=True), id='fused', marks=NEEDS_CPU_FUSED),
+        # channels-last conv weights are not the kernel's: the default hands
+        # them to torch's fused SGD
+        pytest.param(dict(channels_last=True), id='default-channels-last', marks=NEEDS_CPU_FUSED),
+    ],
+)
+def test_generic_path_on_fused_sgd_allocates_no_full_size_tensor(impl, hyper):
+    """With torch's fused SGD the generic path allocates only per-unit means:
+    no tensor as large as the smallest centralized weight."""
+    impl = dict(impl)
+    channels_last = impl.pop('channels_last', False)
+    tracker, smallest = _steady_step_allocations(
+        lambda ws: SGDGC(ws, lr=0.1, **hyper, **impl), channels_last=channels_last
+    )
+    assert tracker.largest < smallest / 8, (tracker.largest, smallest)
+
+
+@pytest.mark.parametrize('hyper', HYPER_MEMORY, ids=hyper_id)
+@pytest.mark.parametrize('foreach', [False, True], ids=['for-loop', 'foreach'])
+def test_generic_path_peak_memory_is_torch_sgds(foreach, hyper):
+    """On torch's for-loop and foreach kernels the step's peak is what
+    ``torch.optim.SGD`` with the same kernel allocates (its own temporaries
+    for the decay), plus the per-unit means: no copy of the gradients."""
+    ours, _ = _steady_step_allocations(lambda ws: SGDGC(ws, lr=0.1, foreach=foreach, **hyper))
+    torch_hyper = {k: v for k, v in hyper.items() if k != 'decoupled_weight_decay'}
+    if hyper.get('decoupled_weight_decay'):
+        torch_hyper['weight_decay'] = 0.0
+    theirs, smallest = _steady_step_allocations(
+        lambda ws: torch.optim.SGD(ws, lr=0.1, foreach=foreach, **torch_hyper)
+    )
+    assert ours.peak <= theirs.peak + smallest / 8, (ours.peak, theirs.peak)
+
+
+INVARIANT_PATHS = [
+    pytest.param(dict(foreach=False), id='for-loop'),
+    pytest.param(dict(foreach=True), id='foreach'),
+    pytest.param(dict(fused=True), id='fused', marks=NEEDS_CPU_FUSED),
+    pytest.param(dict(), id='default'),
+]
+
+
+@pytest.mark.parametrize('decoupled', [False, True], ids=['l2', 'decoupled'])
+@pytest.mark.parametrize('impl', INVARIANT_PATHS)
+def test_weight_sums(impl, decoupled):
+    """L2 decay (Eq. 3): each output unit's weight sum stays at its start.
+    Decoupled decay: P removes the gradient's part of the sum and the decay
+    scales it, e^T w_t = (1 - lr wd)^t e^T w_0."""
+    model = _conv_net()
+    conv, deconv, linear = model[0], model[2], model[4]
+    lr, wd, steps = 0.1, 0.05, 8
+    opt = SGDGC(
+        [
+            dict(params=[conv.weight, linear.weight]),
+            dict(params=[deconv.weight], gc_dim=1),
+            dict(params=[conv.bias, deconv.bias, linear.bias], gc=False),
+        ],
+        lr=lr,
+        momentum=0.9,
+        weight_decay=wd,
+        nesterov=True,
+        decoupled_weight_decay=decoupled,
+        **impl,
+    )
+    sums = [(conv.weight, (1, 2, 3)), (deconv.weight, (0, 2, 3)), (linear.weight, (1,))]
+    before = [w.detach().double().sum(dims) for w, dims in sums]
+    conv_start = conv.weight.detach().clone()
+    _train(model, opt, steps)
+    scale = (1 - lr * wd) ** steps if decoupled else 1.0
+    for (w, dims), start in zip(sums, before):
+        after = w.detach().double().sum(dims)
+        # float32 rounding of each updated element, summed over a unit, per step
+        bound = steps * torch.finfo(torch.float32).eps * w.detach().abs().double().sum(dims)
+        assert torch.all((after - scale * start).abs() <= bound), after - scale * start
+    assert (conv.weight.detach() - conv_start).abs().max() > 1e-3  # it trained
+
+
+@pytest.mark.parametrize('hyper', PATH_HYPER[2:7], ids=hyper_id)
+@pytest.mark.parametrize(('impl', 'kind'), PATHS)
+def test_inherited_uncentralized_buffer_is_kept(impl, kind, hyper):
+    """A buffer that is not centralized (e.g. mapped from a baseline SGD run)
+    enters the momentum as it is: b = mu b + (1 - tau) P r, on every path."""
+    gen = torch.Generator().manual_seed(5)
+    start = [torch.randn(s, generator=gen, dtype=torch.float64) for s, _ in SHAPES]
+    inherited = [torch.randn(s, generator=gen, dtype=torch.float64) for s, _ in SHAPES]
+    dims = [d for _, d in SHAPES]
+    params = [nn.Parameter(_as(kind, w.clone()), requires_grad=False) for w in start]
+    groups = [dict(params=[p], gc=d is not None, gc_dim=d or 0) for p, d in zip(params, dims)]
+    opt = SGDGC(groups, lr=0.1, **hyper, **impl)
+    ref = ReferenceSGDGC(start, dims, lr=0.1, **hyper)
+    for p, b in zip(params, inherited):
+        opt.state[p]['momentum_buffer'] = _as(kind, b.clone())
+    ref.buffers = [b.clone() for b in inherited]
+    for _ in range(2):
+        grads = [torch.randn(s, generator=gen, dtype=torch.float64) for s, _ in SHAPES]
+        for p, g in zip(params, grads):
+            p.grad = _grad(kind, g)
+        opt.step()
+        ref.step(grads)
+    for p, expected in zip(params, ref.weights):
+        assert_close(p.detach().as_subclass(torch.Tensor), expected, rtol=1e-12, atol=1e-12)
+    for p, expected in zip(params, ref.buffers):
+        buffer = opt.state[p]['momentum_buffer'].as_subclass(torch.Tensor)
+        assert_close(buffer, expected, rtol=1e-12, atol=1e-12)
+
+
+# --- property-based: random shapes, dtypes, layouts, non-finite values ---
+
+
+FUZZ = settings(
+    max_examples=60,
+    deadline=None,
+    derandomize=True,
+    suppress_health_check=[HealthCheck.too_slow],
+)
+
+# The SGDGC paths: the default (mmgc's choice), torch's for-loop, foreach, fused
+FUZZ_PATHS = {
+    'default': dict(),
+    'for-loop': dict(foreach=False),
+    'foreach': dict(foreach=True),
+}
+if torch_fused_sgd_on_cpu():  # not on torch 2.1
+    FUZZ_PATHS['fused'] = dict(fused=True)
+
+# tolerance per dtype, relative to the size of the values involved
+RTOL = {torch.float64: 1e-10, torch.float32: 2e-5, torch.float16: 4e-3, torch.bfloat16: 3e-2}
+
+fuzz_shapes = st.lists(st.integers(0, 5), min_size=1, max_size=5).map(tuple)
+fuzz_hyper = st.fixed_dictionaries(
+    dict(
+        lr=st.sampled_from([0.01, 0.1]),
+        momentum=st.sampled_from([0.0, 0.9]),
+        weight_decay=st.sampled_from([0.0, 1e-2]),
+        maximize=st.booleans(),
+    )
+)
+
+
+def _tensor(shape, dtype, seed, channels_last=False, transposed=False):
+    gen = torch.Generator().manual_seed(seed)
+    t = torch.randn(shape, generator=gen, dtype=torch.float64)
+    if transposed and t.dim() >= 2:  # same values, non-contiguous layout
+        t = t.transpose(0, -1).contiguous().transpose(0, -1)
+    if channels_last and t.dim() == 4:
+        t = t.contiguous(memory_format=torch.channels_last)
+    return t.to(dtype)
+
+
+def _check_against_reference(shape, dtype, path, h, out_dim=0, layout=None, steps=2):
+    layout = layout or {}
+    weight = torch.nn.Parameter(_tensor(shape, dtype, 0, **layout))
+    opt = SGDGC([weight], **h, **FUZZ_PATHS[path])
+    ref = ReferenceSGDGC([weight], [out_dim if len(shape) > 1 else None], **h)
+    ref.weights[0] = weight.detach().double().clone()
+    for step in range(steps):
+        grad = _tensor(shape, dtype, 100 + step, **layout)
+        weight.grad = grad
+        before = grad.clone()
+        opt.step()
+        ref.step([grad.double()])
+        assert torch.equal(weight.grad, before)
+    expected = ref.weights[0]
+    scale = max(1.0, float(expected.abs().max())) if expected.numel() else 1.0
+    assert_close(weight.detach().double(), expected, rtol=RTOL[dtype], atol=RTOL[dtype] * scale)
+
+
+@FUZZ
+@given(shape=fuzz_shapes, h=fuzz_hyper, path=st.sampled_from(list(FUZZ_PATHS)))
+def test_float32_shapes(shape, h, path):
+    _check_against_reference(shape, torch.float32, path, h)
+
+
+@FUZZ
+@given(shape=fuzz_shapes, h=fuzz_hyper, path=st.sampled_from(list(FUZZ_PATHS)))
+def test_float64_shapes(shape, h, path):
+    _check_against_reference(shape, torch.float64, path, h)
+
+
+@FUZZ
+@given(
+    shape=st.lists(st.integers(1, 4), min_size=1, max_size=4).map(tuple),
+    h=fuzz_hyper,
+    dtype=st.sampled_from([torch.float16, torch.bfloat16]),
+    path=st.sampled_from(['default', 'for-loop', 'foreach']),
+)
+def test_half_precision(shape, h, dtype, path):
+    _check_against_reference(shape, dtype, path, h, steps=1)
+
+
+@FUZZ
+@given(
+    shape=st.lists(st.integers(1, 5), min_size=4, max_size=4).map(tuple),
+    h=fuzz_hyper,
+    path=st.sampled_from(list(FUZZ_PATHS)),
+    layout=st.sampled_from([dict(channels_last=True), dict(transposed=True)]),
+)
+def test_memory_formats(shape, h, path, layout):
+    """channels_last conv weights and gradients; non-contiguous gradients."""
+    _check_against_reference(shape, torch.float32, path, h, layout=layout)
+
+
+@FUZZ
+@given(
+    shape=st.lists(st.integers(1, 4), min_size=2, max_size=5).map(tuple),
+    out_dim=st.integers(0, 1),
+    path=st.sampled_from(list(FUZZ_PATHS)),
+)
+def test_output_dim(shape, out_dim, path):
+    weight = torch.nn.Parameter(_tensor(shape, torch.float64, 0))
+    opt = SGDGC([dict(params=[weight], gc_dim=out_dim)], lr=0.1, momentum=0.9, **FUZZ_PATHS[path])
+    ref = ReferenceSGDGC([weight], [out_dim], lr=0.1, momentum=0.9)
+    for step in range(2):
+        grad = _tensor(shape, torch.float64, 7 + step)
+        weight.grad = grad
+        opt.step()
+        ref.step([grad])
+    assert_close(weight.detach(), ref.weights[0], rtol=1e-10, atol=1e-12)
+
+
+@FUZZ
+@given(
+    rows=st.integers(2, 6),
+    cols=st.integers(1, 6),
+    bad_row=st.integers(0, 5),
+    bad=st.sampled_from([float('nan'), float('inf'), -float('inf')]),
+    path=st.sampled_from(list(FUZZ_PATHS)),
+)
+def test_non_finite_values_stay_in_their_row(rows, cols, bad_row, bad, path):
+    bad_row %= rows
+    weight = torch.nn.Parameter(_tensor((rows, cols, 3), torch.float32, 0))
+    start = weight.detach().clone()
+    grad = _tensor((rows, cols, 3), torch.float32, 1)
+    grad[bad_row, 0, 0] = bad
+    weight.grad = grad
+    SGDGC([weight], lr=0.1, momentum=0.9, weight_decay=1e-2, **FUZZ_PATHS[path]).step()
+    others = [r for r in range(rows) if r != bad_row]
+    assert torch.isfinite(weight.detach()[others]).all()
+    expected = start.double() - 0.1 * project(grad.double() + 1e-2 * start.double(), 0)
+    assert_close(weight.detach()[others].double(), expected[others], rtol=2e-5, atol=2e-6)
+    assert not torch.isfinite(weight.detach()[bad_row]).all()
+
+
+@pytest.mark.parametrize('path', list(FUZZ_PATHS))
+def test_params_without_grad_are_skipped(path):
+    a = torch.nn.Parameter(torch.randn(3, 4))
+    b = torch.nn.Parameter(torch.randn(3, 4))
+    opt = SGDGC([a, b], lr=0.1, momentum=0.9, **FUZZ_PATHS[path])
+    a.grad = torch.randn(3, 4)
+    b_before = b.detach().clone()
+    opt.step()
+    assert torch.equal(b.detach(), b_before) and b.grad is None
+    assert 'momentum_buffer' not in opt.state[b]

@@ -64,9 +64,12 @@ def launch(tools, out_dir, world_size: int, cases: list[str]) -> tuple[list[int]
     files = [log.open('w') for log in logs]  # files: a pipe could fill up and block
     for rank in range(world_size):
         env = tools.env(
-            RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(world_size),
-            MASTER_ADDR='127.0.0.1', MASTER_PORT=port,
-        )  # fmt: skip
+            RANK=str(rank),
+            LOCAL_RANK=str(rank),
+            WORLD_SIZE=str(world_size),
+            MASTER_ADDR='127.0.0.1',
+            MASTER_PORT=port,
+        )
         procs.append(
             subprocess.Popen(
                 [sys.executable, str(WORKER), str(out_dir), *cases],
@@ -198,7 +201,7 @@ def test_ddp_and_zero_match_the_single_process_reference(two_ranks, case):
     if 'mmzero' in case:  # hooks on the wrapper would not know AdamW's decay: refused
         assert all(
             r['wrapper_hooks'].startswith(
-                'ValueError: cannot apply gradient centralization to ZeroRedundancyOptimizer'
+                'ConfigError: cannot apply gradient centralization to ZeroRedundancyOptimizer'
             )
             for r in results
         ), [r['wrapper_hooks'] for r in results]
@@ -260,7 +263,7 @@ def test_fsdp1_is_refused(two_ranks):
             assert all(len(shape) == 1 for shape in entry['shapes']), entry['shapes']
             assert entry['coverage'][0] == 0
             assert entry['refusal'].startswith(
-                'ValueError: gradient centralization cannot run under torch FSDP1 '
+                'ConfigError: gradient centralization cannot run under torch FSDP1 '
                 '(MMFullyShardedDataParallel at the top of the model; '
             ), entry['refusal']
             assert entry['refusal'].endswith('and under torch FSDP2 (fully_shard)')
@@ -298,7 +301,7 @@ def test_deepspeed_zero_stops_at_the_first_step(tools, tmp_path):
             ), entry['first_step']
             assert 'DeepSpeed ZeRO-1/2' in entry['first_step']
             assert entry['refusal'].startswith(
-                'ValueError: gradient centralization cannot run under DeepSpeed'
+                'ConfigError: gradient centralization cannot run under DeepSpeed'
             ), entry['refusal']
 
 

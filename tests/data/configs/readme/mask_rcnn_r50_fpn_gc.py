@@ -2,12 +2,4 @@
 # (tests/tools/test_readme_commands.py): that config, with the sizes of
 # ./tiny.py. Same file name, so its default work dir is the real one's.
 _base_ = ['../../../../configs/mask_rcnn_r50_fpn_gc.py', './tiny.py']
-model = _base_.readme_tiny.model
-train_dataloader = _base_.readme_tiny.train_dataloader
-val_dataloader = _base_.readme_tiny.val_dataloader
-test_dataloader = _base_.readme_tiny.test_dataloader
-val_evaluator = _base_.readme_tiny.val_evaluator
-test_evaluator = _base_.readme_tiny.test_evaluator
-train_cfg = _base_.readme_tiny.train_cfg
-param_scheduler = _base_.readme_tiny.param_scheduler
-default_hooks = _base_.readme_tiny.default_hooks
+globals().update(_base_.readme_tiny)  # every key of readme_tiny over the real config's

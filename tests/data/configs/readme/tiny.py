@@ -1,5 +1,7 @@
-# The sizes of the README's CPU stand-ins (tests/tools/test_readme_commands.py),
-# as one variable, so that this file can sit in a stand-in's _base_ list
+# The tiny sizes of the tests, as one variable: the README's CPU stand-ins
+# (tests/tools/test_readme_commands.py) apply all of it over a real config,
+# and ../mask_rcnn_tiny.py takes its model, pipelines and schedule over the
+# demo's base. One variable, so that this file can sit in a _base_ list
 # beside the real config without a duplicate key: ResNet-18 with 16 base
 # channels and no pretrained weights, 32-channel FPN and heads, few RoIs,
 # 64x64 shapes images (tests/conftest.py's `shapes`, found through the

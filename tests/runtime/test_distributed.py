@@ -1,4 +1,7 @@
-"""A 2-process CPU run (tools/dist_train.sh, torchrun, gloo) losing a process.
+"""CPU distributed runs (mmgc.runtime.distributed): the ``--dist-timeout``
+option and ``MMGC_DIST_TIMEOUT``, and a 2-process CPU run (tools/dist_train.sh,
+torchrun, gloo): two ranks keep identical weights, and a run losing a
+process.
 
 - One rank is SIGKILLed after its first iteration: the other one either
   sees the closed connection (gloo) and fails with gloo's error, or is
@@ -20,19 +23,46 @@ import signal
 import sys
 
 import pytest
+import torch
+from mmengine.config import Config
 
-pytestmark = pytest.mark.slow
+from mmgc.runtime.distributed import DIST_TIMEOUT_ENV, parse_dist_timeout, set_dist_timeout
+from mmgc.runtime.errors import ConfigError
+
+
+@pytest.mark.parametrize('bad', ['0', '-5', 'abc', 'inf', 'nan', '', None])
+def test_dist_timeout_must_be_positive_seconds(bad):
+    with pytest.raises(ConfigError, match=r'--dist-timeout must be a positive number of seconds'):
+        parse_dist_timeout(bad)
+
+
+def test_dist_timeout_precedence(monkeypatch):
+    cfg = Config(dict(env_cfg=dict(dist_cfg=dict(backend='nccl', timeout=1800))))
+    monkeypatch.delenv(DIST_TIMEOUT_ENV, raising=False)
+    assert set_dist_timeout(cfg) == 1800.0  # the config's own value
+    monkeypatch.setenv(DIST_TIMEOUT_ENV, '60')
+    assert set_dist_timeout(cfg) == 60.0
+    assert cfg.env_cfg.dist_cfg.timeout == 60.0
+    assert set_dist_timeout(cfg, '7.5') == 7.5  # the option wins
+    assert cfg.env_cfg.dist_cfg == dict(backend='nccl', timeout=7.5)
+    monkeypatch.setenv(DIST_TIMEOUT_ENV, 'soon')
+    with pytest.raises(ConfigError, match=r"MMGC_DIST_TIMEOUT must be .*; got 'soon'"):
+        set_dist_timeout(cfg)
+
 
 #: The runs end in ~15 s; a hang would be stopped here and fail the test.
 LIMIT = 90
 
 
-def _dist_train(tools, work_dir, *extra, faults):
+def _dist_train(
+    tools, work_dir, *extra, faults=None, config='mask_rcnn_tiny_gc_dist_fault.py', timeout=LIMIT
+):
+    """``tools/dist_train.sh CONFIG 2`` (``tests/data/configs``), no validation."""
     return tools.run(
         [
             'bash',
             'tools/dist_train.sh',
-            tools.configs / 'mask_rcnn_tiny_gc_dist_fault.py',
+            tools.configs / config,
             '2',
             '--work-dir',
             work_dir,
@@ -40,11 +70,12 @@ def _dist_train(tools, work_dir, *extra, faults):
             '--cfg-options',
             *tools.data_options(splits=('train', 'test')),
         ],
-        {'PYTHON': sys.executable, 'PORT': str(tools.free_port()), **faults},
-        timeout=LIMIT,
+        {'PYTHON': sys.executable, 'PORT': str(tools.free_port()), **(faults or {})},
+        timeout=timeout,
     )
 
 
+@pytest.mark.slow
 def test_sigkilled_rank_stops_the_run(tools, tmp_path):
     proc = _dist_train(
         tools,
@@ -72,8 +103,9 @@ def test_sigkilled_rank_stops_the_run(tools, tmp_path):
     assert not (tmp_path / 'work' / 'epoch_1.pth').exists()
 
 
+@pytest.mark.slow
 def test_hung_rank_times_out(tools, tmp_path):
-    # --dist-timeout wins over MMGC_DIST_TIMEOUT (test_fault_units.py).
+    # --dist-timeout wins over MMGC_DIST_TIMEOUT (test_dist_timeout_precedence).
     faults = {'MMGC_FAULT': 'hang_after_iter:1', 'MMGC_FAULT_RANK': '1', 'MMGC_DIST_TIMEOUT': '600'}
     proc = _dist_train(tools, tmp_path / 'work', '--dist-timeout', '3', faults=faults)
     log = tools.output(proc)
@@ -91,3 +123,29 @@ def test_hung_rank_times_out(tools, tmp_path):
         'dist_train.sh: the distributed run failed (torchrun exit status 1)'
     )
     assert 'resume with --resume' in tools.last_line(proc)
+
+
+@pytest.mark.slow
+def test_dist_train_two_cpu_processes_keep_identical_weights(tools, tmp_path):
+    work_dir = tmp_path / 'dist'
+    proc = tools.ok(_dist_train(tools, work_dir, config='mask_rcnn_tiny_gc_dist.py', timeout=None))
+    assert "dist_cfg=dict(backend='gloo')" in tools.output(proc)
+    dumps = {
+        (rank, when): torch.load(work_dir / f'rank{rank}_{when}.pth', weights_only=True)
+        for rank in (0, 1)
+        for when in ('before', 'after')
+    }
+    assert dumps[0, 'after']['world_size'] == 2
+    assert dumps[0, 'after']['wrapper'] == 'CPUDistributedDataParallel'
+    # The ranks trained on different halves of the 8 images ...
+    ids0, ids1 = dumps[0, 'after']['img_ids'], dumps[1, 'after']['img_ids']
+    assert len(ids0) == len(ids1) == 4
+    assert not set(ids0) & set(ids1)
+    # ... their weights moved ...
+    before, after = dumps[0, 'before']['state_dict'], dumps[0, 'after']['state_dict']
+    assert any(not torch.equal(before[k], after[k]) for k in before)
+    # ... and stayed identical across ranks (DDP averaged the gradients).
+    other = dumps[1, 'after']['state_dict']
+    assert after.keys() == other.keys()
+    for key, value in after.items():
+        torch.testing.assert_close(other[key], value, rtol=0, atol=0)

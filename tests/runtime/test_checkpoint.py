@@ -1,23 +1,20 @@
 """Weights-only checkpoint loading (mmgc.runtime.checkpoint).
 
-A real MMEngine ``Runner`` (a toy model, SGDGC, a message hub with logged
-scalars, two lr schedulers) writes the checkpoints these tests load.
+A real MMEngine ``Runner`` (the suite's toy runner: SGDGC, a message hub
+with logged scalars, two lr schedulers) writes the checkpoints these tests
+load.
 """
 
 from __future__ import annotations
 
-import os
 import pickle
 
 import numpy as np
 import pytest
 import torch
 from mmengine.logging import HistoryBuffer
-from mmengine.model import BaseModel
-from mmengine.runner import Runner, load_checkpoint
+from mmengine.runner import load_checkpoint
 from mmengine.runner.checkpoint import CheckpointLoader
-from torch import nn
-from torch.utils.data import Dataset
 
 import mmgc  # noqa: F401  (registers SGDGC)
 from mmgc.runtime.checkpoint import (
@@ -31,6 +28,7 @@ from mmgc.runtime.checkpoint import (
     mmengine_safe_globals,
     safe_torch_load,
 )
+from tests.conftest import RunsCode, ToyData, ToyNet
 
 #: Where torch's safe_globals takes (object, name) pairs (2.6+), the load uses
 #: it; the other path, an allow-list unpickler for older torch, is tested on
@@ -46,54 +44,23 @@ def load_path(request, monkeypatch):
     return request.param
 
 
-class _Points(Dataset):
-    metainfo = dict(classes=('a', 'b'), palette=[(1, 2, 3), (4, 5, 6)])
-
-    def __len__(self) -> int:
-        return 8
-
-    def __getitem__(self, i: int) -> dict:
-        gen = torch.Generator().manual_seed(i)
-        return dict(inputs=torch.randn(4, generator=gen), target=torch.randn(1, generator=gen))
-
-
-class _Regressor(BaseModel):
-    def __init__(self) -> None:
-        super().__init__()
-        self.conv = nn.Conv1d(1, 3, 2)
-        self.fc = nn.Linear(9, 1)
-
-    def forward(self, inputs, target=None, mode='tensor'):
-        out = self.fc(self.conv(inputs.unsqueeze(1)).flatten(1))
-        if mode == 'loss':
-            return dict(loss=((out - target) ** 2).mean())
-        return out
-
-
 @pytest.fixture(scope='module')
-def runner_checkpoint(tmp_path_factory) -> str:
-    """A checkpoint written by a real Runner after one epoch."""
+def runner_checkpoint(tmp_path_factory, toy_runner) -> str:
+    """A checkpoint written by a real Runner after one epoch (SGDGC, a
+    message hub with logged scalars, two lr schedulers)."""
     work_dir = tmp_path_factory.mktemp('toy_runner')
-    runner = Runner(
-        model=_Regressor(),
-        work_dir=str(work_dir),
-        train_dataloader=dict(
-            dataset=_Points(),
-            sampler=dict(type='DefaultSampler', shuffle=True),
-            batch_size=2,
-            collate_fn=dict(type='default_collate'),
-        ),
+    runner = toy_runner(
+        work_dir,
+        data=ToyData(8),
+        shuffle=True,
         optim_wrapper=dict(optimizer=dict(type='SGDGC', lr=0.1, momentum=0.9, weight_decay=1e-4)),
         param_scheduler=[
             dict(type='LinearLR', start_factor=0.1, by_epoch=False, begin=0, end=2),
             dict(type='MultiStepLR', milestones=[1], by_epoch=True),
         ],
-        train_cfg=dict(by_epoch=True, max_epochs=1),
         default_hooks=dict(checkpoint=dict(type='CheckpointHook', interval=1)),
-        randomness=dict(seed=0),
         default_scope='mmengine',
     )
-    runner.train()
     _SAVED_STATE.update(
         model=runner.model.state_dict(),
         optimizer=runner.optim_wrapper.state_dict(),
@@ -182,17 +149,9 @@ def test_installed_loader_serves_mmengine_load_checkpoint(runner_checkpoint):
     assert CheckpointLoader._get_checkpoint_loader('/any/local.pth') is load_from_local_safe
     # Remote schemes stay MMEngine's.
     assert CheckpointLoader._get_checkpoint_loader('https://x/y.pth') is not (load_from_local_safe)
-    model = _Regressor()
+    model = ToyNet()
     ckpt = load_checkpoint(model, runner_checkpoint, map_location='cpu')
-    torch.testing.assert_close(model.fc.weight, ckpt['state_dict']['fc.weight'])
-
-
-class _RunsCode:
-    def __init__(self, marker: str) -> None:
-        self.marker = marker
-
-    def __reduce__(self):
-        return (os.system, (f'touch {self.marker}',))
+    torch.testing.assert_close(model.cls.weight, ckpt['state_dict']['cls.weight'])
 
 
 class _LooksUpInit:
@@ -211,7 +170,7 @@ class _LooksUpInit:
 def test_refuses_code_and_runs_nothing(runner_checkpoint, tmp_path, load_path, save):
     marker = tmp_path / 'code_ran'
     ckpt = safe_torch_load(runner_checkpoint)
-    ckpt['meta']['payload'] = _RunsCode(str(marker))
+    ckpt['meta']['payload'] = RunsCode(str(marker))
     path = str(tmp_path / 'evil.pth')
     torch.save(ckpt, path, **save)
     with pytest.raises(UnsafeCheckpointError) as info:
@@ -270,3 +229,19 @@ def test_legacy_format_loads(runner_checkpoint, tmp_path, load_path):
     path = str(tmp_path / 'legacy.pth')
     torch.save(ckpt, path, _use_new_zipfile_serialization=False)
     _assert_same(ckpt, safe_torch_load(path))
+
+
+def test_a_flipped_bit_is_refused_not_loaded(tmp_path):
+    """torch.load does not check CRCs; safe_torch_load does."""
+    path = tmp_path / 'weights.pth'
+    torch.save({'w': torch.arange(4096, dtype=torch.float32)}, path)
+    data = bytearray(path.read_bytes())
+    start = data.find(torch.arange(4096, dtype=torch.float32).numpy().tobytes()[:64])
+    assert start > 0
+    data[start + 1000] ^= 0x01
+    path.write_bytes(bytes(data))
+    assert not torch.equal(
+        torch.load(path, weights_only=True)['w'], torch.arange(4096, dtype=torch.float32)
+    )
+    with pytest.raises(CheckpointLoadError, match=r"truncated or corrupt \(CRC mismatch in '"):
+        safe_torch_load(str(path))

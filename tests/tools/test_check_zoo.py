@@ -37,11 +37,9 @@ import torch
 from mmengine.registry import OPTIMIZERS
 
 from mmgc.engine.optimizers.constructor import takes_gc_variant
+from tests.conftest import load_tool
 
-REPO = Path(__file__).resolve().parents[2]
-_spec = importlib.util.spec_from_file_location('check_zoo', REPO / 'tools' / 'check_zoo.py')
-check_zoo = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(check_zoo)
+check_zoo = load_tool('check_zoo')
 
 HAS_MMPRETRAIN = importlib.util.find_spec('mmpretrain') is not None
 NEEDS_MMPRETRAIN = pytest.mark.skipif(

@@ -1,4 +1,5 @@
-"""Kill a real training run, resume it, and get the unbroken run's state.
+"""Resuming (``--resume``, mmgc.runtime.cli): ``latest_checkpoint``, and a
+real training run killed, resumed, and ending with the unbroken run's state.
 
 Every run is ``tools/train.py`` as a subprocess on a tiny Mask R-CNN with
 ``SGDGC`` (tests/data/configs/mask_rcnn_tiny_gc_fault.py: 2 epochs of 4
@@ -29,9 +30,28 @@ import pytest
 import torch
 
 from mmgc.runtime.checkpoint import CheckpointLoadError, allowed_globals, safe_torch_load
-from mmgc.runtime.resume import latest_checkpoint
+from mmgc.runtime.cli import latest_checkpoint
+from tests.conftest import assert_same_checkpoint
 
-pytestmark = pytest.mark.slow
+
+def test_latest_checkpoint_is_what_last_checkpoint_names(tmp_path):
+    assert latest_checkpoint(str(tmp_path)) is None  # empty work dir: nothing to resume
+    ckpt = tmp_path / 'epoch_3.pth'
+    ckpt.write_bytes(b'not read here')
+    (tmp_path / 'last_checkpoint').write_text(f'{ckpt}\n')
+    assert latest_checkpoint(str(tmp_path)) == str(ckpt)
+    # A remote checkpoint is left to its backend.
+    (tmp_path / 'last_checkpoint').write_text('s3://bucket/run/epoch_3.pth')
+    assert latest_checkpoint(str(tmp_path)) == 's3://bucket/run/epoch_3.pth'
+    # A name of a deleted file, or no name: one sentence.
+    ckpt.unlink()
+    (tmp_path / 'last_checkpoint').write_text(str(ckpt))
+    with pytest.raises(CheckpointLoadError, match=r"last_checkpoint names '.*epoch_3\.pth', which"):
+        latest_checkpoint(str(tmp_path))
+    (tmp_path / 'last_checkpoint').write_text('')
+    with pytest.raises(CheckpointLoadError, match=r"last_checkpoint names '', which does not"):
+        latest_checkpoint(str(tmp_path))
+
 
 #: No validation in the fault configs: only the train and test data.
 SPLITS = ('train', 'test')
@@ -71,28 +91,11 @@ def _load(path: Path) -> dict:
     return safe_torch_load(str(path))
 
 
-def assert_same_state(expected: dict, got: dict) -> None:
-    """Weights, optimizer state and schedulers equal, bit for bit."""
-    assert got['meta']['epoch'] == expected['meta']['epoch']
-    assert got['meta']['iter'] == expected['meta']['iter']
-    assert got['state_dict'].keys() == expected['state_dict'].keys()
-    for key, value in expected['state_dict'].items():
-        torch.testing.assert_close(got['state_dict'][key], value, rtol=0, atol=0)
-    want, have = expected['optimizer'], got['optimizer']
-    assert have['state'].keys() == want['state'].keys()
-    for key, state in want['state'].items():
-        torch.testing.assert_close(
-            have['state'][key]['momentum_buffer'], state['momentum_buffer'], rtol=0, atol=0
-        )
-    assert have['param_groups'] == want['param_groups']
-    assert any(g['gc'] for g in have['param_groups'])
-    assert got['param_schedulers'] == expected['param_schedulers']
-
-
 def _last_checkpoint(work_dir: Path) -> str:
     return (work_dir / 'last_checkpoint').read_text().strip()
 
 
+@pytest.mark.slow
 def test_sigkill_mid_epoch_then_resume_is_bit_exact(tools, train, unbroken, tmp_path):
     work_dir = tmp_path / 'killed'
     killed = train(work_dir, faults={'MMGC_FAULT': 'kill_after_iter:6'})
@@ -107,9 +110,10 @@ def test_sigkill_mid_epoch_then_resume_is_bit_exact(tools, train, unbroken, tmp_
     log = tools.output(resumed)
     assert f"Resuming from '{work_dir / 'epoch_1.pth'}'" in log
     assert 'resumed epoch: 1, iter: 4' in log
-    assert_same_state(_load(unbroken / 'epoch_2.pth'), _load(work_dir / 'epoch_2.pth'))
+    assert_same_checkpoint(_load(unbroken / 'epoch_2.pth'), _load(work_dir / 'epoch_2.pth'))
 
 
+@pytest.mark.slow
 def test_kill_while_saving_leaves_the_previous_checkpoint(tools, train, unbroken, tmp_path):
     work_dir = tmp_path / 'killed_in_save'
     killed = train(work_dir, faults={'MMGC_FAULT': 'kill_in_save:2'})
@@ -130,11 +134,12 @@ def test_kill_while_saving_leaves_the_previous_checkpoint(tools, train, unbroken
     assert f'Removed {partial}, the partial file of a checkpoint save' in log
     assert f"Resuming from '{work_dir / 'epoch_1.pth'}'" in log
     assert not partial.exists()
-    assert_same_state(_load(unbroken / 'epoch_2.pth'), _load(work_dir / 'epoch_2.pth'))
+    assert_same_checkpoint(_load(unbroken / 'epoch_2.pth'), _load(work_dir / 'epoch_2.pth'))
     # max_keep_ckpts=1 pruned epoch_1.pth once epoch_2.pth was in place.
     assert sorted(p.name for p in work_dir.glob('epoch_*.pth')) == ['epoch_2.pth']
 
 
+@pytest.mark.slow
 def test_control_mmengine_hook_loses_every_checkpoint(tools, train, tmp_path):
     """The same kill with MMEngine's own CheckpointHook (the control).
 
@@ -162,6 +167,7 @@ def test_control_mmengine_hook_loses_every_checkpoint(tools, train, tmp_path):
     )
 
 
+@pytest.mark.slow
 def test_resume_stops_at_a_truncated_last_checkpoint(tools, train, unbroken, tmp_path):
     """What a non-atomic writer leaves: last_checkpoint names a broken file."""
     work_dir = tmp_path / 'crashed'
@@ -182,9 +188,10 @@ def test_resume_stops_at_a_truncated_last_checkpoint(tools, train, unbroken, tmp
     # Resuming from the previous checkpoint is one option away.
     resumed = tools.ok(train(work_dir, '--resume', work_dir / 'epoch_1.pth'))
     assert 'resumed epoch: 1, iter: 4' in tools.output(resumed)
-    assert_same_state(_load(unbroken / 'epoch_2.pth'), _load(work_dir / 'epoch_2.pth'))
+    assert_same_checkpoint(_load(unbroken / 'epoch_2.pth'), _load(work_dir / 'epoch_2.pth'))
 
 
+@pytest.mark.slow
 def test_baseline_sgd_checkpoint_resumes_into_a_gc_run(tools, train, configs, tmp_path):
     base_dir, gc_dir = tmp_path / 'baseline', tmp_path / 'gc'
     tools.ok(train(base_dir, config=configs['base'], options=['train_cfg.max_epochs=1']))
@@ -220,6 +227,7 @@ def test_baseline_sgd_checkpoint_resumes_into_a_gc_run(tools, train, configs, tm
     assert any(g['gc'] for g in final['optimizer']['param_groups'])
 
 
+@pytest.mark.slow
 def test_gc_checkpoint_tests_with_the_baseline_config(tools, configs, unbroken, tmp_path):
     """Testing a GC checkpoint needs nothing of mmgc: not even its config."""
     ckpt = unbroken / 'epoch_2.pth'

@@ -1,17 +1,22 @@
 """The fused CPU kernel (mmgc.ops.cpu_kernel) and SGDGC's default path that
-uses it, against the independent float64 reference on random shapes."""
+uses it, against the independent float64 reference on random shapes; its
+build, cache and fallback; and its guard: it takes only plain dense tensors,
+so a DTensor (what torch's FSDP2 makes of parameters) goes the generic way,
+and the step equals the plain-tensor one."""
 
 import logging
 
 import pytest
 import torch
+import torch.distributed as dist
 from mmengine.logging import MMLogger
 from torch import nn
 from torch.testing import assert_close
 
 from mmgc import SGDGC
 from mmgc.ops import cpu_kernel
-from mmgc.ops.cpu_kernel import cpu_kernel_build, fused_sgd_gc_cpu_
+from mmgc.ops.cpu_kernel import cpu_kernel_build, cpu_kernel_supports, fused_sgd_gc_cpu_
+from tests.conftest import hyper_id
 from tests.reference import ReferenceSGDGC, ReferenceSGDWGC
 
 HYPER = [
@@ -23,10 +28,6 @@ HYPER = [
     dict(momentum=0.5, weight_decay=1e-2, maximize=True, nesterov=True),
 ]
 TOL = {torch.float64: dict(rtol=1e-12, atol=1e-12), torch.float32: dict(rtol=1e-5, atol=1e-6)}
-
-
-def _hyper_id(hyper):
-    return '-'.join(f'{k}={v}' for k, v in hyper.items())
 
 
 @pytest.fixture
@@ -76,9 +77,9 @@ def _random_case(seed, dtype):
 
 @pytest.mark.parametrize('decoupled', [False, True], ids=['l2', 'decoupled'])
 @pytest.mark.parametrize('dtype', [torch.float64, torch.float32], ids=str)
-@pytest.mark.parametrize('hyper', HYPER, ids=_hyper_id)
+@pytest.mark.parametrize('hyper', HYPER, ids=hyper_id)
 def test_kernel_matches_reference(kernel, hyper, dtype, decoupled):
-    weights, dims, grads = _random_case(seed=len(_hyper_id(hyper)), dtype=dtype)
+    weights, dims, grads = _random_case(seed=len(hyper_id(hyper)), dtype=dtype)
     reference = ReferenceSGDWGC if decoupled else ReferenceSGDGC
     ref = reference(weights, dims, lr=0.1, **hyper)
     buffers = [None] * len(weights)
@@ -99,7 +100,7 @@ def test_kernel_matches_reference(kernel, hyper, dtype, decoupled):
         assert buffers == [None] * len(weights)
 
 
-@pytest.mark.parametrize('hyper', [HYPER[0], HYPER[3], HYPER[5]], ids=_hyper_id)
+@pytest.mark.parametrize('hyper', [HYPER[0], HYPER[3], HYPER[5]], ids=hyper_id)
 def test_default_path_uses_kernel_and_matches_reference(kernel, hyper):
     """SGDGC() with foreach/fused unset runs the kernel on centralized
     tensors (bitwise its result) and torch's SGD on the others."""
@@ -170,9 +171,17 @@ def test_kernel_result_does_not_depend_on_thread_count(kernel):
             buffers = [None] * len(ws)
             for step_grads in grads:
                 fused_sgd_gc_cpu_(
-                    ws, step_grads, buffers, dims, lr=0.1, momentum=0.9,
-                    dampening=0.0, weight_decay=1e-3, nesterov=False, maximize=False,
-                )  # fmt: skip
+                    ws,
+                    step_grads,
+                    buffers,
+                    dims,
+                    lr=0.1,
+                    momentum=0.9,
+                    dampening=0.0,
+                    weight_decay=1e-3,
+                    nesterov=False,
+                    maximize=False,
+                )
             results.append(ws)
     finally:
         torch.set_num_threads(threads)
@@ -181,24 +190,7 @@ def test_kernel_result_does_not_depend_on_thread_count(kernel):
 
 
 def test_tensor_lr_and_weight_decay(kernel):
-    torch.manual_seed(0)
-    conv = nn.Conv2d(3, 8, 3)
-    twin = [p.detach().clone() for p in conv.parameters()]
-    opt = SGDGC(
-        conv.parameters(),
-        lr=torch.tensor(0.05),
-        momentum=0.9,
-        weight_decay=torch.tensor(1e-2),
-    )
-    ref = ReferenceSGDGC(twin, [0, None], lr=0.05, momentum=0.9, weight_decay=1e-2)
-    for _ in range(2):
-        grads = [torch.randn_like(p) for p in conv.parameters()]
-        for p, g in zip(conv.parameters(), grads):
-            p.grad = g
-        opt.step()
-        ref.step(grads)
-    for p, expected in zip(conv.parameters(), ref.weights):
-        assert_close(p.detach().double(), expected, rtol=1e-5, atol=1e-6)
+    _step_matches_reference(lr=torch.tensor(0.05), weight_decay=torch.tensor(1e-2))
 
 
 def test_explicit_torch_paths_do_not_use_the_kernel(kernel):
@@ -231,13 +223,19 @@ def _capture_warnings():
     return records, lambda: logger.removeHandler(handler)
 
 
-def _step_matches_reference():
+def _step_matches_reference(lr=0.1, weight_decay=1e-2):
+    """Two SGDGC steps of a conv (``lr`` and ``weight_decay`` may be tensors)
+    equal the reference's."""
     torch.manual_seed(0)
     conv = nn.Conv2d(4, 6, 3)
     ref = ReferenceSGDGC(
-        list(conv.parameters()), [0, None], lr=0.1, momentum=0.9, weight_decay=1e-2
+        list(conv.parameters()),
+        [0, None],
+        lr=float(lr),
+        momentum=0.9,
+        weight_decay=float(weight_decay),
     )
-    opt = SGDGC(conv.parameters(), lr=0.1, momentum=0.9, weight_decay=1e-2)
+    opt = SGDGC(conv.parameters(), lr=lr, momentum=0.9, weight_decay=weight_decay)
     for _ in range(2):
         grads = [torch.randn_like(p) for p in conv.parameters()]
         for p, g in zip(conv.parameters(), grads):
@@ -267,10 +265,17 @@ def test_build_failure_warns_once_and_falls_back(fresh_kernel_state, tmp_path):
     assert list(tmp_path.iterdir()) == []  # no half-written library left
     with pytest.raises(RuntimeError, match='CPU SGD-GC kernel is unavailable'):
         fused_sgd_gc_cpu_(
-            [torch.zeros(2, 2)], [torch.zeros(2, 2)], [None], [0], lr=0.1,
-            momentum=0.0, dampening=0.0, weight_decay=0.0, nesterov=False,
+            [torch.zeros(2, 2)],
+            [torch.zeros(2, 2)],
+            [None],
+            [0],
+            lr=0.1,
+            momentum=0.0,
+            dampening=0.0,
+            weight_decay=0.0,
+            nesterov=False,
             maximize=False,
-        )  # fmt: skip
+        )
 
 
 def test_disabled_by_environment_without_warning(fresh_kernel_state):
@@ -296,3 +301,87 @@ def test_build_is_cached_on_disk(fresh_kernel_state, tmp_path):
     second = cpu_kernel_build()
     assert second.path == first.path and second.compile_seconds == 0
     _step_matches_reference()
+
+
+# --- the guard: a DTensor goes the generic way ---
+
+try:
+    from torch.distributed.device_mesh import init_device_mesh
+    from torch.distributed.tensor import DTensor, Shard, distribute_tensor
+except ImportError:  # torch without the public DTensor API
+    DTensor = None
+
+needs_dtensor = pytest.mark.skipif(
+    DTensor is None or not dist.is_available() or not dist.is_gloo_available(),
+    reason=f'torch {torch.__version__} has no public DTensor API or no gloo backend',
+)
+
+
+@pytest.fixture(scope='module')
+def mesh(tmp_path_factory):
+    """A one-process gloo CPU device mesh, torn down after the module (an
+    existing process group is reused and left as it was)."""
+    owned = not dist.is_initialized()
+    if owned:
+        store = tmp_path_factory.mktemp('dist') / 'store'
+        dist.init_process_group('gloo', init_method=f'file://{store}', rank=0, world_size=1)
+    try:
+        yield init_device_mesh('cpu', (1,))
+    finally:
+        if owned:
+            dist.destroy_process_group()
+
+
+DTENSOR_SHAPES = [((8, 4, 3, 3), 0), ((5, 3, 2, 2), 1), ((6, 7), 0), ((8,), None)]
+DTENSOR_HYPER = [
+    dict(momentum=0.9, weight_decay=1e-2),
+    dict(momentum=0.9, weight_decay=1e-2, nesterov=True),
+    dict(momentum=0.0, weight_decay=1e-2, maximize=True),
+    dict(momentum=0.9, weight_decay=1e-2, decoupled_weight_decay=True),
+]
+
+
+def _step_both(mesh, hyper, impl, steps=3):
+    gen = torch.Generator().manual_seed(0)
+    start = [torch.randn(s, generator=gen, dtype=torch.float64) for s, _ in DTENSOR_SHAPES]
+    dims = [d for _, d in DTENSOR_SHAPES]
+    plain = [nn.Parameter(w.clone()) for w in start]
+    sharded = [nn.Parameter(distribute_tensor(w.clone(), mesh, [Shard(0)])) for w in start]
+
+    def groups(params):
+        return [dict(params=[p], gc=d is not None, gc_dim=d or 0) for p, d in zip(params, dims)]
+
+    ours = SGDGC(groups(sharded), lr=0.1, **hyper, **impl)
+    theirs = SGDGC(groups(plain), lr=0.1, **hyper)  # default: mmgc's kernel where it applies
+    for _ in range(steps):
+        grads = [torch.randn(s, generator=gen, dtype=torch.float64) for s, _ in DTENSOR_SHAPES]
+        for p, q, g in zip(sharded, plain, grads):
+            p.grad = distribute_tensor(g.clone(), mesh, [Shard(0)])
+            q.grad = g.clone()
+        ours.step()
+        theirs.step()
+    return sharded, plain, ours
+
+
+@needs_dtensor
+@pytest.mark.parametrize('impl', [dict(), dict(foreach=True)], ids=['default', 'foreach'])
+@pytest.mark.parametrize('hyper', DTENSOR_HYPER, ids=hyper_id)
+def test_dtensor_step_equals_plain_step(mesh, hyper, impl):
+    sharded, plain, opt = _step_both(mesh, hyper, impl)
+    for p, q in zip(sharded, plain):
+        assert isinstance(p, DTensor)
+        assert_close(p.detach().full_tensor(), q.detach(), rtol=1e-12, atol=1e-12)
+        if hyper['momentum']:
+            assert isinstance(opt.state[p]['momentum_buffer'], DTensor)
+
+
+@needs_dtensor
+def test_kernel_guard_refuses_dtensors(mesh):
+    w = torch.randn(4, 3)
+    d = distribute_tensor(w.clone(), mesh, [Shard(0)])
+    # a DTensor on a CPU mesh looks like a dense contiguous CPU tensor
+    assert d.is_cpu and d.is_contiguous() and d.layout == torch.strided
+    assert not cpu_kernel_supports(nn.Parameter(d), w.clone(), None, False)
+    assert not cpu_kernel_supports(nn.Parameter(w.clone()), d, None, False)
+    assert not cpu_kernel_supports(nn.Parameter(w.clone()), w.clone(), d, False)
+    assert cpu_kernel_supports(nn.Parameter(w.clone()), w.clone(), w.clone(), False)
