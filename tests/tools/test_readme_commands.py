@@ -545,11 +545,13 @@ def test_settings_override_batch_size_and_backbone_weights(tools, tmp_path):
     from mmdet.registry import MODELS
     from mmdet.utils import register_all_modules
     from mmengine.config import Config
+    from mmengine.registry import DefaultScope
 
     ws = Workspace(tools, tmp_path)
     register_all_modules(init_default_scope=False)
     cfg = Config.fromfile(str(tools.root / GC))
-    backbone = MODELS.build(cfg.model.backbone)
+    with DefaultScope.overwrite_default_scope('mmdet'):  # whatever scope an earlier test left
+        backbone = MODELS.build(cfg.model.backbone)
     torch.manual_seed(0)
     for p in backbone.parameters():
         torch.nn.init.normal_(p)
