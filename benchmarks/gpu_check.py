@@ -44,7 +44,6 @@ import os
 import platform
 import re
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -145,12 +144,6 @@ def _failed(name: str, code: int | None, log: Path, what: str) -> Section:
     return Section(
         name, FAIL, f'{what} {why}; log: {log}', f'Last lines of the log:\n\n{_tail(log)}'
     )
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(('127.0.0.1', 0))
-        return s.getsockname()[1]
 
 
 # ---------------------------------------------------------------- 1. tests
@@ -350,8 +343,9 @@ def distributed_section(device: str, out_dir: Path, env: dict[str, str]) -> Sect
     else:
         backend = 'gloo'
     out, log = out_dir / 'dist.pt', out_dir / 'dist.log'
-    cmd = [sys.executable, '-m', 'torch.distributed.run', '--nnodes=1', '--node_rank=0']
-    cmd += ['--master_addr=127.0.0.1', f'--master_port={_free_port()}']
+    # --standalone: torchrun binds a free port itself (a port picked here and
+    # passed on could be taken by another process before torchrun binds it)
+    cmd = [sys.executable, '-m', 'torch.distributed.run', '--standalone']
     cmd += [f'--nproc_per_node={DIST_RANKS}', __file__, 'dist-worker']
     cmd += ['--device', device, '--backend', backend, '--out', str(out)]
     code = run_logged(cmd, env, TIMEOUTS['distributed'], log)

@@ -5,6 +5,7 @@ one test module needs (import them: ``from tests.conftest import ...``)."""
 
 from __future__ import annotations
 
+import collections
 import functools
 import importlib.util
 import itertools
@@ -29,7 +30,15 @@ TEST_CONFIGS = ROOT / 'tests' / 'data' / 'configs'
 
 
 def pytest_collection_modifyitems(config, items):
-    """Skip the tests marked ``cuda`` where torch sees no GPU, saying so."""
+    """Run the files with the most ``slow`` tests first (each file's tests in
+    their order), so that under ``--dist loadfile`` the long files do not start
+    last and leave one worker alone at the end; skip the tests marked ``cuda``
+    where torch sees no GPU, saying so."""
+    slow = collections.Counter(
+        item.path for item in items if item.get_closest_marker('slow') is not None
+    )
+    first_seen = {path: index for index, path in reversed(list(enumerate(i.path for i in items)))}
+    items.sort(key=lambda item: (-slow[item.path], first_seen[item.path]))
     if torch.cuda.is_available():
         return
     skip = pytest.mark.skip(

@@ -28,6 +28,8 @@ HYPER = [
     dict(momentum=0.5, weight_decay=1e-2, maximize=True, nesterov=True),
 ]
 TOL = {torch.float64: dict(rtol=1e-12, atol=1e-12), torch.float32: dict(rtol=1e-5, atol=1e-6)}
+#: The kernel's options that HYPER leaves at torch's defaults.
+OFF = dict(dampening=0.0, nesterov=False, maximize=False)
 
 
 @pytest.fixture
@@ -83,8 +85,7 @@ def test_kernel_matches_reference(kernel, hyper, dtype, decoupled):
     reference = ReferenceSGDWGC if decoupled else ReferenceSGDGC
     ref = reference(weights, dims, lr=0.1, **hyper)
     buffers = [None] * len(weights)
-    options = {**dict(dampening=0.0, nesterov=False, maximize=False), **hyper}
-    options.update(decoupled_weight_decay=decoupled)
+    options = dict(OFF, **hyper, decoupled_weight_decay=decoupled)
     for step_grads in grads:
         fused_sgd_gc_cpu_(weights, step_grads, buffers, dims, lr=0.1, **options)
         ref.step(step_grads)
@@ -111,7 +112,7 @@ def test_default_path_uses_kernel_and_matches_reference(kernel, hyper):
     groups = [dict(params=[p], gc=d is not None, gc_dim=d or 0) for p, d in zip(params, dims)]
     opt = SGDGC(groups, lr=0.05, **hyper)
     buffers = [None] * len(twins)
-    options = {**dict(dampening=0.0, nesterov=False, maximize=False), **hyper}
+    options = {**OFF, **hyper}
     for step_grads in grads:
         for p, g in zip(params, step_grads):
             p.grad = g.clone()
@@ -135,15 +136,9 @@ def test_unsupported_tensors_take_the_torch_path(kernel):
     params = [nn.Parameter(w.clone()) for w in weights]
     params[1] = nn.Parameter(weights[1].to(torch.bfloat16))
     params[2] = nn.Parameter(weights[2].to(memory_format=torch.channels_last))
-    opt = SGDGC(params, lr=0.1, momentum=0.9, weight_decay=1e-2, nesterov=True)
-    ref = ReferenceSGDGC(
-        [p.detach() for p in params],
-        [0] * 4,
-        lr=0.1,
-        momentum=0.9,
-        weight_decay=1e-2,
-        nesterov=True,
-    )
+    hyper = dict(lr=0.1, momentum=0.9, weight_decay=1e-2, nesterov=True)
+    opt = SGDGC(params, **hyper)
+    ref = ReferenceSGDGC([p.detach() for p in params], [0] * 4, **hyper)
     for step in range(3):
         gen = torch.Generator().manual_seed(step)
         grads = [torch.randn(s, generator=gen) for s in shapes]
@@ -171,16 +166,7 @@ def test_kernel_result_does_not_depend_on_thread_count(kernel):
             buffers = [None] * len(ws)
             for step_grads in grads:
                 fused_sgd_gc_cpu_(
-                    ws,
-                    step_grads,
-                    buffers,
-                    dims,
-                    lr=0.1,
-                    momentum=0.9,
-                    dampening=0.0,
-                    weight_decay=1e-3,
-                    nesterov=False,
-                    maximize=False,
+                    ws, step_grads, buffers, dims, lr=0.1, momentum=0.9, **OFF, weight_decay=1e-3
                 )
             results.append(ws)
     finally:
@@ -210,7 +196,9 @@ def test_explicit_torch_paths_do_not_use_the_kernel(kernel):
     assert not torch.equal(out['loop'], out['default'])
 
 
-def _capture_warnings():
+@pytest.fixture
+def warnings_logged():
+    """The warning records of MMEngine's current logger during the test."""
     records = []
 
     class Handler(logging.Handler):
@@ -220,7 +208,8 @@ def _capture_warnings():
     handler = Handler(level=logging.WARNING)
     logger = MMLogger.get_current_instance()
     logger.addHandler(handler)
-    return records, lambda: logger.removeHandler(handler)
+    yield records
+    logger.removeHandler(handler)
 
 
 def _step_matches_reference(lr=0.1, weight_decay=1e-2):
@@ -228,14 +217,11 @@ def _step_matches_reference(lr=0.1, weight_decay=1e-2):
     equal the reference's."""
     torch.manual_seed(0)
     conv = nn.Conv2d(4, 6, 3)
+    params = list(conv.parameters())
     ref = ReferenceSGDGC(
-        list(conv.parameters()),
-        [0, None],
-        lr=float(lr),
-        momentum=0.9,
-        weight_decay=float(weight_decay),
+        params, [0, None], lr=float(lr), momentum=0.9, weight_decay=float(weight_decay)
     )
-    opt = SGDGC(conv.parameters(), lr=lr, momentum=0.9, weight_decay=weight_decay)
+    opt = SGDGC(params, lr=lr, momentum=0.9, weight_decay=weight_decay)
     for _ in range(2):
         grads = [torch.randn_like(p) for p in conv.parameters()]
         for p, g in zip(conv.parameters(), grads):
@@ -246,46 +232,30 @@ def _step_matches_reference(lr=0.1, weight_decay=1e-2):
         assert_close(p.detach().double(), expected, rtol=1e-5, atol=1e-6)
 
 
-def test_build_failure_warns_once_and_falls_back(fresh_kernel_state, tmp_path):
+def test_build_failure_warns_once_and_falls_back(fresh_kernel_state, tmp_path, warnings_logged):
     monkeypatch = fresh_kernel_state
     monkeypatch.setenv('MMGC_CACHE_DIR', str(tmp_path))
     monkeypatch.setenv('CXX', str(tmp_path / 'no-such-compiler'))
-    records, remove = _capture_warnings()
-    try:
-        _step_matches_reference()
-        _step_matches_reference()
-    finally:
-        remove()
+    _step_matches_reference()
+    _step_matches_reference()
     build = cpu_kernel_build()
     assert build.library is None and 'no-such-compiler' in build.error
-    messages = [r.getMessage() for r in records]
+    messages = [r.getMessage() for r in warnings_logged]
     assert len(messages) == 1, messages
     assert 'falls back to PyTorch ops' in messages[0]
     assert 'no-such-compiler' in messages[0]
     assert list(tmp_path.iterdir()) == []  # no half-written library left
+    weights, grads = [torch.zeros(2, 2)], [torch.zeros(2, 2)]
     with pytest.raises(RuntimeError, match='CPU SGD-GC kernel is unavailable'):
         fused_sgd_gc_cpu_(
-            [torch.zeros(2, 2)],
-            [torch.zeros(2, 2)],
-            [None],
-            [0],
-            lr=0.1,
-            momentum=0.0,
-            dampening=0.0,
-            weight_decay=0.0,
-            nesterov=False,
-            maximize=False,
+            weights, grads, [None], [0], lr=0.1, momentum=0.0, weight_decay=0.0, **OFF
         )
 
 
-def test_disabled_by_environment_without_warning(fresh_kernel_state):
+def test_disabled_by_environment_without_warning(fresh_kernel_state, warnings_logged):
     fresh_kernel_state.setenv('MMGC_CPU_KERNEL', '0')
-    records, remove = _capture_warnings()
-    try:
-        _step_matches_reference()
-    finally:
-        remove()
-    assert records == []
+    _step_matches_reference()
+    assert warnings_logged == []
     assert cpu_kernel_build().error == 'disabled by MMGC_CPU_KERNEL=0'
 
 

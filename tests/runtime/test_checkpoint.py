@@ -107,9 +107,7 @@ def test_torch_refuses_exactly_what_mmengine_adds(runner_checkpoint):
     assert 'mmengine.logging.history_buffer.HistoryBuffer' in theirs
 
 
-@pytest.mark.skipif(
-    not hasattr(torch.serialization, 'safe_globals'), reason='no safe_globals in this torch'
-)
+@pytest.mark.skipif(not HAS_SAFE_GLOBALS, reason='no safe_globals in this torch')
 def test_torch_does_the_loading_where_it_takes_named_globals(runner_checkpoint, monkeypatch):
     """On torch >= 2.6 torch's weights-only unpickler loads genuine checkpoints:
     the allow-list unpickler is not used (fails when add_safe_globals no longer

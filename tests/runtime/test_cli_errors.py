@@ -6,17 +6,19 @@ built included, and every error with MMGC_DEBUG=1, keeps its traceback."""
 from __future__ import annotations
 
 import sys
+from pathlib import Path
 
 import pytest
 import torch
 from mmdet.registry import MODELS
 from mmengine.registry import PARAM_SCHEDULERS, RUNNERS
 
-from mmgc.runtime import cli
+from mmgc.engine.optimizers import GCOptimWrapperConstructor
+from mmgc.runtime import cli, entry_points
 from mmgc.runtime.errors import ConfigError
+from tests.conftest import TEST_CONFIGS
 
 DEMO_GC = 'configs/demo/mask_rcnn_r18_fpn_shapes_gc.py'
-NO_DATA = ['--cfg-options', 'train_dataloader.dataset.data_root=/no/such/root/']
 HINT = '(MMGC_DEBUG=1 shows the traceback)'
 
 
@@ -28,6 +30,141 @@ def _assert_one_line(proc, expected: str) -> None:
     assert 'Traceback' not in proc.stderr
 
 
+@pytest.fixture
+def main(tools, capsys, monkeypatch, in_the_repository):
+    """``tools/{train,test}.py ARGS`` in this process (its ``main``, as the script
+    calls it): ``run('train', *args)`` returns the exit status and the last line on
+    stderr; an error it lets through propagates. With ``options`` (``--cfg-options``),
+    the run gets the shapes data too."""
+    monkeypatch.delenv('MMGC_DEBUG', raising=False)
+    monkeypatch.setenv('LOCAL_RANK', '0')  # parse_args sets it; restored after the test
+
+    def run(tool: str, *args, options=None) -> tuple[int, str]:
+        tool_main = dict(train=entry_points.main_train, test=entry_points.main_test)[tool]
+        data = [] if options is None else ['--cfg-options', *tools.data_options(), *options]
+        capsys.readouterr()
+        with pytest.raises(SystemExit) as info:
+            tool_main([str(a) for a in (*args, *data)])
+        err = capsys.readouterr().err.strip().splitlines()
+        return info.value.code, err[-1] if err else ''
+
+    return run
+
+
+#: A user's error on the tools' command line: the arguments, and how the line starts.
+USER_ERRORS = [
+    (
+        ['train', DEMO_GC, '--cfg-options', 'train_dataloader.dataset.data_root=/no/such/root/'],
+        "MissingDataError: The data root '/no/such/root/' "
+        '(train_dataloader.dataset.data_root) does not exist',
+    ),
+    (
+        ['test', DEMO_GC, 'no_such_checkpoint.pth'],
+        "FileNotFoundError: Checkpoint file 'no_such_checkpoint.pth' does not exist.",
+    ),
+    (
+        ['train', DEMO_GC, '--dist-timeout', '0'],
+        "ConfigError: --dist-timeout must be a positive number of seconds; got '0'",
+    ),
+    (
+        ['train', DEMO_GC, '--gc', '--gc-variant', 'nope'],
+        "ConfigError: the GC variant must be one of ('grad', ",
+    ),
+]
+
+
+def test_user_error_is_one_line_and_exit_2(tools, tmp_path):
+    """The script as a user runs it: nothing on stderr but the one line."""
+    (tool, *args), expected = USER_ERRORS[0]
+    proc = tools.run([sys.executable, f'tools/{tool}.py', *args, '--work-dir', tmp_path])
+    _assert_one_line(proc, expected)
+
+
+@pytest.mark.parametrize(('args', 'expected'), USER_ERRORS)
+def test_user_error_is_one_line(main, tmp_path, args, expected):
+    tool, *rest = args
+    code, line = main(tool, *rest, '--work-dir', tmp_path)
+    assert code == 2 and line.startswith(expected) and line.endswith(HINT), line
+
+
+def test_debug_shows_the_traceback(tools, tmp_path):
+    (tool, *args), _ = USER_ERRORS[0]
+    proc = tools.run(
+        [sys.executable, f'tools/{tool}.py', *args, '--work-dir', tmp_path], {'MMGC_DEBUG': '1'}
+    )
+    assert proc.returncode != 0
+    assert 'Traceback' in proc.stderr and 'check_data_paths' in proc.stderr
+
+
+TINY_GC = TEST_CONFIGS / 'mask_rcnn_tiny_gc.py'
+
+
+@pytest.mark.parametrize(
+    ('extra', 'expected'),
+    [
+        # MMEngine's registry, while the runner builds the model (Runner.from_cfg).
+        (
+            ['--cfg-options', 'model.type=NoSuchDetector'],
+            'KeyError: NoSuchDetector is not in the mmdet::model registry. Please check',
+        ),
+        # mmgc's check of the strategy, before the runner is built.
+        (
+            ['--cfg-options', 'strategy.type=FSDPStrategy'],
+            "ConfigError: gradient centralization cannot run under strategy 'FSDPStrategy'",
+        ),
+        pytest.param(
+            ['--amp'],
+            'ConfigError: --amp needs a CUDA (or NPU/MLU) device',
+            marks=pytest.mark.skipif(torch.cuda.is_available(), reason='the CPU-only path'),
+        ),
+    ],
+)
+def test_users_config_error_is_one_line(main, tmp_path, extra, expected):
+    options = extra[1:] if extra[0] == '--cfg-options' else []
+    flags = [] if options else extra
+    code, line = main('train', TINY_GC, '--work-dir', tmp_path, *flags, options=options)
+    assert code == 2 and line.startswith(expected) and line.endswith(HINT), line
+
+
+def _raised_through(info: pytest.ExceptionInfo, where: str) -> bool:
+    """Whether the traceback of ``info`` passes through a file or function named ``where``."""
+    return any(where in (Path(str(entry.path)).name, entry.name) for entry in info.traceback)
+
+
+@pytest.mark.parametrize(
+    ('option', 'error', 'message', 'where'),
+    [
+        # MMDetection's ResNet, while the runner builds the model (Runner.from_cfg).
+        ('model.backbone.depth=19', KeyError, 'invalid depth 19 for resnet', 'resnet.py'),
+        # MMDetection's batch sampler, inside runner.train() as it builds the dataloader.
+        (
+            'train_dataloader.batch_size=0',
+            ValueError,
+            'batch_size should be a positive',
+            'batch_sampler.py',
+        ),
+    ],
+)
+def test_error_of_mmdetection_or_torch_keeps_its_traceback(
+    main, tmp_path, option, error, message, where
+):
+    with pytest.raises(error, match=message) as info:
+        main('train', TINY_GC, '--work-dir', tmp_path, options=[option])
+    assert _raised_through(info, where)
+
+
+def test_a_bug_in_mmgc_while_building_keeps_its_traceback(main, tmp_path, monkeypatch):
+    """Raised inside ``runner.train()`` as it builds the optim wrapper, before the loop."""
+
+    def broken_constructor_call(self, model):
+        raise ValueError('a bug in mmgc')
+
+    monkeypatch.setattr(GCOptimWrapperConstructor, '__call__', broken_constructor_call)
+    with pytest.raises(ValueError, match='a bug in mmgc') as info:
+        main('train', TINY_GC, '--work-dir', tmp_path, options=[])
+    assert _raised_through(info, 'broken_constructor_call')
+
+
 def _assert_traceback(proc, last_line: str, where: str) -> None:
     """Exit 1 with the traceback, through ``where``, ending in ``last_line...``."""
     assert proc.returncode == 1, proc.stderr[-3000:]
@@ -35,111 +172,10 @@ def _assert_traceback(proc, last_line: str, where: str) -> None:
     assert proc.stderr.strip().splitlines()[-1].startswith(last_line)
 
 
-@pytest.mark.parametrize(
-    ('args', 'expected'),
-    [
-        (
-            ['tools/train.py', DEMO_GC, *NO_DATA],
-            "MissingDataError: The data root '/no/such/root/' "
-            '(train_dataloader.dataset.data_root) does not exist',
-        ),
-        (
-            ['tools/test.py', DEMO_GC, 'no_such_checkpoint.pth'],
-            "FileNotFoundError: Checkpoint file 'no_such_checkpoint.pth' does not exist.",
-        ),
-        (
-            ['tools/train.py', DEMO_GC, '--dist-timeout', '0'],
-            "ConfigError: --dist-timeout must be a positive number of seconds; got '0'",
-        ),
-        (
-            ['tools/train.py', DEMO_GC, '--gc', '--gc-variant', 'nope'],
-            "ConfigError: the GC variant must be one of ('grad', ",
-        ),
-    ],
-)
-def test_user_error_is_one_line(tools, tmp_path, args, expected):
-    proc = tools.run([sys.executable, *args, '--work-dir', tmp_path])
-    _assert_one_line(proc, expected)
-
-
-@pytest.mark.skipif(torch.cuda.is_available(), reason='checks the CPU-only path')
-def test_amp_without_a_gpu_is_one_line(tools, tmp_path):
-    proc = tools.train(tools.configs / 'mask_rcnn_tiny_gc.py', tmp_path, '--amp')
-    _assert_one_line(proc, 'ConfigError: --amp needs a CUDA (or NPU/MLU) device')
-
-
-def test_debug_shows_the_traceback(tools, tmp_path):
-    proc = tools.run(
-        [sys.executable, 'tools/train.py', DEMO_GC, '--work-dir', tmp_path, *NO_DATA],
-        {'MMGC_DEBUG': '1'},
-    )
-    assert proc.returncode != 0
-    assert 'Traceback' in proc.stderr and 'check_data_paths' in proc.stderr
-
-
-@pytest.mark.parametrize(
-    ('option', 'expected'),
-    [
-        # MMEngine's registry, while the runner builds the model (Runner.from_cfg).
-        (
-            'model.type=NoSuchDetector',
-            'KeyError: NoSuchDetector is not in the mmdet::model registry. Please check',
-        ),
-        # mmgc's check of the strategy, before the runner is built.
-        (
-            'strategy.type=FSDPStrategy',
-            "ConfigError: gradient centralization cannot run under strategy 'FSDPStrategy'",
-        ),
-    ],
-)
-def test_users_config_error_is_one_line(tools, tmp_path, option, expected):
-    proc = tools.train(tools.configs / 'mask_rcnn_tiny_gc.py', tmp_path, options=[option])
-    _assert_one_line(proc, expected)
-
-
-@pytest.mark.slow
-@pytest.mark.parametrize(
-    ('option', 'last_line', 'where'),
-    [
-        # MMDetection's ResNet, while the runner builds the model (Runner.from_cfg).
-        ('model.backbone.depth=19', "KeyError: 'invalid depth 19 for resnet'", 'resnet.py'),
-        # torch, inside runner.train() as it builds the dataloader, before the loop.
-        ('train_dataloader.batch_size=0', 'ValueError: batch_size should be a positive', 'sampler'),
-    ],
-)
-def test_error_of_mmdetection_or_torch_keeps_its_traceback(
-    tools, tmp_path, option, last_line, where
-):
-    proc = tools.train(tools.configs / 'mask_rcnn_tiny_gc.py', tmp_path, options=[option])
-    _assert_traceback(proc, last_line, where)
-
-
-#: ``tools/train.py`` with a bug in mmgc: the GC constructor raises a ValueError.
-_MMGC_BUG = """
-import runpy, sys
-from mmgc.engine.optimizers import GCOptimWrapperConstructor
-
-def broken_constructor_call(self, model):
-    raise ValueError('a bug in mmgc')
-
-GCOptimWrapperConstructor.__call__ = broken_constructor_call
-sys.argv = ['tools/train.py', *sys.argv[1:]]
-runpy.run_path('tools/train.py', run_name='__main__')
-"""
-
-
-@pytest.mark.slow
-def test_a_bug_in_mmgc_while_building_keeps_its_traceback(tools, tmp_path):
-    """Raised inside ``runner.train()`` as it builds the optim wrapper, before the loop."""
-    config = tools.configs / 'mask_rcnn_tiny_gc.py'
-    args = [config, '--work-dir', tmp_path, '--cfg-options', *tools.data_options()]
-    proc = tools.run([sys.executable, '-c', _MMGC_BUG, *args])
-    _assert_traceback(proc, 'ValueError: a bug in mmgc', 'broken_constructor_call')
-
-
 @pytest.mark.slow
 def test_error_inside_training_keeps_its_traceback(tools, tmp_path):
-    """A ValueError raised after training started (tests/data/fault_hooks.py)."""
+    """A ValueError raised after training started (tests/data/fault_hooks.py), in
+    the script as a user runs it: exit 1 and the traceback."""
     proc = tools.train(
         tools.configs / 'mask_rcnn_tiny_gc_fault.py',
         tmp_path,
@@ -147,12 +183,6 @@ def test_error_inside_training_keeps_its_traceback(tools, tmp_path):
         splits=('train', 'test'),
     )
     _assert_traceback(proc, 'ValueError: fault injected after iteration 1', 'after_train_iter')
-
-
-def _registry_miss(build) -> KeyError:
-    with pytest.raises(KeyError) as info:
-        build()
-    return info.value
 
 
 def test_mmengines_registry_miss_message_is_recognised():
@@ -169,7 +199,9 @@ def test_mmengines_registry_miss_message_is_recognised():
         ),
     }
     for registry, build in misses.items():
-        err = _registry_miss(build)
+        with pytest.raises(KeyError) as info:
+            build()
+        err = info.value
         match = cli._NOT_REGISTERED.match(err.args[0])
         assert match is not None, err.args[0]
         assert match['registry'].endswith(registry) and match['type'].startswith('NoSuch')

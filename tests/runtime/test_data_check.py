@@ -19,15 +19,9 @@ pytestmark = pytest.mark.usefixtures('in_the_repository')
 def _config(data_root: str) -> Config:
     cfg = Config.fromfile(TINY)
     ann = f'{data_root}/annotations/instances_val.json'
-    cfg.merge_from_dict(
-        {
-            'train_dataloader.dataset.data_root': data_root + '/',
-            'val_dataloader.dataset.data_root': data_root + '/',
-            'test_dataloader.dataset.data_root': data_root + '/',
-            'val_evaluator.ann_file': ann,
-            'test_evaluator.ann_file': ann,
-        }
-    )
+    splits = ('train', 'val', 'test')
+    cfg.merge_from_dict({f'{s}_dataloader.dataset.data_root': data_root + '/' for s in splits})
+    cfg.merge_from_dict({f'{s}_evaluator.ann_file': ann for s in ('val', 'test')})
     return cfg
 
 

@@ -58,21 +58,10 @@ def _dist_train(
     tools, work_dir, *extra, faults=None, config='mask_rcnn_tiny_gc_dist_fault.py', timeout=LIMIT
 ):
     """``tools/dist_train.sh CONFIG 2`` (``tests/data/configs``), no validation."""
-    return tools.run(
-        [
-            'bash',
-            'tools/dist_train.sh',
-            tools.configs / config,
-            '2',
-            '--work-dir',
-            work_dir,
-            *extra,
-            '--cfg-options',
-            *tools.data_options(splits=('train', 'test')),
-        ],
-        {'PYTHON': sys.executable, 'PORT': str(tools.free_port()), **(faults or {})},
-        timeout=timeout,
-    )
+    args = ['bash', 'tools/dist_train.sh', tools.configs / config, '2', '--work-dir', work_dir]
+    data = tools.data_options(splits=('train', 'test'))
+    env = {'PYTHON': sys.executable, 'PORT': str(tools.free_port()), **(faults or {})}
+    return tools.run([*args, *extra, '--cfg-options', *data], env, timeout=timeout)
 
 
 @pytest.mark.slow

@@ -79,13 +79,9 @@ def _train(model: nn.Module, optimizer: torch.optim.Optimizer, steps: int, seed:
         optimizer.step()
 
 
-def _names(model: nn.Module) -> dict[int, str]:
-    return {id(p): n for n, p in model.named_parameters()}
-
-
 def _by_name(model: nn.Module, optimizer: torch.optim.Optimizer) -> dict[str, dict]:
     """name -> (group options, momentum buffer or None)."""
-    names = _names(model)
+    names = {id(p): n for n, p in model.named_parameters()}
     out = {}
     for group in optimizer.param_groups:
         for p in group['params']:
@@ -111,6 +107,9 @@ def test_buffers_go_to_their_parameters_and_the_run_continues(optimizer_type):
     saved = copy.deepcopy(baseline.state_dict())
     assert len(saved['param_groups']) == 1 and len(gc.param_groups) == 3
     assert is_plain_state(saved, gc.param_groups)
+    assert not is_plain_state(gc.state_dict(), gc.param_groups)  # a GC checkpoint
+    assert not is_plain_state(saved, baseline.param_groups)  # a plain run resumed as such
+    assert not is_plain_state(None, gc.param_groups)
     gc.load_state_dict(plain_state_to_gc(saved, gc.param_groups, twin))
 
     want, got = _by_name(model, baseline), _by_name(twin, gc)
@@ -209,13 +208,6 @@ def test_state_for_a_parameter_the_gc_optimizer_does_not_hold_is_refused():
         ValueError, match=r"state for 'stem.weight', which the GC optimizer does not"
     ):
         plain_state_to_gc(baseline.state_dict(), gc.param_groups, model)
-
-
-def test_gc_states_and_plain_runs_are_not_plain_states():
-    model, baseline, twin, gc = _baseline_and_twin()
-    assert not is_plain_state(gc.state_dict(), gc.param_groups)  # a GC checkpoint
-    assert not is_plain_state(baseline.state_dict(), baseline.param_groups)  # plain run
-    assert not is_plain_state(None, gc.param_groups)
 
 
 class _Buffers(Hook):
@@ -372,6 +364,7 @@ def test_baseline_checkpoint_resumes_into_its_gc_twin(tools, shapes, tmp_path):
     baseline = safe_torch_load(str(base_dir / 'epoch_1.pth'))
     saved = baseline['optimizer']
     (saved_group,) = saved['param_groups']
+    assert 'gc' not in saved_group
     base_start = torch.load(base_dir / 'optim_at_start.pth', weights_only=True)
     names = base_start['names']
     # MMEngine's default constructor: every parameter, frozen ones included
@@ -398,7 +391,7 @@ def test_baseline_checkpoint_resumes_into_its_gc_twin(tools, shapes, tmp_path):
         for key in ('lr', 'initial_lr', 'momentum', 'weight_decay', 'dampening', 'nesterov'):
             assert group[key] == saved_group[key], key
     # every buffer on its own parameter (position i = i-th of model.parameters())
-    assert start['buffers'].keys() == {names[i] for i in saved['state']}
+    assert saved['state'] and start['buffers'].keys() == {names[i] for i in saved['state']}
     for index, state in saved['state'].items():
         torch.testing.assert_close(
             start['buffers'][names[index]], state['momentum_buffer'], rtol=0, atol=0
@@ -412,3 +405,4 @@ def test_baseline_checkpoint_resumes_into_its_gc_twin(tools, shapes, tmp_path):
         after['backbone.layer2.0.conv1.weight'], before['backbone.layer2.0.conv1.weight']
     )
     assert len(final['optimizer']['param_groups']) == 3
+    assert any(g['gc'] for g in final['optimizer']['param_groups'])

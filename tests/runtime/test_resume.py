@@ -11,8 +11,8 @@ iterations, no validation, ``max_keep_ckpts=1``). The faults come from
   epoch-2 checkpoint is on disk, then ``--resume``;
 - a crash left by a non-atomic writer: ``last_checkpoint`` names a truncated
   ``epoch_2.pth``: ``--resume`` stops in one line;
-- a checkpoint of the plain-SGD baseline resumed into the GC run, and a GC
-  checkpoint tested with the baseline's config.
+- a GC checkpoint tested with the baseline's config (a plain-SGD checkpoint
+  resumed into a GC run: tests/runtime/test_optimizer_state.py).
 
 Each resumed run must end with the unbroken run's weights, momentum buffers,
 param groups and scheduler states, bit for bit.
@@ -27,11 +27,10 @@ import signal
 from pathlib import Path
 
 import pytest
-import torch
 
 from mmgc.runtime.checkpoint import CheckpointLoadError, allowed_globals, safe_torch_load
 from mmgc.runtime.cli import latest_checkpoint
-from tests.conftest import assert_same_checkpoint
+from tests.conftest import TEST_CONFIGS, assert_same_checkpoint
 
 
 def test_latest_checkpoint_is_what_last_checkpoint_names(tmp_path):
@@ -53,28 +52,18 @@ def test_latest_checkpoint_is_what_last_checkpoint_names(tmp_path):
         latest_checkpoint(str(tmp_path))
 
 
-#: No validation in the fault configs: only the train and test data.
-SPLITS = ('train', 'test')
+#: The GC fault config (no validation: only the train and test data) and the
+#: baseline of the tiny Mask R-CNN.
+GC, BASE = TEST_CONFIGS / 'mask_rcnn_tiny_gc_fault.py', TEST_CONFIGS / 'mask_rcnn_tiny.py'
 
 
 @pytest.fixture(scope='module')
-def configs(tools):
-    c = tools.configs
-    return dict(
-        gc=c / 'mask_rcnn_tiny_gc_fault.py',
-        base=c / 'mask_rcnn_tiny_fault.py',
-        base_full=c / 'mask_rcnn_tiny.py',
-    )
+def train(tools):
+    """``tools/train.py`` on the GC fault config."""
 
-
-@pytest.fixture(scope='module')
-def train(tools, configs):
-    """``tools/train.py`` on the GC fault config (or ``config=...``)."""
-
-    def run(work_dir, *extra, config=None, faults=None, options=()):
-        return tools.train(
-            config or configs['gc'], work_dir, *extra, env=faults, options=options, splits=SPLITS
-        )
+    def run(work_dir, *extra, faults=None, options=()):
+        splits = ('train', 'test')
+        return tools.train(GC, work_dir, *extra, env=faults, options=options, splits=splits)
 
     return run
 
@@ -87,8 +76,9 @@ def unbroken(tools, train, tmp_path_factory) -> Path:
     return work_dir
 
 
-def _load(path: Path) -> dict:
-    return safe_torch_load(str(path))
+def _ends_as_unbroken(unbroken: Path, work_dir: Path) -> None:
+    load = safe_torch_load
+    assert_same_checkpoint(load(str(unbroken / 'epoch_2.pth')), load(str(work_dir / 'epoch_2.pth')))
 
 
 def _last_checkpoint(work_dir: Path) -> str:
@@ -110,7 +100,7 @@ def test_sigkill_mid_epoch_then_resume_is_bit_exact(tools, train, unbroken, tmp_
     log = tools.output(resumed)
     assert f"Resuming from '{work_dir / 'epoch_1.pth'}'" in log
     assert 'resumed epoch: 1, iter: 4' in log
-    assert_same_checkpoint(_load(unbroken / 'epoch_2.pth'), _load(work_dir / 'epoch_2.pth'))
+    _ends_as_unbroken(unbroken, work_dir)
 
 
 @pytest.mark.slow
@@ -126,7 +116,7 @@ def test_kill_while_saving_leaves_the_previous_checkpoint(tools, train, unbroken
     assert not (work_dir / 'epoch_2.pth').exists()
     # ... and max_keep_ckpts=1 did not delete epoch_1.pth before it:
     # MMEngine's CheckpointHook deletes first and would have left nothing.
-    assert _load(work_dir / 'epoch_1.pth')['meta']['epoch'] == 1  # complete
+    assert safe_torch_load(str(work_dir / 'epoch_1.pth'))['meta']['epoch'] == 1  # complete
     assert _last_checkpoint(work_dir) == str(work_dir / 'epoch_1.pth')
 
     resumed = tools.ok(train(work_dir, '--resume'))
@@ -134,7 +124,7 @@ def test_kill_while_saving_leaves_the_previous_checkpoint(tools, train, unbroken
     assert f'Removed {partial}, the partial file of a checkpoint save' in log
     assert f"Resuming from '{work_dir / 'epoch_1.pth'}'" in log
     assert not partial.exists()
-    assert_same_checkpoint(_load(unbroken / 'epoch_2.pth'), _load(work_dir / 'epoch_2.pth'))
+    _ends_as_unbroken(unbroken, work_dir)
     # max_keep_ckpts=1 pruned epoch_1.pth once epoch_2.pth was in place.
     assert sorted(p.name for p in work_dir.glob('epoch_*.pth')) == ['epoch_2.pth']
 
@@ -188,54 +178,18 @@ def test_resume_stops_at_a_truncated_last_checkpoint(tools, train, unbroken, tmp
     # Resuming from the previous checkpoint is one option away.
     resumed = tools.ok(train(work_dir, '--resume', work_dir / 'epoch_1.pth'))
     assert 'resumed epoch: 1, iter: 4' in tools.output(resumed)
-    assert_same_checkpoint(_load(unbroken / 'epoch_2.pth'), _load(work_dir / 'epoch_2.pth'))
+    _ends_as_unbroken(unbroken, work_dir)
 
 
 @pytest.mark.slow
-def test_baseline_sgd_checkpoint_resumes_into_a_gc_run(tools, train, configs, tmp_path):
-    base_dir, gc_dir = tmp_path / 'baseline', tmp_path / 'gc'
-    tools.ok(train(base_dir, config=configs['base'], options=['train_cfg.max_epochs=1']))
-    baseline = _load(base_dir / 'epoch_1.pth')
-    assert all('gc' not in g for g in baseline['optimizer']['param_groups'])
-
-    resumed = tools.ok(train(gc_dir, '--resume', base_dir / 'epoch_1.pth'))
-    log = tools.output(resumed)
-    assert 'resumed epoch: 1, iter: 4' in log
-    assert 'Resuming SGDGC from the state of a plain optimizer' in log
-    start = torch.load(gc_dir / 'optim_at_start.pth', weights_only=True)
-    assert start['optimizer'] == 'SGDGC'
-    assert len(start['groups']) == 3
-    assert {(g['gc'], g['gc_dim']) for g in start['groups']} == {(True, 0), (False, 0), (True, 1)}
-    saved_group = baseline['optimizer']['param_groups'][0]
-    for group in start['groups']:
-        for key in ('lr', 'initial_lr', 'momentum', 'weight_decay', 'dampening', 'nesterov'):
-            assert group[key] == saved_group[key], key
-    # The baseline's buffers, position i = i-th of model.parameters().
-    (indices,) = [g['params'] for g in baseline['optimizer']['param_groups']]
-    names = start['names']
-    assert len(indices) == len(names)
-    assert len(start['buffers']) == len(baseline['optimizer']['state']) > 0
-    for index, name in zip(indices, names):
-        torch.testing.assert_close(
-            start['buffers'][name],
-            baseline['optimizer']['state'][index]['momentum_buffer'],
-            rtol=0,
-            atol=0,
-        )
-    final = _load(gc_dir / 'epoch_2.pth')
-    assert final['meta']['epoch'] == 2
-    assert any(g['gc'] for g in final['optimizer']['param_groups'])
-
-
-@pytest.mark.slow
-def test_gc_checkpoint_tests_with_the_baseline_config(tools, configs, unbroken, tmp_path):
+def test_gc_checkpoint_tests_with_the_baseline_config(tools, unbroken, tmp_path):
     """Testing a GC checkpoint needs nothing of mmgc: not even its config."""
     ckpt = unbroken / 'epoch_2.pth'
     # It names no mmgc global: the allow list, which holds none, loads it.
     assert not any(name.startswith('mmgc') for name in allowed_globals())
     assert safe_torch_load(str(ckpt))['meta']['epoch'] == 2
     # The baseline config: plain MMDetection optimizer, no mmgc in custom_imports.
-    proc = tools.ok(tools.test(configs['base_full'], ckpt, tmp_path))
+    proc = tools.ok(tools.test(BASE, ckpt, tmp_path))
     assert 'Evaluate annotation type *segm*' in tools.output(proc)
     record = json.loads((tmp_path / 'test_metrics.json').read_text())
     assert 'SGDGC' not in record['config_text']

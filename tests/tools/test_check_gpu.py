@@ -31,8 +31,10 @@ def _check_gpu(tools, *args, env: dict | None = None) -> subprocess.CompletedPro
 @pytest.mark.slow
 def test_cpu_run_passes_every_section_with_numbers(tools, tmp_path):
     proc = _check_gpu(tools, '--device', 'cpu', '--out-dir', tmp_path)
-    assert proc.returncode == 0, tools.output(proc)
     report_path = tmp_path / 'report.md'
+    # on a failure, the report too: it holds the failing section's log tail
+    shown = report_path.read_text() if report_path.is_file() else '(no report)'
+    assert proc.returncode == 0, tools.output(proc) + '\n' + shown
     assert proc.stdout.strip().splitlines()[-1] == f'check_gpu: PASS; report: {report_path}'
     report = report_path.read_text()
     assert report.startswith('# mmgc GPU check (cpu): PASS')

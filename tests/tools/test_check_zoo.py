@@ -34,9 +34,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from mmengine.registry import OPTIMIZERS
 
-from mmgc.engine.optimizers.constructor import takes_gc_variant
 from tests.conftest import load_tool
 
 check_zoo = load_tool('check_zoo')
@@ -45,12 +43,6 @@ HAS_MMPRETRAIN = importlib.util.find_spec('mmpretrain') is not None
 NEEDS_MMPRETRAIN = pytest.mark.skipif(
     not HAS_MMPRETRAIN,
     reason="MMDetection's ConvNeXt configs import mmpretrain (an optional package), absent here",
-)
-HAS_SGDW = 'SGDWGC' in OPTIMIZERS.module_dict
-HAS_UPDATE = takes_gc_variant(torch.optim.AdamW, 'update')
-NEEDS_SGDW = pytest.mark.skipif(not HAS_SGDW, reason="this mmgc registers no 'SGDWGC'")
-NEEDS_UPDATE = pytest.mark.skipif(
-    not HAS_UPDATE, reason="this mmgc's step hooks do not implement gc_variant='update'"
 )
 CONV_FC, CONV = ('conv', 'fc'), ('conv',)
 
@@ -87,12 +79,10 @@ SAMPLE = [
         'convnext/cascade-mask-rcnn_convnext-t-p4-w7_fpn_4conv1fc-giou_amp-ms-crop-3x_coco.py',
         CONV,
         'update',
-        marks=[NEEDS_UPDATE, NEEDS_MMPRETRAIN],
+        marks=NEEDS_MMPRETRAIN,
     ),  # Cascade Mask R-CNN, layer decay, the authors' Adam(W)_GCC2
-    pytest.param('rtmdet/rtmdet_tiny_8xb32-300e_coco.py', CONV_FC, 'update', marks=NEEDS_UPDATE),
-    pytest.param(
-        'yolo/yolov3_mobilenetv2_8xb24-320-300e_coco.py', CONV_FC, 'sgdw', marks=NEEDS_SGDW
-    ),
+    ('rtmdet/rtmdet_tiny_8xb32-300e_coco.py', CONV_FC, 'update'),
+    ('yolo/yolov3_mobilenetv2_8xb24-320-300e_coco.py', CONV_FC, 'sgdw'),
     ('yolo/yolov3_mobilenetv2_8xb24-320-300e_coco.py', CONV_FC, 'update'),  # SGDGC, 'update'
 ]
 

@@ -300,11 +300,12 @@ class Workspace:
             timeout=self.tools.timeout,
         )
 
-    def flow(self, name: str, **env: str) -> dict[str, list[subprocess.CompletedProcess]]:
-        """Run ``name``'s steps in the README's order, each asserted to succeed."""
+    def flow(self, name: str, part=slice(None)) -> dict[str, list[subprocess.CompletedProcess]]:
+        """Run ``name``'s steps (``part`` of them) in the README's order, each
+        asserted to succeed."""
         out: dict[str, list] = {}
-        for command, here in _steps(name):
-            out.setdefault(command, []).append(self.tools.ok(self.run(here, **env)))
+        for command, here in _steps(name)[part]:
+            out.setdefault(command, []).append(self.tools.ok(self.run(here)))
         return out
 
     def __truediv__(self, other: str) -> Path:
@@ -337,16 +338,12 @@ def row(tools, tmp_path_factory) -> Workspace:
     reference's train_pair.sh (its seed 0 is the row's runs, moved into its
     layout: trained with the same command and seed) and compare_ap.py."""
     ws = Workspace(tools, tmp_path_factory.mktemp('row'))
-    steps = _steps('row')
-    first = [i for i, (c, _) in enumerate(steps) if 'train_pair.sh' in c][0]
-    ws.procs = {}
-    for command, here in steps[:first]:
-        ws.procs.setdefault(command, []).append(tools.ok(ws.run(here)))
+    first = next(i for i, (c, _) in enumerate(_steps('row')) if 'train_pair.sh' in c)
+    before = ws.flow('row', slice(first))
     pairs = ws / 'work_dirs/pairs/mask_rcnn_r50_fpn_gc'
-    for side, name in (('gc', 'mask_rcnn_r50_fpn_gc'), ('baseline', 'mask_rcnn_r50_fpn')):
+    for side, name in zip(('gc', 'baseline'), NAMES):
         shutil.copytree(ws / f'work_dirs/{name}', pairs / 'seed0' / side, symlinks=True)
-    for command, here in steps[first:]:
-        ws.procs.setdefault(command, []).append(tools.ok(ws.run(here)))
+    ws.procs = {**before, **ws.flow('row', slice(first, None))}
     return ws
 
 
@@ -355,11 +352,8 @@ def _out(ws: Workspace, fragment: str) -> str:
     return ''.join(p.stdout + p.stderr for p in ws.procs[command])
 
 
-def test_row_trains_each_twin_on_two_gloo_processes_with_its_seed(row):
-    for config, name in (
-        ('configs/mask_rcnn_r50_fpn_gc.py', 'mask_rcnn_r50_fpn_gc'),
-        ('configs/baselines/mask_rcnn_r50_fpn.py', 'mask_rcnn_r50_fpn'),
-    ):
+def test_row_trains_each_twin_on_two_gloo_processes_with_its_seed_and_tests_it(row):
+    for config, name in zip(CONFIGS, NAMES):
         out = _out(row, f'dist_train.sh {config}')
         assert "backend='gloo'" in out and 'CPUDistributedDataParallel' in out
         ckpt = safe_torch_load(str(row / f'work_dirs/{name}/epoch_2.pth'))
@@ -371,10 +365,7 @@ def test_row_trains_each_twin_on_two_gloo_processes_with_its_seed(row):
             assert any(g['gc'] for g in groups) and any(not g['gc'] for g in groups)
         else:
             assert all('gc' not in g for g in groups)
-
-
-def test_row_tests_each_run_into_its_work_dir(row):
-    for name in ('mask_rcnn_r50_fpn_gc', 'mask_rcnn_r50_fpn'):
+        # tools/test.py on the last checkpoint, into the run's work dir
         record = _record(row / f'work_dirs/{name}')
         assert record['seed'] == 0 and record['checkpoint'].endswith('epoch_2.pth')
         assert set(COCO_KEYS) <= set(record['metrics'])
@@ -437,11 +428,6 @@ def test_compare_ap_pairs_several_runs_per_side_by_seed(row):
     assert (row / 'work_dirs/compare/ap_deltas.png').read_bytes()[:8] == b'\x89PNG\r\n\x1a\n'
 
 
-def _has_gc_switch() -> bool:
-    return importlib.util.find_spec('mmgc.engine.optimizers.gc_switch') is not None
-
-
-@pytest.mark.skipif(not _has_gc_switch(), reason='mmgc.engine.optimizers.gc_switch is absent')
 def test_train_pair_with_gc_compares_a_config_with_itself(row):
     """``--gc``: the GC side is the baseline config with tools/train.py --gc,
     the baseline the config itself (the row's baseline run: same command, seed)."""
@@ -527,7 +513,7 @@ def test_gc_diagnostics_on_both_twins_and_the_plot(tools, tmp_path):
     ws = Workspace(tools, tmp_path)
     procs = ws.flow('diagnostics')
     assert len(procs['python tools/train.py CONFIG --gc-diagnostics 50']) == 2
-    for name in ('mask_rcnn_r50_fpn_gc', 'mask_rcnn_r50_fpn'):
+    for name in NAMES:
         records = _scalars(ws / f'work_dirs/{name}')
         logged = [r for r in records if any(k.startswith('gc/') for k in r)]
         assert [r['step'] for r in logged] == [2, 4]  # 4 iterations, every 2

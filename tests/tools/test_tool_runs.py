@@ -22,21 +22,18 @@ import pytest
 import torch
 
 from mmgc.runtime.checkpoint import safe_torch_load
-from tests.conftest import RunsCode
+from tests.conftest import TEST_CONFIGS, RunsCode
 
 pytestmark = pytest.mark.slow
 
-
-@pytest.fixture(scope='module')
-def gc_config(tools) -> Path:
-    return tools.configs / 'mask_rcnn_tiny_gc.py'
+GC_CONFIG = TEST_CONFIGS / 'mask_rcnn_tiny_gc.py'
 
 
 @pytest.fixture(scope='module')
-def gc_run(tools, gc_config, tmp_path_factory) -> Path:
+def gc_run(tools, tmp_path_factory) -> Path:
     """One epoch of the GC config; --resume in an empty work dir starts afresh."""
     work_dir = tmp_path_factory.mktemp('gc_run')
-    tools.ok(tools.train(gc_config, work_dir, '--resume', options=['train_cfg.max_epochs=1']))
+    tools.ok(tools.train(GC_CONFIG, work_dir, '--resume', options=['train_cfg.max_epochs=1']))
     return work_dir
 
 
@@ -50,10 +47,10 @@ def test_resume_in_an_empty_work_dir_says_so_and_starts_afresh(gc_run):
     assert text.index('training starts from scratch') < text.index('Epoch(train) [1][1/4]')
 
 
-def test_test_tool_dumps_predictions(tools, gc_config, gc_run):
+def test_test_tool_dumps_predictions(tools, gc_run):
     """--out: one prediction per val image, with boxes and masks, beside the metrics."""
     out = gc_run / 'predictions.pkl'
-    proc = tools.ok(tools.test(gc_config, gc_run / 'epoch_1.pth', gc_run, '--out', out))
+    proc = tools.ok(tools.test(GC_CONFIG, gc_run / 'epoch_1.pth', gc_run, '--out', out))
     assert 'Evaluate annotation type *segm*' in proc.stdout
     predictions = mmengine.load(str(out))
     assert len(predictions) == 4
@@ -62,13 +59,13 @@ def test_test_tool_dumps_predictions(tools, gc_config, gc_run):
     assert (gc_run / 'test_metrics.json').is_file()
 
 
-def test_resume_refuses_malicious_checkpoint(tools, gc_config, gc_run, tmp_path):
+def test_resume_refuses_malicious_checkpoint(tools, gc_run, tmp_path):
     marker = tmp_path / 'code_ran'
     evil = tmp_path / 'evil.pth'
     ckpt = safe_torch_load(str(gc_run / 'epoch_1.pth'))
     ckpt['meta']['note'] = RunsCode(str(marker))
     torch.save(ckpt, evil)
-    proc = tools.train(gc_config, tmp_path / 'work', '--resume', evil)
+    proc = tools.train(GC_CONFIG, tmp_path / 'work', '--resume', evil)
     assert proc.returncode == 2
     last_line = tools.last_line(proc)
     assert f"Refusing to load checkpoint '{evil}'" in last_line
@@ -76,22 +73,22 @@ def test_resume_refuses_malicious_checkpoint(tools, gc_config, gc_run, tmp_path)
     assert not marker.exists()
 
 
-def test_test_tool_reports_truncated_checkpoint(tools, gc_config, gc_run, tmp_path):
+def test_test_tool_reports_truncated_checkpoint(tools, gc_run, tmp_path):
     broken = tmp_path / 'truncated.pth'
     data = (gc_run / 'epoch_1.pth').read_bytes()
     broken.write_bytes(data[: len(data) // 2])
-    proc = tools.test(gc_config, broken, tmp_path / 'work')
+    proc = tools.test(GC_CONFIG, broken, tmp_path / 'work')
     assert proc.returncode == 2
     last_line = tools.last_line(proc)
     assert f"Cannot read checkpoint '{broken}'" in last_line
     assert 'truncated or corrupt' in last_line
 
 
-def test_missing_data_root_stops_before_the_runner(tools, gc_config, tmp_path):
+def test_missing_data_root_stops_before_the_runner(tools, tmp_path):
     missing = tmp_path / 'no_such_data'
     work_dir = tmp_path / 'work'
     proc = tools.run(
-        [sys.executable, 'tools/train.py', gc_config, '--work-dir', work_dir, '--cfg-options']
+        [sys.executable, 'tools/train.py', GC_CONFIG, '--work-dir', work_dir, '--cfg-options']
         + tools.data_options(root=str(missing))
     )
     assert proc.returncode == 2

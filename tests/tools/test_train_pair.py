@@ -27,6 +27,8 @@ BASE = 'tests/data/configs/mask_rcnn_tiny_fault.py'
 SCRIPT = 'tools/train_pair.sh'
 R50 = 'configs/mask_rcnn_r50_fpn_gc.py'
 CONFIGS = 'tests/data/configs'
+#: The baseline, one process, one seed: --gc's errors.
+ONE_SEED = (BASE, '1', '--seeds', '0')
 
 
 def _pair(tools, *args, env=None):
@@ -129,15 +131,19 @@ def test_dry_run_skips_done_runs_and_resumes_stopped_ones(tools, tmp_path):
         ([R50, '8', '--seeds', '0', '--side-by-side'], "GPUS must be 1; got '8'"),
         ([R50, '1', '--seeds', '0', '--side-by-side', '--slurm', 'p'], 'drop it or --slurm'),
         ([R50, '1', '--seeds', '0', '--threads', '0'], "whole number >= 1; got '0'"),
+        (
+            [*ONE_SEED, '--gc', '--base-config', R50],
+            '--gc trains CONFIG itself as the baseline; drop',
+        ),
+        ([*ONE_SEED, '--gc-layers', 'conv'], '--gc-layers needs --gc'),
+        ([*ONE_SEED, '--gc-variant', 'sgdw'], '--gc-variant needs --gc'),
+        ([*ONE_SEED, '--gc', '--gc-variant'], '--gc-variant needs a value'),
     ],
 )
 def test_argument_errors(tools, args, match):
     proc = _pair(tools, *args, '--dry-run')
     assert proc.returncode == 2, tools.output(proc)
     assert match in proc.stderr
-
-
-# ------------------------------------------------------------ for real
 
 
 def test_dry_run_with_gc_pairs_a_config_with_itself(tools, tmp_path):
@@ -155,21 +161,6 @@ def test_dry_run_with_gc_pairs_a_config_with_itself(tools, tmp_path):
     assert f'{train}/baseline --cfg-options randomness.seed=4 ' in out
     assert f'{tools.root}/tools/test.py {base} {tmp_path}/seed4/gc/\\<last_checkpoint\\>' in out
     assert f'with --gc --gc-layers conv --gc-variant update, baseline {base}' in out
-
-
-@pytest.mark.parametrize(
-    'args, match',
-    [
-        (['--gc', '--base-config', R50], '--gc trains CONFIG itself as the baseline; drop'),
-        (['--gc-layers', 'conv'], '--gc-layers needs --gc'),
-        (['--gc-variant', 'sgdw'], '--gc-variant needs --gc'),
-        (['--gc', '--gc-variant'], '--gc-variant needs a value'),
-    ],
-)
-def test_gc_argument_errors(tools, args, match):
-    proc = _pair(tools, BASE, '1', '--seeds', '0', *args, '--dry-run')
-    assert proc.returncode == 2, tools.output(proc)
-    assert match in proc.stderr
 
 
 # ------------------------------------- the runner itself, on a stand-in python

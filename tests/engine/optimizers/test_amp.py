@@ -52,6 +52,20 @@ CASES = {
 }
 
 
+def _conv_deconv():
+    """A seeded conv's and transposed conv's weights and biases, and their
+    groups: GC on the conv's dim 0 and the deconv's dim 1, the biases off."""
+    torch.manual_seed(0)
+    conv, deconv = nn.Conv2d(3, 4, 3), nn.ConvTranspose2d(4, 2, 2)
+    params = [conv.weight, deconv.weight, conv.bias, deconv.bias]
+    groups = [
+        dict(params=[params[0]], gc=True, gc_dim=0),
+        dict(params=[params[1]], gc=True, gc_dim=1),
+        dict(params=params[2:], gc=False),
+    ]
+    return params, groups
+
+
 def _model():
     torch.manual_seed(0)
     return nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU(), nn.Flatten(), nn.Linear(4 * 6 * 6, 3))
@@ -143,14 +157,7 @@ def test_fused_sgd_skipped_first_step_creates_no_momentum():
     first (momentum buffer = the centralized gradient)."""
     options, make_ref = CASES['SGD']
     model = _model()
-    wrapper = build_optim_wrapper(
-        model,
-        dict(
-            type='OptimWrapper',
-            optimizer=dict(type='SGD', fused=True, **options),
-            constructor='GCOptimWrapperConstructor',
-        ),
-    )
+    wrapper = _gc_wrapper(model, 'SGD', True, options)
     params, out_dims = _params(model)
     ref = make_ref(params, out_dims)
     scaler = torch.amp.GradScaler('cpu', init_scale=SCALE)
@@ -223,23 +230,10 @@ DIRECT = {
 )
 def test_grad_scaler_fused_with_attach_gc_hooks(case):
     name, options, make_ref = DIRECT[case]
-
-    def layers():
-        torch.manual_seed(0)
-        conv, deconv = nn.Conv2d(3, 4, 3), nn.ConvTranspose2d(4, 2, 2)
-        return [conv.weight, deconv.weight, conv.bias, deconv.bias]
-
-    def groups(params):
-        return [
-            dict(params=[params[0]], gc=True, gc_dim=0),
-            dict(params=[params[1]], gc=True, gc_dim=1),
-            dict(params=params[2:], gc=False),
-        ]
-
-    params, twin_params = layers(), layers()
-    opt = getattr(torch.optim, name)(groups(params), fused=True, **options)
+    (params, groups), (twin_params, twin_groups) = _conv_deconv(), _conv_deconv()
+    opt = getattr(torch.optim, name)(groups, fused=True, **options)
     attach_gc_hooks(opt)
-    twin_opt = getattr(torch.optim, name)(groups(twin_params), fused=True, **options)
+    twin_opt = getattr(torch.optim, name)(twin_groups, fused=True, **options)
     _scaled_steps(
         opt,
         twin_opt,
@@ -368,23 +362,13 @@ def test_autocast_forward(dtype, scaled, name, fused):
 def test_amp_skipped_step_centralizes_and_updates_nothing():
     """MMEngine's AmpOptimWrapper.step over an unfused optimizer: GradScaler
     unscales, finds the inf and never calls step(); the next step is GC's."""
-    torch.manual_seed(0)
-    conv, deconv = nn.Conv2d(3, 4, 3), nn.ConvTranspose2d(4, 2, 2)
-    opt = torch.optim.SGD(
-        [
-            dict(params=[conv.weight], gc=True, gc_dim=0),
-            dict(params=[deconv.weight], gc=True, gc_dim=1),
-            dict(params=[conv.bias, deconv.bias], gc=False),
-        ],
-        lr=0.1,
-        momentum=0.9,
-        weight_decay=WD,
-    )
+    options, make_ref = CASES['SGD']
+    params, groups = _conv_deconv()
+    opt = torch.optim.SGD(groups, **options)
     attach_gc_hooks(opt)
     wrapper = _cpu_amp_wrapper(opt)
     wrapper.loss_scaler = torch.amp.GradScaler('cpu', init_scale=4.0)
     wrapper.loss_scaler.scale(torch.ones(()))  # what wrapper.backward(loss) does
-    params = [conv.weight, deconv.weight, conv.bias, deconv.bias]
     before = [p.detach().clone() for p in params]
     bad = [torch.randn_like(p) for p in params]
     bad[0][0, 0, 0, 0] = float('inf')
@@ -402,10 +386,8 @@ def test_amp_skipped_step_centralizes_and_updates_nothing():
     wrapper.loss_scaler.scale(torch.ones(()))
     for p, g in zip(params, good):
         p.grad = g * wrapper.loss_scaler.get_scale()
-    ref = ReferenceSGDGC(
-        [conv.weight, deconv.weight], [0, 1], lr=0.1, momentum=0.9, weight_decay=WD
-    )
+    ref = make_ref(params[:2], [0, 1])
     wrapper.step()
     ref.step(good[:2])
-    for w, expected in zip((conv.weight, deconv.weight), ref.weights):
+    for w, expected in zip(params[:2], ref.weights):
         assert_close(w.detach().double(), expected, rtol=1e-5, atol=1e-6)

@@ -188,24 +188,6 @@ def test_custom_keys_switch_gc_off_and_on():
     assert _settings(model, wrapper)['deconv.weight']['lr'] == pytest.approx(0.5 * BASE_LR)
 
 
-def test_shared_parameter_needs_bypass_duplicate():
-    """With MMEngine options, a shared weight is added twice unless bypassed."""
-    with pytest.raises(
-        ValueError,
-        match=r"'shared_a.weight' appears more than once.*bypass_duplicate=True",
-    ):
-        _build(dict(gc_layers='fc', norm_decay_mult=0.0))
-
-
-def test_without_mmengine_options_every_parameter_is_added_once():
-    """``gc_layers`` alone: ``model.parameters()``, as MMEngine without
-    paramwise_cfg: the shared weight once, the frozen conv included."""
-    model, wrapper = _build(dict(gc_layers='fc'))
-    settings = _settings(model, wrapper)
-    assert sorted(settings) == sorted(n for n, _ in model.named_parameters())
-    assert 'shared_a.weight' in settings and 'frozen.weight' in settings
-
-
 def test_custom_keys_gc_false_joins_the_other_gc_false_group():
     """Identical settings share one group, however a custom_keys entry spells
     them (MMEngine writes the base lr / decay into a custom_keys group)."""
@@ -271,25 +253,33 @@ def test_frozen_tensors_are_kept_with_their_gc_setting(optimizer_type):
     assert not torch.equal(after['frozen.bias'], before['frozen.bias'])
 
 
-def test_logs_summary_once(log_messages):
-    _build(dict(bypass_duplicate=True))
-    summaries = [m for _, m in log_messages if 'gradient centralization on' in m]
-    assert len(summaries) == 1
-    # 5 GC tensors: conv, dwconv, deconv (3 convs), head, shared_a (2 fc);
-    # MMEngine's walk leaves out the frozen conv's 2 tensors
-    assert 'gradient centralization on 5 of 14 tensors in the optimizer' in summaries[0]
-    assert 'conv 3 tensors' in summaries[0] and 'fc 2 tensors' in summaries[0]
-    assert '3 parameter groups' in summaries[0]
-    assert 'frozen' not in summaries[0]
-
-
-def test_logs_frozen_tensors_kept(log_messages):
-    _build(dict(gc_layers=('conv', 'fc')))
+@pytest.mark.parametrize(
+    ('paramwise', 'expected'),
+    [
+        # 5 GC tensors: conv, dwconv, deconv (3 convs), head, shared_a (2 fc);
+        # MMEngine's walk leaves out the frozen conv's 2 tensors
+        (
+            dict(bypass_duplicate=True),
+            ['on 5 of 14 tensors in the optimizer', 'conv 3 tensors', '3 parameter groups'],
+        ),
+        # the frozen conv's weight gets GC too; the shared weight counts once
+        (
+            dict(gc_layers=('conv', 'fc')),
+            [
+                'on 6 of 16 tensors in the optimizer',
+                'conv 4 tensors',
+                '2 frozen tensors (requires_grad=False) are kept in the optimizer',
+            ],
+        ),
+    ],
+    ids=['mmengine-options', 'gc_layers-only'],
+)
+def test_logs_summary_once(log_messages, paramwise, expected):
+    _build(paramwise)
     (summary,) = [m for _, m in log_messages if 'gradient centralization on' in m]
-    # the frozen conv's weight gets GC too; the shared weight counts once
-    assert 'gradient centralization on 6 of 16 tensors in the optimizer' in summary
-    assert 'conv 4 tensors' in summary and 'fc 2 tensors' in summary
-    assert '2 frozen tensors (requires_grad=False) are kept in the optimizer' in summary
+    for part in [*expected, 'fc 2 tensors']:
+        assert part in summary, (part, summary)
+    assert ('frozen' in summary) == ('gc_layers' in paramwise)
 
 
 def test_refuses_when_nothing_is_selected():
@@ -440,6 +430,19 @@ def _members(optimizer, model):
     return out
 
 
+def _assert_composed(optimizer, base, model) -> dict[str, dict]:
+    """GC over the constructor that built ``base`` keeps its parameters, each
+    one's group options and ``param_names`` entry (split with it), adding only
+    the GC keys; returns name -> its group's options."""
+    ours, theirs = _members(optimizer, model), _members(base, model)
+    assert ours.keys() == theirs.keys()
+    for name, (options, param_name) in ours.items():
+        assert param_name == theirs[name][1] == name
+        rest = {k: v for k, v in options.items() if k not in ('gc', 'gc_dim', 'gc_variant')}
+        assert rest == theirs[name][0], name
+    return {name: options for name, (options, _) in ours.items()}
+
+
 def test_composes_over_a_user_constructor_keeping_every_key():
     adam = dict(type='Adam', lr=1e-3, weight_decay=1e-2)
     model = ToyModel()
@@ -450,23 +453,10 @@ def test_composes_over_a_user_constructor_keeping_every_key():
         paramwise_cfg=dict(x=1),
         model=model,
     )
-    ours, theirs = _members(wrapper.optimizer, model), _members(base, model)
-    assert ours.keys() == theirs.keys()
-    gc_names = set()
-    for name, (options, param_name) in ours.items():
-        assert param_name == theirs[name][1] == name  # param_names split with their params
-        rest = {k: v for k, v in options.items() if k not in ('gc', 'gc_dim', 'gc_variant')}
-        assert rest == theirs[name][0], name
-        if options['gc']:
-            gc_names.add(name)
-            assert options['gc_variant'] == 'grad'
-    assert gc_names == {
-        'conv.weight',
-        'dwconv.weight',
-        'deconv.weight',
-        'head.weight',
-        'shared_a.weight',
-    }
+    options = _assert_composed(wrapper.optimizer, base, model)
+    gc_names = {'conv.weight', 'dwconv.weight', 'deconv.weight', 'head.weight', 'shared_a.weight'}
+    assert {name for name, o in options.items() if o['gc']} == gc_names
+    assert all(options[name]['gc_variant'] == 'grad' for name in gc_names)
     # a block with conv weight and bias is split in two, differing only in GC
     conv_groups = [g for g in wrapper.optimizer.param_groups if g['group_name'] == 'block_0']
     assert sorted(g['gc'] for g in conv_groups) == [False, True]
@@ -559,34 +549,21 @@ def test_optimizer_that_cannot_take_the_variant(optimizer, variant, match):
         _build(gc=dict(variant=variant), optimizer=optimizer)
 
 
-def test_update_variant_where_the_hooks_do_not_implement_it():
-    """'update' on a hook optimizer: built where the hooks implement it, else refused."""
+@pytest.mark.parametrize('name', ['SGDGC', 'Adam'])
+def test_update_variant_where_the_step_implements_it(name):
+    """'update' is built where the step implements it (SGDGC, where it is the
+    same step as 'grad': test_sgd_gc.py's test_gc_variant_update_is_the_same_sgd_update;
+    a hook optimizer where the hooks implement it), else refused."""
     from mmgc.engine.optimizers.constructor import takes_gc_variant
 
-    adam = dict(type='Adam', lr=1e-3)
-    if takes_gc_variant(torch.optim.Adam, 'update'):
-        _, wrapper = _build(gc=dict(variant='update'), optimizer=adam)
-        assert {g.get('gc_variant') for g in wrapper.optimizer.param_groups if g['gc']} == {
-            'update'
-        }
+    optimizer = dict(type=name, lr=1e-3)
+    if takes_gc_variant(SGDGC if name == 'SGDGC' else getattr(torch.optim, name), 'update'):
+        _, wrapper = _build(gc=dict(variant='update', layers='conv'), optimizer=optimizer)
+        variants = {g.get('gc_variant') for g in wrapper.optimizer.param_groups if g['gc']}
+        assert variants == {'update'}
     else:
-        with pytest.raises(ValueError, match=r"GC variant 'update' is not defined for .*'Adam'"):
-            _build(gc=dict(variant='update'), optimizer=adam)
-
-
-def test_update_variant_on_sgdgc_is_the_same_step():
-    """For SGD, GC on the update and on the gradient are one update (P is linear)."""
-    steps = {}
-    for variant in ('grad', 'update'):
-        model, wrapper = _build(gc=dict(variant=variant, layers='conv'))
-        assert {g.get('gc_variant') for g in wrapper.optimizer.param_groups if g['gc']} == {variant}
-        for step in range(2):
-            wrapper.zero_grad()
-            model(torch.randn(2, 3, 6, 6, generator=torch.Generator().manual_seed(step))).backward()
-            wrapper.step()
-        steps[variant] = [p.detach().clone() for p in model.parameters()]
-    for a, b in zip(steps['grad'], steps['update']):
-        torch.testing.assert_close(a, b, rtol=0, atol=0)
+        with pytest.raises(ValueError, match=rf"GC variant 'update' is not defined for .*'{name}'"):
+            _build(gc=dict(variant='update'), optimizer=optimizer)
 
 
 def test_layer_decay_constructor_of_mmdetection():
@@ -627,15 +604,11 @@ def test_layer_decay_constructor_of_mmdetection():
         paramwise_cfg=paramwise,
         model=model,
     )
-    ours, theirs = _members(wrapper.optimizer, model), _members(base, model)
-    assert ours.keys() == theirs.keys() == {n for n, _ in model.named_parameters()}
-    assert len({o['lr_scale'] for o, _ in theirs.values()}) > 3  # layer decay really acts
-    for name, (options, param_name) in ours.items():
-        assert param_name == theirs[name][1] == name
-        rest = {k: v for k, v in options.items() if k not in ('gc', 'gc_dim', 'gc_variant')}
-        assert rest == theirs[name][0], name
-        is_weight = name.endswith('weight') and dict(model.named_parameters())[name].ndim > 1
-        assert options['gc'] is is_weight, name
+    assert len({g['lr_scale'] for g in base.param_groups}) > 3  # layer decay really acts
+    options = _assert_composed(wrapper.optimizer, base, model)
+    assert options.keys() == {n for n, _ in model.named_parameters()}
+    for name, p in model.named_parameters():
+        assert options[name]['gc'] is (name.endswith('weight') and p.ndim > 1), name
 
 
 @pytest.mark.parametrize('kdim', [None, 3])
@@ -737,40 +710,36 @@ def _freeze(*names: str) -> Callable[[nn.Module], None]:
     return freeze
 
 
-def _keep(model: nn.Module) -> None:
-    pass
-
-
 #: id -> (model class, optim wrapper cfg, paramwise_cfg, freezing)
 CASES = {
-    'none': (Example, SGD_CFG, None, _keep),
-    'empty': (Example, SGD_CFG, {}, _keep),
+    'none': (Example, SGD_CFG, None, _freeze()),
+    'empty': (Example, SGD_CFG, {}, _freeze()),
     'all_frozen_none': (Example, SGD_CFG, None, _freeze('')),
     'all_frozen_empty': (Example, SGD_CFG, {}, _freeze('')),
     'some_frozen_none': (Example, SGD_CFG, None, _freeze('conv1', 'sub.gn')),
-    'mults': (Example, SGD_CFG, MULTS, _keep),
+    'mults': (Example, SGD_CFG, MULTS, _freeze()),
     'mults_no_grad': (
         Example,
         SGD_CFG,
         {k: v for k, v in MULTS.items() if k != 'flat_decay_mult'},
         _freeze('conv1'),
     ),
-    'wrapped_none': (Wrapped, SGD_CFG, None, _keep),
-    'wrapped_mults': (Wrapped, SGD_CFG, MULTS, _keep),
-    'duplicate_none': (Duplicate, SGD_CFG, None, _keep),
-    'duplicate_bypass': (Duplicate, SGD_CFG, dict(MULTS, bypass_duplicate=True), _keep),
+    'wrapped_none': (Wrapped, SGD_CFG, None, _freeze()),
+    'wrapped_mults': (Wrapped, SGD_CFG, MULTS, _freeze()),
+    'duplicate_none': (Duplicate, SGD_CFG, None, _freeze()),
+    'duplicate_bypass': (Duplicate, SGD_CFG, dict(MULTS, bypass_duplicate=True), _freeze()),
     'duplicate_bypass_frozen': (
         Duplicate,
         SGD_CFG,
         dict(MULTS, bypass_duplicate=True),
         _freeze('conv1.0'),
     ),
-    'custom_keys': (Example, SGD_CFG, CUSTOM_KEYS, _keep),
+    'custom_keys': (Example, SGD_CFG, CUSTOM_KEYS, _freeze()),
     'custom_keys_no_wd': (
         Example,
         NO_WD_CFG,
         dict(custom_keys={'param1': dict(lr_mult=10)}),
-        _keep,
+        _freeze(),
     ),
 }
 
@@ -814,70 +783,42 @@ def test_each_parameter_gets_mmengines_settings(case, dcn):
         assert len(optimizer.param_groups) == len(distinct), where
 
 
-def test_some_frozen_without_paramwise_cfg_keeps_the_layout_of_a_baseline():
-    """The optimizer holds what MMEngine's holds, so state dicts have the
-    same parameters (checkpoints of a baseline and its GC twin match)."""
-    torch.manual_seed(0)
-    model = Example(dcn=False)
-    _freeze('conv1', 'bn')(model)
-    baseline = DefaultOptimWrapperConstructor(SGD_CFG)(model).optimizer
-    gc = GCOptimWrapperConstructor(
-        dict(SGD_CFG, optimizer=dict(SGD_CFG['optimizer'], type='SGDGC')),
-        dict(gc_layers=('conv', 'fc')),
-    )(model).optimizer
-    assert sum(len(g['params']) for g in gc.param_groups) == len(baseline.param_groups[0]['params'])
-    assert len(gc.state_dict()['param_groups']) == 2  # GC on / off, not one per tensor
+def _error(paramwise, error, match, model=Example, freeze=None, base=SGD_CFG) -> tuple:
+    """A case of :data:`MMENGINE_ERROR_CASES`: Example, nothing frozen,
+    SGD_CFG unless told."""
+    return model, freeze or _freeze(), base, paramwise, error, match
 
 
 MMENGINE_ERROR_CASES = {
     # id: (model, freezing, optim wrapper cfg, paramwise_cfg, error, mmgc's message)
-    'paramwise_cfg_not_a_dict': (
-        Example,
-        _keep,
-        SGD_CFG,
-        ['error'],
-        TypeError,
-        r"paramwise_cfg must be None or a dict; got \['error'\]",
+    'paramwise_cfg_not_a_dict': _error(
+        ['error'], TypeError, r"paramwise_cfg must be None or a dict; got \['error'\]"
     ),
-    'custom_keys_not_a_dict': (
-        Example,
-        _keep,
-        SGD_CFG,
+    'custom_keys_not_a_dict': _error(
         dict(custom_keys=[0.1, 0.0001]),
         TypeError,
         r'paramwise_cfg.custom_keys must be a dict .*; got \[0.1, 0.0001\]',
     ),
-    'decay_mult_without_weight_decay': (
-        Example,
-        _keep,
-        NO_WD_CFG,
+    'decay_mult_without_weight_decay': _error(
         dict(bias_decay_mult=1, norm_decay_mult=1),
         ValueError,
         'base_wd should not be None',
+        base=NO_WD_CFG,
     ),
-    'custom_decay_mult_without_weight_decay': (
-        Example,
-        _keep,
-        NO_WD_CFG,
+    'custom_decay_mult_without_weight_decay': _error(
         dict(custom_keys={'.backbone': dict(decay_mult=0.5)}),
         ValueError,
         'base_wd should not be None',
+        base=NO_WD_CFG,
     ),
-    'duplicate_without_bypass': (
-        Duplicate,
-        _keep,
-        SGD_CFG,
+    'duplicate_without_bypass': _error(
         {k: v for k, v in MULTS.items() if k in ('bias_lr_mult', 'norm_decay_mult')},
         ValueError,
         r"'conv1.0.weight' appears more than once .*bypass_duplicate=True",
+        model=Duplicate,
     ),
-    'all_frozen_with_mmengine_options': (
-        Example,
-        _freeze(''),
-        SGD_CFG,
-        MULTS,
-        ValueError,
-        'empty parameter list',
+    'all_frozen_with_mmengine_options': _error(
+        MULTS, ValueError, 'empty parameter list', freeze=_freeze('')
     ),
 }
 

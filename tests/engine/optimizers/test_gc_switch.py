@@ -23,7 +23,6 @@ from mmgc.engine.optimizers.gc_switch import enable_gc
 from tests.conftest import ROOT
 
 MMDET_CONFIGS = Path(mmdet.__file__).parent / '.mim' / 'configs'
-REPO = ROOT
 
 #: Keys in which a GC run may differ from its baseline (the comparison's allowed keys).
 ALLOWED = (
@@ -167,7 +166,7 @@ def test_switching_twice_replaces_layers_and_variant():
 
 
 def test_old_form_config_moves_to_the_new_form():
-    cfg = Config.fromfile(REPO / 'configs/mask_rcnn_r50_fpn_gc.py')
+    cfg = Config.fromfile(ROOT / 'configs/mask_rcnn_r50_fpn_gc.py')
     enable_gc(cfg, layers='conv')
     ow = cfg.optim_wrapper
     assert ow.optimizer.type == 'SGDGC'
@@ -193,38 +192,37 @@ def test_two_line_config_form(tmp_path):
     assert type(optimizer) is torch.optim.SGD  # the base's SGD, with GC through the hooks
     assert _gc_by_name(model, optimizer)['conv.weight'] == (True, 0, 'grad')
     assert _gc_by_name(model, optimizer)['fc.weight'] == (True, 0, 'grad')
-    before = {n: p.detach().sum((1, 2, 3)).clone() for n, p in [('conv', model.conv.weight)]}
+    before = model.conv.weight.detach().sum((1, 2, 3))
     for p in model.parameters():
         p.grad = torch.randn_like(p)
     optimizer.step()
-    torch.testing.assert_close(model.conv.weight.sum((1, 2, 3)), before['conv'], rtol=0, atol=1e-6)
+    torch.testing.assert_close(model.conv.weight.sum((1, 2, 3)), before, rtol=0, atol=1e-6)
 
 
+SGD_NOT = dict(optim_wrapper=dict(optimizer=dict(type='AdamW', lr=1e-3)))
+NO_OPTIMIZER = 'enable_gc needs a training config with optim_wrapper'
+#: (config, enable_gc's arguments, the ValueError's message)
 ERRORS = [
     (
+        _sgd_cfg(),
         dict(variant='gcc'),
         r"the GC variant must be one of \('grad', 'update', 'sgdw'\); got 'gcc'",
     ),
-    (dict(layers='bn'), r"gc_layers must be a non-empty subset of \('conv', 'fc'\); got 'bn'"),
-    (dict(layers=[]), r'non-empty subset .*got \[\]'),
+    (
+        _sgd_cfg(),
+        dict(layers='bn'),
+        r"gc_layers must be a non-empty subset of \('conv', 'fc'\); got 'bn'",
+    ),
+    (_sgd_cfg(), dict(layers=[]), r'non-empty subset .*got \[\]'),
+    (SGD_NOT, dict(variant='sgdw'), r"'sgdw' .*needs an SGD config; the optimizer is 'AdamW'"),
+    (dict(), {}, NO_OPTIMIZER),
+    (dict(optim_wrapper=dict(type='OptimWrapperDict')), {}, NO_OPTIMIZER),
 ]
 
 
-@pytest.mark.parametrize(('kwargs', 'match'), ERRORS)
-def test_bad_values(kwargs, match):
-    cfg = _sgd_cfg()
+@pytest.mark.parametrize(('cfg', 'kwargs', 'match'), ERRORS)
+def test_bad_values(cfg, kwargs, match):
+    before = copy.deepcopy(cfg)
     with pytest.raises(ValueError, match=match):
         enable_gc(cfg, **kwargs)
-    assert cfg == _sgd_cfg()  # nothing changed
-
-
-def test_sgdw_needs_sgd():
-    cfg = dict(optim_wrapper=dict(optimizer=dict(type='AdamW', lr=1e-3)))
-    with pytest.raises(ValueError, match=r"'sgdw' .*needs an SGD config; the optimizer is 'AdamW'"):
-        enable_gc(cfg, variant='sgdw')
-
-
-@pytest.mark.parametrize('cfg', [dict(), dict(optim_wrapper=dict(type='OptimWrapperDict'))])
-def test_needs_a_training_config(cfg):
-    with pytest.raises(ValueError, match='enable_gc needs a training config with optim_wrapper'):
-        enable_gc(cfg)
+    assert cfg == before  # nothing changed

@@ -209,27 +209,21 @@ def test_ddp_and_zero_match_the_single_process_reference(two_ranks, case):
 
 @needs_fsdp2
 @pytest.mark.parametrize('world_size', [1, 2])
-@pytest.mark.parametrize('case', FSDP2_CASES)
+@pytest.mark.parametrize('case', [*FSDP2_CASES, FSDP2_DEFAULT])
 def test_fsdp2_matches_the_single_process_reference(two_ranks, one_rank, case, world_size):
     """DTensors sharded on dim 0, unevenly on 2 ranks (3, 3 and 5 rows): the
     ConvTranspose2d's output units (dim 1) span both ranks, and its mean must
-    still be over the whole unit."""
-    results = (one_rank if world_size == 1 else two_ranks).results(case)
+    still be over the whole unit. SGDGC's default step (FSDP2_DEFAULT): mmgc's
+    CPU kernel must not be handed DTensors (it crashed the process with a
+    segmentation fault, exit -11)."""
+    launch_ = one_rank if world_size == 1 else two_ranks
+    assert -11 not in launch_.codes, f'segmentation fault\n{launch_.output}'
+    results = launch_.results(case)
     if world_size == 2:  # each rank holds its rows of dim 0 only
         assert [r['local_shapes'][2] for r in results] == [(2, 4, 2, 2), (1, 4, 2, 2)]
     check_against_reference(case, results)
     for result in results:
         assert result['coverage'] == expected_coverage()
-
-
-@needs_fsdp2
-@pytest.mark.parametrize('world_size', [1, 2])
-def test_fsdp2_sgdgc_default_step(one_rank, two_ranks, world_size):
-    """SGDGC's default step on DTensors: mmgc's CPU kernel must not be handed
-    them (it crashed the process with a segmentation fault, exit -11)."""
-    launch_ = one_rank if world_size == 1 else two_ranks
-    assert -11 not in launch_.codes, f'segmentation fault\n{launch_.output}'
-    check_against_reference(FSDP2_DEFAULT, launch_.results(FSDP2_DEFAULT))
 
 
 def test_two_rank_run_exits_cleanly_and_logs_coverage_once_per_run(two_ranks):
@@ -529,8 +523,6 @@ def test_check_gc_runner_strategy_accepts(strategy):
 def test_gc_switched_off_after_building_is_not_taken_for_flattening():
     """A user (or bench_step.py's 'GC off' row) may set gc=False in every group
     after building SGDGC: nothing is flattened, so the first step runs."""
-    from mmgc import SGDGC
-
     model = torch.nn.Conv2d(2, 3, 3)
     optimizer = SGDGC(model.parameters(), lr=0.1, momentum=0.9)
     for group in optimizer.param_groups:
