@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import gc
 import importlib.metadata
 import json
 import math
@@ -313,13 +314,16 @@ def dist_worker(args: argparse.Namespace) -> None:
     else:
         device = torch.device('cpu')
     dist.init_process_group(args.backend, timeout=dt.timedelta(seconds=120))
-    two = _train_small_net(device, [rank], ddp=True)
-    flat = torch.cat([p.flatten() for p in two['params']])
-    gathered = [torch.empty_like(flat) for _ in range(world)]
-    dist.all_gather(gathered, flat)
-    two['rank_diff'] = max(float((g - gathered[0]).abs().max()) for g in gathered)
-    two['backend'] = dist.get_backend()
-    dist.destroy_process_group()
+    try:  # a process that starts a group ends it, even when training fails
+        two = _train_small_net(device, [rank], ddp=True)
+        flat = torch.cat([p.flatten() for p in two['params']])
+        gathered = [torch.empty_like(flat) for _ in range(world)]
+        dist.all_gather(gathered, flat)
+        two['rank_diff'] = max(float((g - gathered[0]).abs().max()) for g in gathered)
+        two['backend'] = dist.get_backend()
+    finally:
+        dist.destroy_process_group()
+        gc.collect()  # the groups that garbage still holds, while Python is whole
     if rank == 0:
         one = _train_small_net(device, list(range(world)), ddp=False)
         for result in (two, one):

@@ -9,6 +9,7 @@ import collections
 import functools
 import importlib.util
 import itertools
+import json
 import os
 import socket
 import subprocess
@@ -69,11 +70,22 @@ def shapes(_make_shapes) -> dict:
     return _make_shapes()
 
 
+def excerpt(text: str, head: int = 3000, tail: int = 4000) -> str:
+    """``text`` for a failure message: its first ``head`` and last ``tail``
+    characters. The head holds where a subprocess's trouble starts (a traceback,
+    a fatal error's first lines), the tail where it ended (a fatal error's list
+    of extension modules, a launcher's summary)."""
+    if len(text) <= head + tail:
+        return text
+    left_out = len(text) - head - tail
+    return f'{text[:head]}\n[... {left_out} characters left out ...]\n{text[-tail:]}'
+
+
 def ok(proc: subprocess.CompletedProcess) -> subprocess.CompletedProcess:
     """``proc``, after asserting that it succeeded (showing its output if not)."""
     assert proc.returncode == 0, (
-        f'exit {proc.returncode}: {proc.args}\n--- stdout\n{proc.stdout[-4000:]}'
-        f'\n--- stderr\n{proc.stderr[-4000:]}'
+        f'exit {proc.returncode}: {proc.args}\n--- stdout\n{excerpt(proc.stdout)}'
+        f'\n--- stderr\n{excerpt(proc.stderr)}'
     )
     return proc
 
@@ -169,6 +181,46 @@ class Tools:
         with socket.socket() as s:
             s.bind(('127.0.0.1', 0))
             return s.getsockname()[1]
+
+
+class ExitProbe:
+    """What each Python process of a run had alive at exit (the probe in
+    ``tests/data/exit_probe``): pass :meth:`env` to the run, then read
+    :meth:`records`."""
+
+    folder = ROOT / 'tests' / 'data' / 'exit_probe'
+
+    def __init__(self, tools: Tools, out_dir: Path) -> None:
+        self.tools, self.out_dir = tools, Path(out_dir)
+        self.out_dir.mkdir(parents=True, exist_ok=True)
+
+    def env(self) -> dict[str, str]:
+        """The variables that load the probe into every process of a run."""
+        paths = [str(self.folder), self.tools.env()['PYTHONPATH']]
+        return dict(PYTHONPATH=os.pathsep.join(paths), MMGC_EXIT_PROBE=str(self.out_dir))
+
+    def records(self, script: str) -> list[dict]:
+        """The records of the ranks (processes with ``RANK`` set) that ran
+        ``script`` (a file name), in the order of their ranks."""
+        records = [json.loads(p.read_text()) for p in self.out_dir.glob('*.json')]
+        ran = [r for r in records if r['argv'] and Path(r['argv'][0]).name == script]
+        return sorted((r for r in ran if r['rank'] is not None), key=lambda r: int(r['rank']))
+
+    def assert_ended(self, script: str, ranks: int) -> None:
+        """Each of the ``ranks`` processes that ran ``script`` imported
+        ``torch.distributed`` and exited with no default process group alive and
+        no process group held by a Python object."""
+        records = self.records(script)
+        assert [r['rank'] for r in records] == [str(rank) for rank in range(ranks)], records
+        for record in records:
+            assert record['imported_dist'] and not record['alive'], record
+            assert record['groups'] == 0, record
+
+
+@pytest.fixture
+def exit_probe(tools, tmp_path) -> ExitProbe:
+    """An :class:`ExitProbe` writing to ``tmp_path / 'exit_probe'``."""
+    return ExitProbe(tools, tmp_path / 'exit_probe')
 
 
 @pytest.fixture(scope='session')

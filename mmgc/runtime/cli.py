@@ -29,7 +29,7 @@ from ..engine.hooks import GCDiagnosticsHook
 from ..engine.optimizers import GCCoverageError, enable_gc
 from ..engine.optimizers.coverage import check_gc_runner_strategy
 from .atomic_checkpoint import use_atomic_checkpoints
-from .checkpoint import CheckpointLoadError, install_safe_checkpoint_loader
+from .checkpoint import CheckpointLoadError, install_safe_checkpoint_loader, safe_torch_load
 from .data_check import check_data_paths
 from .distributed import (
     DIST_TIMEOUT_ENV,
@@ -207,7 +207,8 @@ def train_config(args: argparse.Namespace) -> Config:
             than ``OptimWrapper``, ``--auto-scale-lr`` without ``auto_scale_lr``,
             a ``--dist-timeout`` that is not a positive number, ``--gc-layers`` or
             ``--gc-variant`` without ``--gc``, a value ``enable_gc`` refuses.
-        CheckpointLoadError: If ``last_checkpoint`` names a missing file.
+        CheckpointLoadError: If ``last_checkpoint`` names a missing file, or the
+            checkpoint to resume (whose seed a run without one takes) cannot be read.
     """
     cfg = _load(args)
     if args.gc:
@@ -230,6 +231,8 @@ def train_config(args: argparse.Namespace) -> Config:
     if args.resume is not None:
         cfg.load_from = latest_checkpoint(cfg.work_dir) if args.resume == 'auto' else args.resume
         cfg.resume = cfg.load_from is not None
+        if cfg.resume:
+            _seed_from_checkpoint(cfg)
     if args.gc_diagnostics is not None:
         _add_gc_diagnostics(cfg, args.gc_diagnostics)
     return cfg
@@ -251,6 +254,26 @@ def latest_checkpoint(work_dir: str) -> str | None:
         'exist; pass --resume CKPT with an existing checkpoint, or delete last_checkpoint to '
         'start afresh.'
     )
+
+
+def _seed_from_checkpoint(cfg: Config) -> None:
+    """A resumed run without a seed of its own takes its checkpoint's
+    (``meta['seed']``), in ``cfg.randomness``: MMEngine's ``Runner`` draws a new
+    seed at build time and builds the train sampler with it before ``resume``
+    restores the checkpoint's, so the remaining epochs would see the images in
+    another order. A seed in the config (or ``--cfg-options randomness.seed=S``)
+    stays, as does a checkpoint without one (then MMEngine draws one).
+
+    Raises:
+        FileNotFoundError, CheckpointLoadError: If the local checkpoint cannot be read.
+    """
+    randomness = dict(cfg.get('randomness') or {})
+    if randomness.get('seed') is not None or '://' in cfg.load_from:  # remote: left to MMEngine
+        return
+    seed = (safe_torch_load(cfg.load_from, map_location='cpu').get('meta') or {}).get('seed')
+    if seed is not None:
+        cfg.randomness = dict(randomness, seed=seed)
+        print_log(f"--resume: seed {seed}, from '{cfg.load_from}'.", logger='current')
 
 
 def _enable_gc(cfg: Config, layers: Sequence[str] | None, variant: str | None) -> None:

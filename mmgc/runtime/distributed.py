@@ -1,14 +1,18 @@
-"""Distributed runs without a GPU (gloo), and the process-group timeout (docs/tools.md,
-"Distributed"; docs/faults.md, "Distributed runs losing a process"): MMEngine 0.10's
-``init_dist`` and DDP wrapper need CUDA; only the config sets the timeout.
+"""Distributed runs without a GPU (gloo), the process-group timeout and a clean end
+(docs/tools.md, "Distributed"; docs/faults.md, "Distributed runs losing a process"):
+MMEngine 0.10's ``init_dist`` and DDP wrapper need CUDA, only the config sets the
+timeout, and its ``Runner`` never destroys the process group it starts.
 """
 
 from __future__ import annotations
 
 import datetime
+import functools
+import gc
 import os
 import subprocess
-from typing import Any, Optional
+from collections.abc import Callable
+from typing import Any, Optional, TypeVar
 
 import torch
 import torch.distributed as torch_dist
@@ -22,6 +26,8 @@ __all__ = [
     'CPUDistributedDataParallel',
     'DIST_TIMEOUT_ENV',
     'LAUNCHERS',
+    'end_process_group',
+    'ends_process_group',
     'parse_dist_timeout',
     'set_dist_timeout',
     'setup_cpu_distributed',
@@ -159,3 +165,52 @@ def setup_cpu_distributed(cfg: Any) -> bool:
         kwargs = {} if timeout is None else {'timeout': datetime.timedelta(seconds=timeout)}
         torch_dist.init_process_group('gloo', **kwargs)
     return True
+
+
+def end_process_group() -> bool:
+    """Destroy the default process group, and every group made from it, if one is
+    alive (``torch.distributed.destroy_process_group``: local to this process, no
+    collective), then collect the garbage that still holds them. Returns whether
+    there was one.
+
+    A process that starts a group ends it. One that exits with a gloo group alive
+    can abort while the interpreter finalizes (SIGABRT, exit status -6, after its
+    work is done): gloo's worker threads still hold work objects with Python
+    references, and releasing one needs the GIL, which a thread cannot take once
+    finalization has begun (pytorch/pytorch#179291, abandoned; #190489). For
+    gloo, ``destroy_process_group`` only drops torch's own references (its
+    backend ``shutdown`` is a no-op, torch 2.1 to 2.14); the group's threads stop
+    when the last reference goes, so the collection frees the groups that only
+    unreachable objects (a finished runner, its DDP wrapper) still hold, while the
+    interpreter is whole. With NCCL the call flushes this rank's pending work and
+    destroys the communicators (torch >= 2.6; an abort on 2.4 and 2.5), waiting at
+    most the group's timeout, and keeps torch's exit warning quiet ("process group
+    has NOT been destroyed" on 2.4 and 2.5, "destroy_process_group() was not
+    called before program exit" from 2.6 on). MMEngine's ``Runner`` starts a
+    group (``init_dist``, or :func:`setup_cpu_distributed` here) and never
+    destroys it.
+    """
+    if not (torch_dist.is_available() and torch_dist.is_initialized()):
+        return False
+    torch_dist.destroy_process_group()
+    gc.collect()
+    return True
+
+
+_Main = TypeVar('_Main', bound=Callable[..., Any])
+
+
+def ends_process_group(main: _Main) -> _Main:
+    """``main``, ending the process group (:func:`end_process_group`) however it
+    returns: normally, with a user's error or with any other exception. Put it
+    outside torch's ``@record``, so that a failing rank's error is recorded (and
+    shown by torchrun as the root cause) before its peers see the group close."""
+
+    @functools.wraps(main)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return main(*args, **kwargs)
+        finally:
+            end_process_group()
+
+    return wrapper  # type: ignore[return-value]

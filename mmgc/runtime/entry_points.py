@@ -18,6 +18,7 @@ import mmgc  # noqa: F401  (the GC core: SGDGC, its constructor, GCDiagnosticsHo
 from ..mim import configs_root
 from . import compare
 from .cli import exit_on_user_error, parse_args, run_test, run_train, test_parser, train_parser
+from .distributed import ends_process_group
 from .gc_stats import load_gc_stats, plot_gc_stats
 
 __all__ = [
@@ -38,8 +39,11 @@ def _run_mmdet_tool(parser: argparse.ArgumentParser, run, argv: Sequence[str] | 
 
 
 # @record: under torchrun, the error that ends a rank is shown in torchrun's
-# summary ("Root Cause"); without torchrun it only re-raises.
+# summary ("Root Cause"); without torchrun it only re-raises. Then the process
+# group, if the run started one, is ended (a user's error included), and a
+# user's error becomes one line.
 @exit_on_user_error
+@ends_process_group
 @record
 def main_train(argv: Sequence[str] | None = None) -> None:
     """``tools/train.py``: MMDetection's with mmgc loaded (:func:`~.cli.run_train`)."""
@@ -47,6 +51,7 @@ def main_train(argv: Sequence[str] | None = None) -> None:
 
 
 @exit_on_user_error
+@ends_process_group
 @record
 def main_test(argv: Sequence[str] | None = None) -> None:
     """``tools/test.py``: MMDetection's with mmgc loaded; writes

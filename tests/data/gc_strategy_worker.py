@@ -13,6 +13,7 @@ checks them against a single-process float64 reference.
 
 from __future__ import annotations
 
+import gc
 import os
 import sys
 
@@ -265,12 +266,15 @@ def run_case(case: str, out_dir: str, rank: int, world_size: int) -> None:
 def main() -> None:
     out_dir, cases = sys.argv[1], sys.argv[2:]
     dist.init_process_group('gloo')
-    rank, world_size = dist.get_rank(), dist.get_world_size()
-    torch.set_num_threads(1)
-    for case in cases:
-        run_case(case, out_dir, rank, world_size)
-        print(f'rank {rank}: {case} done', flush=True)
-    dist.destroy_process_group()
+    try:  # a process that starts a group ends it, even when a case fails
+        rank, world_size = dist.get_rank(), dist.get_world_size()
+        torch.set_num_threads(1)
+        for case in cases:
+            run_case(case, out_dir, rank, world_size)
+            print(f'rank {rank}: {case} done', flush=True)
+    finally:
+        dist.destroy_process_group()
+        gc.collect()  # the groups that garbage still holds, while Python is whole
 
 
 if __name__ == '__main__':

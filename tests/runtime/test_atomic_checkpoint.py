@@ -23,7 +23,7 @@ from mmgc.runtime.atomic_checkpoint import (
     use_atomic_checkpoints,
 )
 from mmgc.runtime.checkpoint import safe_torch_load
-from tests.conftest import ToyData
+from tests.conftest import ToyData, excerpt
 
 #: sha256 of MMEngine 0.10.7's ``CheckpointHook._save_checkpoint_with_step``
 #: source, which ``AtomicCheckpointHook`` overrides.
@@ -115,5 +115,5 @@ def test_importing_registers_the_hook_and_building_it_the_backend():
     proc = subprocess.run(
         [sys.executable, '-c', code], capture_output=True, text=True, timeout=120, check=False
     )
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.returncode == 0, excerpt(proc.stderr)
     assert proc.stdout.split('\n')[:3] == ['False False False', 'True True False', 'True']

@@ -41,6 +41,31 @@ def test_resume_forms(tmp_path):
     assert cfg.resume is False and cfg.load_from is None
 
 
+def test_resume_takes_the_checkpoints_seed_unless_one_is_given(tmp_path):
+    """Before the Runner is built (MMEngine would build the train sampler with a
+    seed of its own drawing, then restore the checkpoint's): ``--resume CKPT`` and
+    ``--resume`` alone take the checkpoint's seed; a given seed stays."""
+    ckpt = tmp_path / 'epoch_1.pth'
+    torch.save(dict(meta=dict(seed=1234, epoch=1), state_dict={}), ckpt)
+    unseeded = ('--cfg-options', 'randomness.seed=None')
+    cfg = cli.train_config(_train_args('--resume', str(ckpt), *unseeded))
+    assert cfg.randomness == dict(seed=1234, deterministic=True)  # the rest kept
+    work_dir = tmp_path / 'work'
+    work_dir.mkdir()
+    (work_dir / 'last_checkpoint').write_text(str(ckpt))
+    cfg = cli.train_config(_train_args('--resume', '--work-dir', str(work_dir), *unseeded))
+    assert cfg.randomness.seed == 1234
+    given = cli.train_config(
+        _train_args('--resume', str(ckpt), '--cfg-options', 'randomness.seed=5')
+    )
+    assert given.randomness.seed == 5
+    assert cli.train_config(_train_args(*unseeded)).randomness.seed is None  # no resume
+    torch.save(dict(meta=dict(epoch=1), state_dict={}), ckpt)  # no seed saved: MMEngine draws
+    assert cli.train_config(_train_args('--resume', str(ckpt), *unseeded)).randomness.seed is None
+    with pytest.raises(FileNotFoundError, match="Checkpoint file '.*no.pth' does not exist"):
+        cli.train_config(_train_args('--resume', str(tmp_path / 'no.pth'), *unseeded))
+
+
 def test_gc_diagnostics_flag():
     assert _train_args().gc_diagnostics is None
     cfg = cli.train_config(_train_args('--gc-diagnostics', '5'))

@@ -16,14 +16,14 @@ from mmengine.registry import PARAM_SCHEDULERS, RUNNERS
 from mmgc.engine.optimizers import GCOptimWrapperConstructor
 from mmgc.runtime import cli, entry_points
 from mmgc.runtime.errors import ConfigError
-from tests.conftest import TEST_CONFIGS
+from tests.conftest import TEST_CONFIGS, excerpt
 
 DEMO_GC = 'configs/demo/mask_rcnn_r18_fpn_shapes_gc.py'
 HINT = '(MMGC_DEBUG=1 shows the traceback)'
 
 
 def _assert_one_line(proc, expected: str) -> None:
-    assert proc.returncode == 2, proc.stderr[-3000:]
+    assert proc.returncode == 2, excerpt(proc.stderr)
     lines = proc.stderr.strip().splitlines()
     assert lines[-1].startswith(expected), lines[-1]
     assert lines[-1].endswith(HINT)
@@ -167,7 +167,7 @@ def test_a_bug_in_mmgc_while_building_keeps_its_traceback(main, tmp_path, monkey
 
 def _assert_traceback(proc, last_line: str, where: str) -> None:
     """Exit 1 with the traceback, through ``where``, ending in ``last_line...``."""
-    assert proc.returncode == 1, proc.stderr[-3000:]
+    assert proc.returncode == 1, excerpt(proc.stderr)
     assert 'Traceback' in proc.stderr and where in proc.stderr
     assert proc.stderr.strip().splitlines()[-1].startswith(last_line)
 

@@ -54,14 +54,19 @@ def test_dist_timeout_precedence(monkeypatch):
 LIMIT = 90
 
 
+def _dist_run(tools, script, *args, env=None, timeout=LIMIT):
+    """``tools/SCRIPT ARGS`` (``dist_train.sh`` / ``dist_test.sh``) on the tiny data."""
+    data = tools.data_options(splits=('train', 'test'))
+    env = {'PYTHON': sys.executable, 'PORT': str(tools.free_port()), **(env or {})}
+    return tools.run(['bash', f'tools/{script}', *args, '--cfg-options', *data], env, timeout)
+
+
 def _dist_train(
     tools, work_dir, *extra, faults=None, config='mask_rcnn_tiny_gc_dist_fault.py', timeout=LIMIT
 ):
     """``tools/dist_train.sh CONFIG 2`` (``tests/data/configs``), no validation."""
-    args = ['bash', 'tools/dist_train.sh', tools.configs / config, '2', '--work-dir', work_dir]
-    data = tools.data_options(splits=('train', 'test'))
-    env = {'PYTHON': sys.executable, 'PORT': str(tools.free_port()), **(faults or {})}
-    return tools.run([*args, *extra, '--cfg-options', *data], env, timeout=timeout)
+    args = [tools.configs / config, '2', '--work-dir', work_dir, *extra]
+    return _dist_run(tools, 'dist_train.sh', *args, env=faults, timeout=timeout)
 
 
 @pytest.mark.slow
@@ -115,10 +120,18 @@ def test_hung_rank_times_out(tools, tmp_path):
 
 
 @pytest.mark.slow
-def test_dist_train_two_cpu_processes_keep_identical_weights(tools, tmp_path):
-    work_dir = tmp_path / 'dist'
-    proc = tools.ok(_dist_train(tools, work_dir, config='mask_rcnn_tiny_gc_dist.py', timeout=None))
+def test_dist_train_two_cpu_processes_keep_identical_weights(tools, tmp_path, exit_probe):
+    """... and every rank of dist_train.sh, then of dist_test.sh on its checkpoint,
+    exits with its process group ended (``tests/data/exit_probe``)."""
+    work_dir, config = tmp_path / 'dist', 'mask_rcnn_tiny_gc_dist.py'
+    probe = exit_probe.env()
+    proc = tools.ok(_dist_train(tools, work_dir, config=config, faults=probe, timeout=None))
     assert "dist_cfg=dict(backend='gloo')" in tools.output(proc)
+    exit_probe.assert_ended('train.py', ranks=2)
+    args = [tools.configs / config, work_dir / 'epoch_1.pth', '2', '--work-dir', tmp_path / 'test']
+    tools.ok(_dist_run(tools, 'dist_test.sh', *args, env=probe))
+    assert (tmp_path / 'test' / 'test_metrics.json').is_file()
+    exit_probe.assert_ended('test.py', ranks=2)
     dumps = {
         (rank, when): torch.load(work_dir / f'rank{rank}_{when}.pth', weights_only=True)
         for rank in (0, 1)
@@ -138,3 +151,42 @@ def test_dist_train_two_cpu_processes_keep_identical_weights(tools, tmp_path):
     assert after.keys() == other.keys()
     for key, value in after.items():
         torch.testing.assert_close(other[key], value, rtol=0, atol=0)
+
+
+@pytest.mark.slow
+def test_a_users_error_after_the_group_started_ends_it(tools, tmp_path, exit_probe):
+    """A GC run under FSDP1 is refused (one line, exit status 2) after the ranks
+    started their process group: each rank still ends it."""
+    option = ['--cfg-options', 'strategy.type=FSDPStrategy']
+    proc = _dist_train(tools, tmp_path / 'work', *option, faults=exit_probe.env())
+    assert proc.returncode != 0
+    refused = "ConfigError: gradient centralization cannot run under strategy 'FSDPStrategy'"
+    assert refused in tools.output(proc)
+    exit_probe.assert_ended('train.py', ranks=2)
+
+
+#: A rank of one that starts a gloo group and returns, with ``end`` (``ends_process_group``)
+#: or without it.
+_ONE_RANK = """
+import sys, torch, torch.distributed as dist
+from mmgc.runtime.distributed import ends_process_group
+
+def main():
+    dist.init_process_group('gloo', init_method=sys.argv[1], rank=0, world_size=1)
+    dist.all_reduce(torch.ones(1))
+
+if sys.argv[2] == 'end':
+    main = ends_process_group(main)
+main()
+"""
+
+
+@pytest.mark.parametrize('end', ['end', 'keep'])
+def test_the_exit_probe_sees_a_live_group(tools, tmp_path, exit_probe, end):
+    """The probe's control: a process that keeps its group is seen with it alive."""
+    store = f'file://{tmp_path / "store"}'
+    env = {**exit_probe.env(), 'RANK': '0'}
+    tools.run([sys.executable, '-c', _ONE_RANK, store, end], env)  # exit status: see the probe
+    (record,) = exit_probe.records('-c')
+    assert record['imported_dist'] and record['alive'] is (end == 'keep'), record
+    assert record['groups'] == (1 if end == 'keep' else 0), record

@@ -30,7 +30,7 @@ import pytest
 
 from mmgc.runtime.checkpoint import CheckpointLoadError, allowed_globals, safe_torch_load
 from mmgc.runtime.cli import latest_checkpoint
-from tests.conftest import TEST_CONFIGS, assert_same_checkpoint
+from tests.conftest import TEST_CONFIGS, assert_same_checkpoint, excerpt
 
 
 def test_latest_checkpoint_is_what_last_checkpoint_names(tmp_path):
@@ -89,7 +89,7 @@ def _last_checkpoint(work_dir: Path) -> str:
 def test_sigkill_mid_epoch_then_resume_is_bit_exact(tools, train, unbroken, tmp_path):
     work_dir = tmp_path / 'killed'
     killed = train(work_dir, faults={'MMGC_FAULT': 'kill_after_iter:6'})
-    assert killed.returncode == -signal.SIGKILL, tools.output(killed)[-3000:]
+    assert killed.returncode == -signal.SIGKILL, excerpt(tools.output(killed))
     log = tools.output(killed)
     assert 'Epoch(train) [2][2/4]' in log
     assert 'Epoch(train) [2][3/4]' not in log
@@ -107,7 +107,7 @@ def test_sigkill_mid_epoch_then_resume_is_bit_exact(tools, train, unbroken, tmp_
 def test_kill_while_saving_leaves_the_previous_checkpoint(tools, train, unbroken, tmp_path):
     work_dir = tmp_path / 'killed_in_save'
     killed = train(work_dir, faults={'MMGC_FAULT': 'kill_in_save:2'})
-    assert killed.returncode == -signal.SIGXFSZ, tools.output(killed)[-3000:]
+    assert killed.returncode == -signal.SIGXFSZ, excerpt(tools.output(killed))
     assert 'Saving checkpoint at 2 epochs' in tools.output(killed)
     # Half of epoch_2.pth was written, to a temporary file only ...
     (partial,) = work_dir.glob('.epoch_2.pth.partial-*')
@@ -143,7 +143,7 @@ def test_control_mmengine_hook_loses_every_checkpoint(tools, train, tmp_path):
         faults={'MMGC_FAULT': 'kill_in_save:2'},
         options=['default_hooks.checkpoint.type=mmengine.CheckpointHook'],
     )
-    assert killed.returncode == -signal.SIGXFSZ, tools.output(killed)[-3000:]
+    assert killed.returncode == -signal.SIGXFSZ, excerpt(tools.output(killed))
     assert "default_hooks.checkpoint is 'mmengine.CheckpointHook'" in tools.output(killed)
     assert not (work_dir / 'epoch_1.pth').exists()
     with pytest.raises(CheckpointLoadError, match='truncated or corrupt'):
@@ -168,7 +168,7 @@ def test_resume_stops_at_a_truncated_last_checkpoint(tools, train, unbroken, tmp
     (work_dir / 'last_checkpoint').write_text(str(work_dir / 'epoch_2.pth'))
 
     proc = train(work_dir, '--resume')
-    assert proc.returncode == 2, tools.output(proc)[-3000:]
+    assert proc.returncode == 2, excerpt(tools.output(proc))
     last = tools.last_line(proc)
     assert last.startswith(
         f"CheckpointLoadError: Cannot read checkpoint '{work_dir / 'epoch_2.pth'}'"
@@ -179,6 +179,26 @@ def test_resume_stops_at_a_truncated_last_checkpoint(tools, train, unbroken, tmp
     resumed = tools.ok(train(work_dir, '--resume', work_dir / 'epoch_1.pth'))
     assert 'resumed epoch: 1, iter: 4' in tools.output(resumed)
     _ends_as_unbroken(unbroken, work_dir)
+
+
+@pytest.mark.slow
+def test_resume_without_a_seed_is_bit_exact(tools, train, tmp_path):
+    """A run with no seed (MMEngine draws one), resumed from its epoch-1
+    checkpoint with ``--resume CKPT`` and no seed either, ends as the run that
+    never stopped: the resumed run takes the checkpoint's seed before its
+    sampler is built (before, its data order came from a new seed)."""
+    unseeded, keep_all = 'randomness.seed=None', 'default_hooks.checkpoint.max_keep_ckpts=-1'
+    first = tmp_path / 'unbroken'
+    tools.ok(train(first, options=[unseeded, keep_all]))
+    seed = safe_torch_load(str(first / 'epoch_1.pth'))['meta']['seed']
+    work_dir = tmp_path / 'resumed'
+    work_dir.mkdir()
+    shutil.copy(first / 'epoch_1.pth', work_dir)
+    resumed = tools.ok(train(work_dir, '--resume', work_dir / 'epoch_1.pth', options=[unseeded]))
+    log = tools.output(resumed)
+    assert f"--resume: seed {seed}, from '{work_dir / 'epoch_1.pth'}'." in log
+    assert 'resumed epoch: 1, iter: 4' in log
+    _ends_as_unbroken(first, work_dir)
 
 
 @pytest.mark.slow

@@ -29,8 +29,8 @@ def _check_gpu(tools, *args, env: dict | None = None) -> subprocess.CompletedPro
 
 
 @pytest.mark.slow
-def test_cpu_run_passes_every_section_with_numbers(tools, tmp_path):
-    proc = _check_gpu(tools, '--device', 'cpu', '--out-dir', tmp_path)
+def test_cpu_run_passes_every_section_with_numbers(tools, tmp_path, exit_probe):
+    proc = _check_gpu(tools, '--device', 'cpu', '--out-dir', tmp_path, env=exit_probe.env())
     report_path = tmp_path / 'report.md'
     # on a failure, the report too: it holds the failing section's log tail
     shown = report_path.read_text() if report_path.is_file() else '(no report)'
@@ -48,6 +48,7 @@ def test_cpu_run_passes_every_section_with_numbers(tools, tmp_path):
     assert tests and int(tests.group(1)) >= 10  # torch 2.1 skips the rest by feature
     # 2: two gloo processes, their agreement and the weight sums measured
     assert '2 gloo processes agree' in report
+    exit_probe.assert_ended('gpu_check.py', ranks=2)  # each worker ended its group
     assert re.search(r'\| ranks agree[^|]*\| 0 \| <= 1e-06 \| ok \|', report)
     # 3: bench_step.py's table, with SGDGC's default path in it, its ratio in the reason
     assert re.search(r'^\| SGDGC default', report, re.M)

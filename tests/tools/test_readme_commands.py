@@ -149,9 +149,7 @@ COMMANDS: dict[str, tuple[Run, ...] | NotHere] = {
     'GPUS=16 bash tools/slurm_train.sh PARTITION JOB CONFIG WORK_DIR': (
         Run('launch', {'CONFIG': GC}),
     ),
-    'python tools/train.py CONFIG --resume --cfg-options randomness.seed=0': (
-        Run('resume', {'CONFIG': GC}),
-    ),
+    'python tools/train.py CONFIG --resume': (Run('resume', {'CONFIG': GC}),),
     'python tools/train.py CONFIG --gc-diagnostics 50': (
         Run('diagnostics', {'CONFIG': SHORT_GC, '50': '2'}),
         Run('diagnostics', {'CONFIG': SHORT_BASE, '50': '2'}),
@@ -489,7 +487,8 @@ def test_test_tool_writes_coco_metrics_and_the_seed(one_machine):
 def test_resume_continues_a_stopped_run_bit_for_bit(tools, one_machine, tmp_path):
     """The one-machine run, stopped after epoch 1 (its epoch-1 checkpoint and
     last_checkpoint: what a run killed in epoch 2 leaves), resumed by the
-    README's --resume line, ends with the uninterrupted run's weights."""
+    README's --resume line (no seed option: the checkpoint's seed, 0), ends
+    with the uninterrupted run's weights."""
     ws = Workspace(tools, tmp_path)
     work_dir = ws / 'work_dirs/mask_rcnn_r50_fpn_gc'
     work_dir.mkdir(parents=True)
@@ -499,6 +498,7 @@ def test_resume_continues_a_stopped_run_bit_for_bit(tools, one_machine, tmp_path
     ((proc,),) = procs.values()
     out = tools.output(proc)
     assert f"Resuming from '{work_dir / 'epoch_1.pth'}'" in out
+    assert f"--resume: seed 0, from '{work_dir / 'epoch_1.pth'}'." in out
     assert 'resumed epoch: 1, iter: 4' in out and 'local_safe backend' in out
     assert_same_checkpoint(
         safe_torch_load(str(one_machine / 'work_dirs/mask_rcnn_r50_fpn_gc/epoch_2.pth')),

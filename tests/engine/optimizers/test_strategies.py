@@ -31,7 +31,7 @@ from mmgc.engine.optimizers.coverage import (
     install_gc_coverage_check,
     require_gc_coverage,
 )
-from tests.conftest import ROOT
+from tests.conftest import ROOT, ExitProbe, excerpt
 from tests.data import gc_strategy_worker as worker
 from tests.reference import ReferenceAdamGC, ReferenceSGDGC
 
@@ -55,15 +55,18 @@ FSDP2_CASES = ['fsdp2-sgdgc_foreach', 'fsdp2-adam']
 FSDP2_DEFAULT = 'fsdp2-sgdgc'
 
 
-def launch(tools, out_dir, world_size: int, cases: list[str]) -> tuple[list[int], str]:
-    """Run the worker in ``world_size`` processes; return their exit codes and
-    output. One process dying (a segfault) ends the others, so a test fails
-    instead of hanging; so does :data:`LAUNCH_TIMEOUT_S`."""
+def launch(
+    tools, out_dir, world_size: int, cases: list[str], env: dict[str, str]
+) -> tuple[list[int], str]:
+    """Run the worker in ``world_size`` processes (with ``env`` too); return their
+    exit codes and output. One process dying (a segfault) ends the others, so a
+    test fails instead of hanging; so does :data:`LAUNCH_TIMEOUT_S`."""
     port = str(tools.free_port())
     procs, logs = [], [out_dir / f'rank{rank}.log' for rank in range(world_size)]
     files = [log.open('w') for log in logs]  # files: a pipe could fill up and block
     for rank in range(world_size):
-        env = tools.env(
+        rank_env = tools.env(
+            **env,
             RANK=str(rank),
             LOCAL_RANK=str(rank),
             WORLD_SIZE=str(world_size),
@@ -74,7 +77,7 @@ def launch(tools, out_dir, world_size: int, cases: list[str]) -> tuple[list[int]
             subprocess.Popen(
                 [sys.executable, str(WORKER), str(out_dir), *cases],
                 cwd=ROOT,
-                env=env,
+                env=rank_env,
                 stdout=files[rank],
                 stderr=subprocess.STDOUT,
                 text=True,
@@ -92,7 +95,7 @@ def launch(tools, out_dir, world_size: int, cases: list[str]) -> tuple[list[int]
     codes = [p.wait() for p in procs]
     for file in files:
         file.close()
-    outputs = [log.read_text()[-3000:] for log in logs]
+    outputs = [excerpt(log.read_text()) for log in logs]
     return codes, '\n'.join(f'--- rank {r}\n{out}' for r, out in enumerate(outputs))
 
 
@@ -101,7 +104,9 @@ class Launch:
 
     def __init__(self, tools, out_dir, world_size: int, cases: list[str]) -> None:
         self.out_dir, self.world_size, self.cases = out_dir, world_size, cases
-        self.codes, self.output = launch(tools, out_dir, world_size, cases)
+        self.exit_probe = ExitProbe(tools, out_dir / 'exit_probe')
+        env = self.exit_probe.env()
+        self.codes, self.output = launch(tools, out_dir, world_size, cases, env)
 
     def log(self, rank: int) -> str:
         return (self.out_dir / f'rank{rank}.log').read_text()
@@ -228,6 +233,7 @@ def test_fsdp2_matches_the_single_process_reference(two_ranks, one_rank, case, w
 
 def test_two_rank_run_exits_cleanly_and_logs_coverage_once_per_run(two_ranks):
     assert two_ranks.codes == [0, 0], two_ranks.output
+    two_ranks.exit_probe.assert_ended(WORKER.name, ranks=2)  # no live group at exit
     trained = [case for case in two_ranks.cases if case != 'fsdp1']
     lines = [line for line in two_ranks.log(0).splitlines() if 'mmgc: gradient' in line]
     assert len(lines) == len(trained), lines  # rank 0 logs; MMEngine quiets the others

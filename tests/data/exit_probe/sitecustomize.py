@@ -1,0 +1,53 @@
+"""Test helper: an exit probe. Python imports ``sitecustomize`` at start-up from
+``sys.path``, so a test that puts this folder first on ``PYTHONPATH`` and sets
+``MMGC_EXIT_PROBE=DIR`` (``tests.conftest.ExitProbe``) has every Python process
+it starts, torchrun's workers included, write ``DIR/<pid>.json`` as it exits:
+its ``argv``, ``RANK``, whether it imported ``torch.distributed``, whether a
+default process group was still alive (``alive``) and how many process groups
+Python objects still held (``groups``). The handler is registered
+before any other, so it runs after all of them (``atexit`` runs last-in,
+first-out): it sees the state the interpreter finalizes with, which is where a
+live gloo group can abort the process.
+"""
+
+import atexit
+import gc
+import json
+import os
+import sys
+import warnings
+
+
+def _groups(dist) -> int:
+    """How many process groups (``ProcessGroup``, gloo's backend) Python objects
+    still hold: their threads run until the last reference goes, at finalization."""
+    kinds = tuple(k for k in (getattr(dist, n, None) for n in _GROUP_TYPES) if k is not None)
+    seen = set()
+    with warnings.catch_warnings():  # isinstance on a deprecated object warns
+        warnings.simplefilter('ignore')
+        for obj in gc.get_objects():
+            seen.update(id(r) for r in gc.get_referents(obj) if isinstance(r, kinds))
+    return len(seen)
+
+
+_GROUP_TYPES = ('ProcessGroup', 'ProcessGroupGloo')
+
+
+def _record() -> None:
+    dist = sys.modules.get('torch.distributed')
+    available = dist is not None and dist.is_available()
+    record = dict(
+        pid=os.getpid(),
+        argv=sys.argv,
+        rank=os.environ.get('RANK'),
+        imported_dist=dist is not None,
+        alive=bool(available and dist.is_initialized()),
+        groups=_groups(dist) if available else 0,
+    )
+    path = os.path.join(os.environ['MMGC_EXIT_PROBE'], f'{os.getpid()}.json')
+    with open(path, 'w') as file:
+        json.dump(record, file)
+
+
+if os.environ.get('MMGC_EXIT_PROBE'):
+    atexit.register(_record)
