@@ -34,12 +34,34 @@ Writes ``step_<device>.md`` (the table) and ``step_<device>.png`` (a bar
 chart) into ``--out-dir``, and with ``--output PATH`` all devices' tables
 into one Markdown file. ``--models tiny`` is a small built-in conv net (no
 MMDetection model is built), for a run of seconds.
+
+``--host-cost`` measures instead what a CUDA step costs the host, with no GPU,
+for the GPU's paths named explicitly (SGDGC ``fused=True`` is what its
+default takes on CUDA). Per variant: the aten ops one steady-state step
+dispatches, counted with a ``TorchDispatchMode`` on the model's trainable
+tensors moved to the meta device (real shapes, no arithmetic; torch's fused
+SGD gets a Meta kernel that does nothing, since torch has none); an estimate
+of the CUDA kernels they launch (a ``_foreach_*`` / ``_fused_*`` op one
+launch per chunk of tensors as torch's ``multi_tensor_apply`` packs them, or
+one per tensor where a pair of its tensor lists differs in shape, CUDA's
+fallback; any other op one); and the host time of a step
+(``torch.utils.benchmark.Timer``, 1 thread; the median of 15 rounds of 20
+steps, the variants taking turns) on a CPU skeleton of the same
+tensors (same count, ndim and groups, at most 2 elements per dim: the ops
+run but do next to no arithmetic).
+``--baseline-tree DIR`` adds the SGDGC rows of another checkout's mmgc (e.g.
+``git archive HEAD | tar -x -C DIR``), imported as ``mmgc_baseline``, to the
+same run: before and after side by side, in both modes. Writes
+``host_cost.md``.
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib
+import importlib.util
 import logging
+import math
 import statistics
 import sys
 import time
@@ -58,6 +80,7 @@ from torch.autograd import DeviceType
 from torch.profiler import ProfilerActivity, profile
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten
+from torch.utils.benchmark import Timer
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
@@ -179,13 +202,56 @@ def _sgd(model: nn.Module, **kwargs) -> torch.optim.Optimizer:
     return DefaultOptimWrapperConstructor(cfg)(model).optimizer
 
 
-def _sgdgc(model: nn.Module, gc: bool = True, **kwargs) -> torch.optim.Optimizer:
+def _sgdgc(
+    model: nn.Module, gc: bool = True, optimizer_cls: type | None = None, **kwargs
+) -> torch.optim.Optimizer:
+    """SGDGC on the GC constructor's groups; ``optimizer_cls``: another
+    SGDGC class (a baseline tree's) on the same groups."""
     cfg = dict(type='OptimWrapper', optimizer=dict(type='SGDGC', **HYPER, **kwargs))
-    opt = GCOptimWrapperConstructor(cfg, dict(gc_layers=('conv', 'fc')))(model)
+    opt = GCOptimWrapperConstructor(cfg, dict(gc_layers=('conv', 'fc')))(model).optimizer
+    if optimizer_cls is not None:
+        opt = optimizer_cls([dict(g) for g in opt.param_groups], **HYPER, **kwargs)
     if not gc:
-        for group in opt.optimizer.param_groups:
+        for group in opt.param_groups:
             group['gc'] = False
-    return opt.optimizer
+    return opt
+
+
+#: The SGDGC class of ``--baseline-tree`` (None: no baseline rows).
+BASELINE: dict[str, object] = {}
+
+
+def load_baseline_tree(root: Path) -> None:
+    """Import another checkout's ``mmgc`` (``root/mmgc``) as ``mmgc_baseline``
+    and keep its module of SGDGC in :data:`BASELINE`. Its names are taken in
+    MMEngine's registries by this mmgc, so it registers nothing."""
+    from mmengine.registry import Registry
+
+    def register_nothing(self, name=None, force=False, module=None):
+        return module if module is not None else (lambda cls: cls)
+
+    register = Registry.register_module
+    Registry.register_module = register_nothing
+    try:
+        spec = importlib.util.spec_from_file_location(
+            'mmgc_baseline',
+            root / 'mmgc' / '__init__.py',
+            submodule_search_locations=[str(root / 'mmgc')],
+        )
+        if spec is None:
+            raise SystemExit(f'--baseline-tree {root}: no mmgc package there')
+        package = importlib.util.module_from_spec(spec)
+        sys.modules['mmgc_baseline'] = package
+        spec.loader.exec_module(package)
+    finally:
+        Registry.register_module = register
+    BASELINE['module'] = sys.modules['mmgc_baseline.engine.optimizers.sgd_gc']
+    BASELINE['root'] = str(root)
+
+
+def _baseline_cls() -> type | None:
+    module = BASELINE.get('module')
+    return None if module is None else module.SGDGC
 
 
 def _authors(model: nn.Module, **kwargs) -> Callable[[], None]:
@@ -237,6 +303,12 @@ def _variants(model: nn.Module, device: torch.device) -> dict[str, Callable]:
         # fused SGD where torch has one for the CPU (other devices: torch's default)
         'SGDGC default, GC off': _sgdgc(model, gc=False).step,
     }
+    baseline = _baseline_cls()
+    if baseline is not None:  # the same variants of --baseline-tree's SGDGC
+        steps['SGDGC default [baseline]'] = _sgdgc(model, optimizer_cls=baseline).step
+        steps['SGDGC foreach [baseline]'] = _sgdgc(model, optimizer_cls=baseline, foreach=True).step
+        if fused:
+            steps['SGDGC fused [baseline]'] = _sgdgc(model, optimizer_cls=baseline, fused=True).step
     return {name: step for name, step in steps.items() if step is not None}
 
 
@@ -302,7 +374,7 @@ def count_ops(step: Callable[[], None], device: torch.device) -> tuple[int, int,
 
 
 def _path_note(name: str, device: torch.device) -> str:
-    if name != 'SGDGC default':
+    if not name.startswith('SGDGC default') or 'GC off' in name:
         return ''
     if device.type == 'cpu' and cpu_kernel.load_cpu_kernel() is not None:
         return 'mmgc CPU kernel'
@@ -348,6 +420,231 @@ def bench_model(
         counts = count_ops(step, device)
         results[key].aten_ops, results[key].all_aten_ops, results[key].gpu_kernels = counts
     return list(results.values()), facts
+
+
+# ---- the host cost of a CUDA step, measured on the meta device ----
+
+#: torch's ``multi_tensor_apply`` (``ATen/native/cuda/MultiTensorApply.cuh``):
+#: tensors per launch by the number of tensor lists, blocks per launch, and
+#: elements per block.
+_MAX_TENSORS = {1: 110, 2: 64, 3: 48, 4: 36, 5: 30}
+_MAX_BLOCKS = 320
+_CHUNK = 65536
+
+
+#: Ops that launch no kernel: markers and allocations (views are found by ``is_view``).
+_NO_KERNEL = ('empty', 'empty_like', 'empty_strided', 'lift_fresh')
+#: Profiler markers, not ops of the step.
+_MARKERS = ('_record_function_enter_new', '_record_function_exit')
+
+
+def cuda_launches(func, args: tuple, kwargs: dict) -> int:
+    """An estimate of the CUDA kernels one aten op launches: a ``_foreach_*``
+    or ``_fused_*`` op one per ``multi_tensor_apply`` launch (tensors or
+    blocks full), or one per tensor where its tensor lists differ in shape
+    (CUDA's fallback runs the op tensor by tensor); any other op one."""
+    name = func.overloadpacket.__name__
+    if func.is_view or name in _NO_KERNEL:
+        return 0
+    if not name.startswith(('_foreach_', '_fused_')):
+        return 1
+    lists = [
+        a
+        for a in (*args, *kwargs.values())
+        if isinstance(a, (list, tuple)) and a and all(isinstance(t, Tensor) for t in a)
+    ]
+    if not lists:
+        return 1
+    first = lists[0]
+    for other in lists[1:]:
+        if len(other) != len(first) or any(
+            t.shape != r.shape or t.stride() != r.stride() for t, r in zip(other, first)
+        ):
+            return len(first)
+    depth = min(len(lists), max(_MAX_TENSORS))
+    blocks = sum(math.ceil(t.numel() / _CHUNK) for t in first)
+    return max(math.ceil(len(first) / _MAX_TENSORS[depth]), math.ceil(blocks / _MAX_BLOCKS), 1)
+
+
+class OpCounter(TorchDispatchMode):
+    """The aten ops dispatched (below autograd: what a device runs; the
+    profiler's markers left out), by name, and the CUDA launches they would
+    make (:func:`cuda_launches`)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.ops: dict[str, int] = {}
+        self.launches = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        name = str(func.overloadpacket.__name__)
+        if name not in _MARKERS:
+            self.ops[name] = self.ops.get(name, 0) + 1
+            self.launches += cuda_launches(func, args, kwargs)
+        return func(*args, **kwargs)
+
+    @property
+    def total(self) -> int:
+        return sum(self.ops.values())
+
+
+_META_FUSED: list = []
+
+
+def _meta_fused_sgd() -> bool:
+    """Give torch's fused SGD a Meta kernel that does nothing (torch has
+    none), and let ``torch.optim.SGD(fused=True)`` take meta tensors (its
+    device check, ``torch.optim.sgd._device_dtype_check_for_fused``, is
+    skipped for them), so its path runs on the meta device; False where this
+    torch has no fused SGD."""
+    if not torch_has_fused_sgd():
+        return False
+    if not _META_FUSED:
+        lib = torch.library.Library('aten', 'IMPL')
+        for overload in ('_fused_sgd_', '_fused_sgd_.tensor_lr'):
+            lib.impl(overload, lambda *args, **kwargs: None, 'Meta')
+        _META_FUSED.append(lib)  # the registration lives as long as the library object
+        sgd_module = importlib.import_module('torch.optim.sgd')
+        check = getattr(sgd_module, '_device_dtype_check_for_fused', None)
+        if check is not None:
+
+            def device_check(p, *args, **kwargs):
+                if p.device.type != 'meta':
+                    check(p, *args, **kwargs)
+
+            sgd_module._device_dtype_check_for_fused = device_check
+    return True
+
+
+@dataclass
+class HostCost:
+    """One variant's host cost of a steady-state step."""
+
+    name: str
+    ops: int
+    launches: int
+    host_ms: float
+    top_ops: str
+
+
+#: Host time: rounds of steps, the variants taking turns; the median round counts.
+HOST_ROUNDS, HOST_STEPS = 15, 20
+
+
+def _skeleton_twin(opt: torch.optim.Optimizer) -> Callable[[], None]:
+    """The step of a twin of ``opt`` on CPU tensors of the same count, ndim,
+    groups and options, but at most 2 elements per dim: every op runs and
+    does next to no arithmetic, so its time is the host's (Python, dispatch)."""
+    groups, twins = [], {}
+    for group in opt.param_groups:
+        params = []
+        for p in group['params']:
+            if id(p) not in twins:
+                twin = nn.Parameter(torch.randn([min(n, 2) for n in p.shape]))
+                twin.grad = None if p.grad is None else torch.randn_like(twin)
+                twins[id(p)] = twin
+            params.append(twins[id(p)])
+        groups.append({**group, 'params': params})
+    return type(opt)(groups, lr=HYPER['lr']).step
+
+
+def host_cost(name: str) -> tuple[list[HostCost], dict]:
+    """Aten ops and estimated CUDA launches of one steady-state step of each
+    GPU path (on the meta device: real shapes, no arithmetic), and its host
+    time (on a CPU skeleton of the same tensors, :func:`_skeleton_twin`)."""
+    model = build_model(name, torch.device('cpu')).to('meta')
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    for p in trainable:
+        p.grad = torch.empty_like(p)
+    fused = _meta_fused_sgd()
+    logger = MMLogger.get_current_instance()
+    level = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        baseline = _baseline_cls()
+        optimizers = {
+            'SGD fused': _sgd(model, fused=True) if fused else None,
+            'SGD foreach': _sgd(model, foreach=True),
+            'SGDGC fused (the CUDA default)': _sgdgc(model, fused=True) if fused else None,
+            'SGDGC foreach': _sgdgc(model, foreach=True),
+        }
+        if baseline is not None:
+            if fused:
+                optimizers['SGDGC fused (the CUDA default) [baseline]'] = _sgdgc(
+                    model, optimizer_cls=baseline, fused=True
+                )
+            optimizers['SGDGC foreach [baseline]'] = _sgdgc(
+                model, optimizer_cls=baseline, foreach=True
+            )
+        optimizers = {k: v for k, v in optimizers.items() if v is not None}
+        twins = {k: _skeleton_twin(opt) for k, opt in optimizers.items()}
+    finally:
+        logger.setLevel(level)
+    counters = {}
+    for variant, opt in optimizers.items():
+        for _ in range(2):  # momentum buffers exist from here on
+            opt.step()
+            twins[variant]()
+        with OpCounter() as counter:
+            opt.step()
+        counters[variant] = counter
+    # the variants take turns, round by round, so that a change of load hits all alike
+    timers = {
+        k: Timer(stmt='step()', globals=dict(step=t), num_threads=1) for k, t in twins.items()
+    }
+    rounds: dict[str, list[float]] = {k: [] for k in timers}
+    for _ in range(HOST_ROUNDS):
+        for variant, timer in timers.items():
+            rounds[variant].append(timer.timeit(HOST_STEPS).mean * 1e3)
+    results = []
+    for variant, counter in counters.items():
+        top = sorted(counter.ops.items(), key=lambda kv: -kv[1])[:4]
+        top_ops = ', '.join(f'{op} {n}' for op, n in top)
+        host = statistics.median(rounds[variant])
+        results.append(HostCost(variant, counter.total, counter.launches, host, top_ops))
+    weights = sum(p.ndim > 1 for p in trainable)
+    facts = dict(tensors=len(trainable), weights=weights, fused_check=_fused_check_cost())
+    return results, facts
+
+
+def _fused_check_cost() -> dict[str, float]:
+    """Microseconds per call of ``torch_has_fused_sgd`` (the CUDA default
+    path asks it once per tensor per step), here and in the baseline."""
+    checks = {'this tree': torch_has_fused_sgd}
+    module = BASELINE.get('module')
+    if module is not None:
+        checks['baseline'] = module.torch_has_fused_sgd
+    return {
+        k: Timer('f()', globals=dict(f=f)).blocked_autorange(min_run_time=0.5).median * 1e6
+        for k, f in checks.items()
+    }
+
+
+def format_host_cost(name: str, results: list[HostCost], facts: dict) -> str:
+    lines = [
+        f'### Host cost of one CUDA step: {name} ({facts["tensors"]} trainable tensors, '
+        f'{facts["weights"]} of them conv/FC weights): ops on the meta device, host '
+        f'time on a CPU skeleton of the same tensors (1 thread)',
+        '',
+        '| variant | aten ops | est. CUDA launches | host ms | most frequent ops |',
+        '|---|---:|---:|---:|---|',
+    ]
+    for r in results:
+        lines.append(f'| {r.name} | {r.ops} | {r.launches} | {r.host_ms:.2f} | {r.top_ops} |')
+    per_call = facts['fused_check']
+    cost = ', '.join(
+        f'{where} {us:.2f} us a call, {us * facts["tensors"] / 1e3:.2f} ms a step'
+        for where, us in per_call.items()
+    )
+    lines += [
+        '',
+        f'torch_has_fused_sgd(), asked once per tensor per step by the default path on '
+        f'CUDA tensors (not on meta, so not in the host ms above): {cost}.',
+    ]
+    if BASELINE:
+        lines.append(f'[baseline]: the SGDGC of {BASELINE["root"]}, in the same run.')
+    return '\n'.join(lines)
 
 
 def format_table(model_results: dict[str, tuple[list[Result], dict]], device: torch.device) -> str:
@@ -439,6 +736,16 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         '--output', default=None, help="also write every device's Markdown table to this file"
     )
     parser.add_argument('--no-plot', action='store_true', help='skip the bar charts')
+    parser.add_argument(
+        '--host-cost',
+        action='store_true',
+        help='measure the host cost of a CUDA step on the meta device instead (no GPU needed)',
+    )
+    parser.add_argument(
+        '--baseline-tree',
+        default=None,
+        help="another checkout's root whose SGDGC rows join the same run (before/after)",
+    )
     args = parser.parse_args(argv)
     if args.iters < 1 or args.warmup < 1:
         parser.error(f'--iters and --warmup must be >= 1; got {args.iters}, {args.warmup}')
@@ -453,6 +760,16 @@ def main(argv: list[str] | None = None) -> dict:
     devices = args.device or (['cpu'] + (['cuda'] if torch.cuda.is_available() else []))
     out_dir = Path(args.out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
+    if args.baseline_tree:
+        load_baseline_tree(Path(args.baseline_tree).resolve())
+    if args.host_cost:
+        texts = [format_host_cost(m, *host_cost(m)) for m in args.models]
+        text = f'## Host cost of a CUDA step (torch {torch.__version__})\n\n' + '\n\n'.join(texts)
+        print_log('\n' + text, logger='current')
+        (out_dir / 'host_cost.md').write_text(text + '\n')
+        if args.output:
+            Path(args.output).write_text(text + '\n')
+        return {}
     report, texts = {}, []
     for dev_name in devices:
         device = torch.device(dev_name)

@@ -191,3 +191,21 @@ class ReferenceSGDWGC(ReferenceSGDGC):
             d = g.detach().to(torch.float64)
             d = self._momentum(i, project(-d if self.maximize else d, self.out_dims[i]))
             self.weights[i] = w - self.lr * d - self.weight_decay * self.lr * w
+
+
+def centralized_direction(grad, weight, out_dim, *, weight_decay=0.0, maximize=False):
+    """``P(±g + wd w)`` formed in float64 with :func:`project`, returned in
+    float64 (round it to the dtype under test once, as a step in that dtype
+    would see it)."""
+    g = grad.detach().to(torch.float64)
+    d = (-g if maximize else g) + weight_decay * weight.detach().to(torch.float64)
+    return project(d, out_dim)
+
+
+def unit_mean_ratio(tensor, out_dim):
+    """Worst per-unit ``|mean|`` of ``tensor`` over its RMS, in float64 (0 for
+    a centralized tensor, up to rounding)."""
+    t = tensor.detach().to(torch.float64).movedim(out_dim, 0)
+    rows = t.reshape(t.shape[0], -1)
+    rms = rows.square().mean().sqrt()
+    return float(rows.mean(1).abs().max() / rms)

@@ -17,6 +17,7 @@ parameters) have no input axis and are never centralized.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 
 import torch
@@ -27,8 +28,10 @@ from ..errors import ConfigError
 __all__ = ['centralize', 'centralize_', 'gc_direction_means', 'gc_update_directions', 'reduce_dims']
 
 
+@functools.lru_cache(maxsize=256)
 def reduce_dims(ndim: int, out_dim: int) -> tuple[int, ...]:
-    """Dims that span one output unit's weight vector: all but ``out_dim``.
+    """Dims that span one output unit's weight vector: all but ``out_dim``
+    (remembered per pair: a step asks it for every centralized tensor).
 
     Args:
         ndim (int): Number of dims of the weight (must be > 1).
@@ -65,6 +68,10 @@ def centralize(tensor: Tensor, out_dim: int = 0) -> Tensor:
     return tensor - tensor.mean(dim=dims, keepdim=True)
 
 
+#: Dtypes whose directions are formed in float32 and rounded once.
+_WIDENED = (torch.float16, torch.bfloat16)
+
+
 def gc_update_directions(
     params: Sequence[Tensor],
     grads: Sequence[Tensor],
@@ -76,6 +83,11 @@ def gc_update_directions(
     r"""New tensors :math:`\mathbf{P}(\pm\mathbf{g} + \lambda\mathbf{w})`, ``-``
     when ``maximize`` (as ``torch.optim.SGD`` negates before adding decay).
 
+    For float16/bfloat16 gradients the direction is formed in float32 and
+    rounded once to the gradient's dtype: in half precision the gradient's
+    mean can be far larger than what :math:`\mathbf{P}` leaves, and the sum
+    and the subtraction would each round at the mean's scale.
+
     Args:
         params (Sequence[Tensor]): The weights :math:`\mathbf{w}`.
         grads (Sequence[Tensor]): Their gradients :math:`\mathbf{g}`.
@@ -84,11 +96,14 @@ def gc_update_directions(
         maximize (bool): Ascend instead of descend.
 
     Returns:
-        list[Tensor]: One new tensor per weight.
+        list[Tensor]: One new tensor per weight, in its gradient's dtype.
     """
     directions = []
     decayed = isinstance(weight_decay, Tensor) or weight_decay != 0
     for param, grad, out_dim in zip(params, grads, out_dims):
+        dtype = grad.dtype
+        if dtype in _WIDENED:
+            grad, param = grad.float(), param.float()
         if not decayed:
             direction = torch.neg(grad) if maximize else grad.clone()
         elif isinstance(weight_decay, Tensor):
@@ -97,7 +112,7 @@ def gc_update_directions(
             direction = torch.add(grad, param, alpha=-weight_decay).neg_()
         else:
             direction = torch.add(grad, param, alpha=weight_decay)
-        directions.append(centralize_(direction, out_dim))
+        directions.append(centralize_(direction, out_dim).to(dtype))
     return directions
 
 
@@ -139,8 +154,9 @@ def gc_direction_means(
             param_means.append(grad.new_zeros(shape))
             continue
         means.append(grad.mean(dim=dims, keepdim=True))
-        if decayed:
-            param_means.append(param.detach().mean(dim=dims, keepdim=True))
+        if decayed:  # (detach only where autograd would see it: one op less a tensor)
+            tracked = param.requires_grad and torch.is_grad_enabled()
+            param_means.append((param.detach() if tracked else param).mean(dim=dims, keepdim=True))
     if maximize:
         torch._foreach_neg_(means)
     if decayed and isinstance(weight_decay, Tensor):

@@ -99,3 +99,29 @@ def test_centralize_properties(shape, out_dim):
     assert_close(c, project(g, out_dim))
     assert_close(centralize(c, out_dim), c)  # P is idempotent
     assert float(torch.linalg.vector_norm(c)) <= float(torch.linalg.vector_norm(g)) + 1e-12
+
+
+@pytest.mark.parametrize('maximize', [False, True])
+@pytest.mark.parametrize('dtype', [torch.float16, torch.bfloat16], ids=str)
+def test_half_precision_directions_are_formed_in_float32(dtype, maximize):
+    """For float16/bfloat16, P(±g + wd w) is formed in float32 and rounded
+    once: it equals the float64 projection rounded to the dtype (up to one
+    rounding of float32's), even where the gradient's mean is 100 times its
+    centred part, and it keeps the gradient's dtype."""
+    g = torch.Generator().manual_seed(5)
+    shapes, dims = [(6, 4, 3), (3, 5, 2)], [0, 1]
+    params = [torch.randn(s, generator=g, dtype=torch.float64).to(dtype) for s in shapes]
+    grads = []
+    for shape, dim in zip(shapes, dims):
+        centred = project(torch.randn(shape, generator=g, dtype=torch.float64), dim)
+        unit = [1] * len(shape)
+        unit[dim] = shape[dim]
+        grads.append(
+            (centred + 100 * torch.randn(unit, generator=g, dtype=torch.float64)).to(dtype)
+        )
+    out = gc_update_directions(params, grads, dims, weight_decay=0.1, maximize=maximize)
+    eps = torch.finfo(dtype).eps
+    for p, grad, dim, d in zip(params, grads, dims, out):
+        assert d.dtype == dtype
+        exact = project((-grad.double() if maximize else grad.double()) + 0.1 * p.double(), dim)
+        assert_close(d.double(), exact.to(dtype).double(), rtol=eps, atol=0)

@@ -33,7 +33,7 @@ option the inner constructor gave it, and the only keys added are
 from __future__ import annotations
 
 import inspect
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 from mmengine.logging import print_log
@@ -49,7 +49,7 @@ from .coverage import (
     require_gc_coverage,
 )
 from .gc_step_hooks import attach_gc_hooks, supports_gc, supports_gc_variant, uses_gc_hooks
-from .selection import GC_LAYER_KINDS, GCTarget, parse_gc_layers, select_gc_weights
+from .selection import GC_LAYER_KINDS, GCTarget, gc_targets, parse_gc_layers, select_gc_weights
 from .sgd_gc import SGDGC, _check_gc_options
 from .variants import GC_VARIANTS, check_one_of
 
@@ -409,9 +409,11 @@ class GCOptimWrapperConstructor:
                 self._check_member(param, index, names, where)
             _check_gc_options(group)
         selected = select_gc_weights(model, self.gc_layers)
-        split = [sub for group in groups for sub in self._split(group, selected)]
+        targets, no_axis = gc_targets(model)
+        kinds = _Targets(selected, targets, no_axis, skipped={})
+        split = [sub for group in groups for sub in self._split(group, kinds)]
         merged = _merge_groups(split, self._optimizer_defaults, keep_multipliers=not self.legacy)
-        self._log_summary(split, merged, selected)
+        self._log_summary(split, merged, selected, kinds.skipped)
         return merged
 
     def _check_member(
@@ -442,7 +444,7 @@ class GCOptimWrapperConstructor:
             )
         where[id(param)] = index
 
-    def _split(self, group: dict, selected: dict[int, tuple[str, GCTarget]]) -> list[dict]:
+    def _split(self, group: dict, targets: _Targets) -> list[dict]:
         """``group`` split into groups whose members share one GC decision."""
         params = list(group['params'])
         per_param = {
@@ -452,7 +454,7 @@ class GCOptimWrapperConstructor:
         }
         parts: dict[tuple, dict] = {}
         for i, param in enumerate(params):
-            options = self._gc_options(group, param, selected.get(id(param)))
+            options = self._gc_options(group, param, targets)
             part = parts.get(tuple(options.items()))
             if part is None:
                 part = parts[tuple(options.items())] = {
@@ -466,12 +468,25 @@ class GCOptimWrapperConstructor:
                 part[k].append(values[i])
         return list(parts.values())
 
-    def _gc_options(
-        self, group: dict, param: torch.Tensor, selected: tuple[str, GCTarget] | None
-    ) -> dict[str, Any]:
-        """The GC keys of one member: the group's explicit ones, else the selection's."""
+    def _gc_options(self, group: dict, param: torch.Tensor, targets: _Targets) -> dict[str, Any]:
+        """The GC keys of one member: the group's explicit ones, else the selection's.
+
+        A weight forced into GC (``gc=True`` from ``custom_keys``) that the
+        layer kinds did not select is centralized on its layer's output dim
+        whatever ``gc_layers`` says (1 for a transposed convolution); one
+        without an output-unit axis (a 1-D tensor, a tensor whose units hold
+        one element each, a grouped transposed convolution's weight) is left
+        out of GC and counted in the log, never centralized to zero.
+        """
+        selected = targets.selected.get(id(param))
         gc = group.get('gc', selected is not None and param.ndim > 1)
-        target = selected[1] if selected else None
+        entry = selected or targets.every.get(id(param))
+        target = entry[1] if entry else None
+        if gc and selected is None:
+            reason = _no_output_axis(group, param, target, id(param) in targets.no_axis)
+            if reason is not None:
+                targets.skipped[reason] = targets.skipped.get(reason, 0) + 1
+                gc = False
         options = {'gc': gc, 'gc_dim': group.get('gc_dim', target.out_dim if gc and target else 0)}
         if not self.legacy and gc:
             options['gc_variant'] = group.get(
@@ -480,7 +495,11 @@ class GCOptimWrapperConstructor:
         return options
 
     def _log_summary(
-        self, split: list[dict], merged: list[dict], selected: dict[int, tuple[str, GCTarget]]
+        self,
+        split: list[dict],
+        merged: list[dict],
+        selected: dict[int, tuple[str, GCTarget]],
+        skipped: dict[str, int],
     ) -> None:
         counts: dict[str, list[int]] = {}
         all_params = [p for group in split for p in group['params']]
@@ -511,12 +530,45 @@ class GCOptimWrapperConstructor:
             else ''
         )
         variant = '' if self.legacy else f', variant={self.variant!r}, over {self._inner_name}'
+        if skipped:
+            kept += '; gc=True (custom_keys) left out of GC on ' + ', '.join(
+                f'{n} {reason}' for reason, n in skipped.items()
+            )
         print_log(
             f'GCOptimWrapperConstructor: gradient centralization on {total} in the '
             f'optimizer ({numel} params; {detail or "none"}), '
             f'gc_layers={self.gc_layers}{variant}, {len(merged)} parameter groups{kept}',
             logger='current',
         )
+
+
+class _Targets(NamedTuple):
+    """What :meth:`GCOptimWrapperConstructor._annotate` decides by: the
+    weights the layer kinds select, every weight's GC target whatever its
+    kind, the grouped transposed convolutions' weights, and the count of
+    forced tensors left out of GC, by reason (filled while splitting)."""
+
+    selected: dict[int, tuple[str, GCTarget]]
+    every: dict[int, tuple[str, GCTarget]]
+    no_axis: dict[int, tuple[str, int]]
+    skipped: dict[str, int]
+
+
+def _no_output_axis(
+    group: dict, param: torch.Tensor, target: GCTarget | None, grouped: bool
+) -> str | None:
+    """Why a tensor forced into GC has no output-unit axis to centralize
+    over (the log's words), or None if it has one."""
+    if grouped:
+        return 'grouped transposed conv weights (their output units do not lie along one dim)'
+    if param.ndim <= 1:
+        return '1-D tensors (biases, norm parameters: no input axis)'
+    if target is None and param.numel():
+        dim = group.get('gc_dim', 0)
+        if isinstance(dim, int) and -param.ndim <= dim < param.ndim:
+            if param.numel() == param.shape[dim]:
+                return 'tensors with one element per output unit (GC would zero their step)'
+    return None
 
 
 def _as_groups(params: Any) -> list[dict]:

@@ -23,6 +23,11 @@ projection as the optimizer applies it:
   :math:`\mathbf{P}\mathbf{g}`; decoupled decay stays outside the projection,
   as the paper's Table 2 treats AdamW/SGDW.
 
+A float16/bfloat16 gradient's replacement is formed in float32 and rounded
+once to its dtype (in half precision the gradient's mean can dwarf what
+:math:`\mathbf{P}` keeps, and rounding the sum and the difference there
+would leave much of the mean in).
+
 **AMP with a fused optimizer** (torch's ``fused=True`` SGD, Adam, AdamW,
 Adagrad). These set ``_step_supports_amp_scaling``, so ``GradScaler.step``
 does not unscale: it sets ``optimizer.grad_scale`` (the scale :math:`S`, or
@@ -74,8 +79,25 @@ weights ``ax`` are taken from the uncentralized step, so its update is not
 the optimizer's alone; for ``SGD`` it gives the same weights as ``'grad'``
 (:math:`\mathbf{P}` commutes with momentum) with uncentralized buffers.
 
-``LBFGS`` (re-evaluates gradients inside its step) and ``SparseAdam`` (sparse
-gradients only) cannot be centralized this way and are refused.
+**Closures.** ``optimizer.step(closure)`` recomputes the gradients inside
+the step, after the pre hook has run. So the pre hook hands the step a
+wrapped closure instead of centralizing: each call runs the user's closure,
+then centralizes the gradients it computed (GC on the gradient; GC on the
+update needs nothing from the closure), and the post hook puts the
+closure's raw gradients back. Under ``GradScaler``'s fused path (which
+takes no closure, as torch's ``GradScaler.step`` says) a closure is refused.
+
+``LBFGS`` and ``SparseAdam`` are refused. ``SparseAdam`` takes sparse
+gradients only. ``LBFGS`` re-evaluates the closure inside its step, which
+the wrapped closure would centralize each time (projected gradients are the
+gradients of the loss on the constrained subspace, so the math would hold),
+but it allows one parameter group only, so weights whose output units lie
+on different dims (a conv and a transposed conv), or weights with and
+without GC, cannot be told apart: it cannot take per-tensor GC.
+
+Every check that can refuse the step (a ``gc_variant``, a sparse gradient,
+a closure under the fused AMP path) runs before any ``.grad`` or group
+option is replaced.
 """
 
 from __future__ import annotations
@@ -178,6 +200,10 @@ def _fused_sgd_first_step(optimizer: Optimizer) -> bool:
     return False
 
 
+#: Gradients the pre hook centralizes in float32 and rounds once to their dtype.
+_HALF_DTYPES = (torch.float16, torch.bfloat16)
+
+
 def _unit_mean(param: Tensor, dims: tuple[int, ...]) -> Tensor:
     """Per-output-unit mean of ``param``, in float32 or wider."""
     dtype = torch.float64 if param.dtype == torch.float64 else torch.float32
@@ -194,32 +220,66 @@ class _GCStepHooks:
         self._scale: Tensor | None = None
         self._found_inf: Tensor | None = None
 
-    def before_step(self, optimizer: Optimizer, args: Any, kwargs: Any) -> None:
+    def before_step(self, optimizer: Optimizer, args: Any, kwargs: Any) -> Any:
         self._restore()  # a failed step left state: put the grads back
         self._means = []
         _check_groups(optimizer)  # a group added since attach_gc_hooks
+        # torch hands the hooks step's arguments with the optimizer first
+        closure = kwargs.get('closure', args[1] if len(args) > 1 else None)
         scale = getattr(optimizer, 'grad_scale', None)  # set by GradScaler (fused)
-        self._scale = scale if isinstance(scale, Tensor) else None
         found_inf = getattr(optimizer, 'found_inf', None)
+        if closure is not None and (isinstance(scale, Tensor) or isinstance(found_inf, Tensor)):
+            raise ConfigError(
+                f"{type(optimizer).__name__}.step(closure) with GradScaler's grad_scale or "
+                f'found_inf set cannot be centralized (the closure would recompute the '
+                f'gradients that the fused kernel unscales); call step() without a closure'
+            )
+        if closure is None:
+            _check_sparse(optimizer)  # before anything is replaced
+        self._scale = scale if isinstance(scale, Tensor) else None
         self._found_inf = found_inf if isinstance(found_inf, Tensor) else None
         if self._found_inf is not None and _fused_sgd_first_step(optimizer):
             if float(self._found_inf.sum()) > 0:  # one sync, before the first step only
                 self._hide_grads(optimizer)
-                return
+                return None
         for group in optimizer.param_groups:
-            if not group.get('gc', GC_GROUP_DEFAULTS['gc']):
-                continue
-            gc_dim = group.get('gc_dim', GC_GROUP_DEFAULTS['gc_dim'])
-            if gc_variant_of(group) == 'update':
-                for p in group['params']:
-                    if p.grad is not None and p.ndim > 1 and p.numel():
+            if group.get('gc', GC_GROUP_DEFAULTS['gc']) and gc_variant_of(group) == 'update':
+                gc_dim = group.get('gc_dim', GC_GROUP_DEFAULTS['gc_dim'])
+                for p in group['params']:  # with a closure: grads come later
+                    if (closure or p.grad is not None) and p.ndim > 1 and p.numel():
                         dims = reduce_dims(p.ndim, gc_dim)
                         self._means.append((p, dims, _unit_mean(p, dims)))
-                continue
-            self._centralize_grads(optimizer, group, gc_dim)
+        if closure is None:
+            self._centralize_all(optimizer)
+            return None
+        wrapped = self._centralizing(optimizer, closure)
+        if 'closure' in kwargs:
+            return args, {**kwargs, 'closure': wrapped}
+        return (args[0], wrapped, *args[2:]), kwargs
+
+    def _centralizing(self, optimizer: Optimizer, closure: Any) -> Any:
+        """``closure``, then GC of the gradients it computed (at each call:
+        an optimizer may evaluate it more than once)."""
+
+        def centralizing_closure() -> Any:
+            self._restore_grads()  # what an earlier call replaced
+            loss = closure()
+            _check_sparse(optimizer)
+            self._centralize_all(optimizer)
+            return loss
+
+        return centralizing_closure
+
+    def _centralize_all(self, optimizer: Optimizer) -> None:
+        """GC on the gradient, for every ``gc=True`` group of that variant."""
+        for group in optimizer.param_groups:
+            if group.get('gc', GC_GROUP_DEFAULTS['gc']) and gc_variant_of(group) != 'update':
+                gc_dim = group.get('gc_dim', GC_GROUP_DEFAULTS['gc_dim'])
+                self._centralize_grads(optimizer, group, gc_dim)
 
     def _centralize_grads(self, optimizer: Optimizer, group: dict[str, Any], gc_dim: int) -> None:
-        """``p.grad <- P(g ± wd w)`` (``P(S g ± S wd w)`` for a fused AMP step)."""
+        """``p.grad <- P(g ± wd w)`` (``P(S g ± S wd w)`` for a fused AMP step);
+        for a float16/bfloat16 gradient formed in float32 and rounded once."""
         decay = group.get('weight_decay', 0.0)
         coupled = _decay_is_coupled(optimizer, group) and (isinstance(decay, Tensor) or decay != 0)
         sign = -1.0 if group.get('maximize', False) else 1.0
@@ -227,22 +287,19 @@ class _GCStepHooks:
             grad = p.grad
             if grad is None or (p.ndim <= 1 and not coupled):
                 continue
-            if grad.is_sparse:
-                raise RuntimeError(
-                    f'gradient centralization cannot centralize a sparse '
-                    f'gradient (parameter of shape {tuple(p.shape)}); set '
-                    f'gc=False for its parameter group'
-                )
+            widen = grad.dtype in _HALF_DTYPES
+            g, w = (grad.float(), p.detach().float()) if widen else (grad, p.detach())
             if not coupled:
-                seen = grad.clone()
+                seen = g if widen else g.clone()
             elif self._scale is None and not isinstance(decay, Tensor):
-                seen = torch.add(grad, p.detach(), alpha=sign * decay)
+                seen = torch.add(g, w, alpha=sign * decay)
             else:  # S wd w: the fused kernel divides all of it by S
                 factor = sign * decay
                 if self._scale is not None:
                     factor = self._scale.to(p.device).reshape(()) * factor
-                seen = torch.add(grad, p.detach() * factor)
-            p.grad = centralize_(seen, gc_dim)
+                seen = torch.add(g, w * factor)
+            seen = centralize_(seen, gc_dim)
+            p.grad = seen.to(grad.dtype) if widen else seen
             self._grads.append((p, grad))
         if coupled:
             self._decays.append((group, decay))
@@ -278,13 +335,33 @@ class _GCStepHooks:
                     p.grad = None
         self._scale = None  # the kernel did not run: nothing to unscale
 
-    def _restore(self) -> None:
+    def _restore_grads(self) -> None:
         for p, grad in self._grads:
             p.grad = grad
         for group, decay in self._decays:
             group['weight_decay'] = decay
         self._grads, self._decays = [], []
+
+    def _restore(self) -> None:
+        self._restore_grads()
         self._scale = self._found_inf = None
+
+
+def _check_sparse(optimizer: Optimizer) -> None:
+    """Raise if a ``gc=True`` group (GC on the gradient) has a sparse
+    gradient to replace, before any gradient is replaced."""
+    for group in optimizer.param_groups:
+        if not group.get('gc', GC_GROUP_DEFAULTS['gc']) or gc_variant_of(group) == 'update':
+            continue
+        decay = group.get('weight_decay', 0.0)
+        coupled = _decay_is_coupled(optimizer, group) and (isinstance(decay, Tensor) or decay != 0)
+        for p in group['params']:
+            if p.grad is not None and p.grad.is_sparse and (p.ndim > 1 or coupled):
+                raise RuntimeError(
+                    f'gradient centralization cannot centralize a sparse '
+                    f'gradient (parameter of shape {tuple(p.shape)}); set '
+                    f'gc=False for its parameter group'
+                )
 
 
 def attach_gc_hooks(optimizer: Optimizer) -> tuple[RemovableHandle, RemovableHandle]:

@@ -30,7 +30,14 @@ from torch import nn
 
 from ...errors import ConfigError
 
-__all__ = ['GC_LAYER_KINDS', 'GCTarget', 'parse_gc_layers', 'gc_target_of', 'select_gc_weights']
+__all__ = [
+    'GC_LAYER_KINDS',
+    'GCTarget',
+    'gc_targets',
+    'gc_target_of',
+    'parse_gc_layers',
+    'select_gc_weights',
+]
 
 #: The layer kinds a user can select with ``paramwise_cfg.gc_layers``.
 GC_LAYER_KINDS: tuple[str, ...] = ('conv', 'fc')
@@ -107,6 +114,32 @@ def _module_targets(module: nn.Module) -> dict[str, GCTarget]:
     return {'weight': target}
 
 
+def gc_targets(
+    model: nn.Module,
+) -> tuple[dict[int, tuple[str, GCTarget]], dict[int, tuple[str, int]]]:
+    """Every weight of ``model`` that has a GC target, of every layer kind
+    (what a weight forced into GC, by ``custom_keys``, is centralized on),
+    and the weights of grouped transposed convolutions, which have none.
+
+    Returns:
+        tuple[dict, dict]: ``id(weight) -> (name, target)``, and
+        ``id(weight) -> (name, groups)`` for the grouped transposed
+        convolutions (a shared weight counts once, under its first name).
+    """
+    targets: dict[int, tuple[str, GCTarget]] = {}
+    no_axis: dict[int, tuple[str, int]] = {}
+    for prefix, module in model.named_modules():
+        if is_grouped_transposed_conv(module):
+            if isinstance(getattr(module, 'weight', None), nn.Parameter):
+                name = f'{prefix}.weight' if prefix else 'weight'
+                no_axis.setdefault(id(module.weight), (name, module.groups))
+            continue
+        for name, target in _module_targets(module).items():
+            weight = getattr(module, name)
+            targets.setdefault(id(weight), (f'{prefix}.{name}' if prefix else name, target))
+    return targets, no_axis
+
+
 def select_gc_weights(
     model: nn.Module, gc_layers: Iterable[str]
 ) -> dict[int, tuple[str, GCTarget]]:
@@ -124,18 +157,13 @@ def select_gc_weights(
         ValueError: If ``gc_layers`` is invalid (see :func:`parse_gc_layers`).
     """
     kinds = parse_gc_layers(gc_layers)
-    selected: dict[int, tuple[str, GCTarget]] = {}
-    for prefix, module in model.named_modules():
-        if 'conv' in kinds and is_grouped_transposed_conv(module):
+    targets, no_axis = gc_targets(model)
+    if 'conv' in kinds:
+        for name, groups in no_axis.values():
             print_log(
-                f'{prefix}.weight (grouped transposed conv, groups={module.groups}) is not '
+                f'{name} (grouped transposed conv, groups={groups}) is not '
                 f'centralized: its output units do not lie along one dim',
                 logger='current',
                 level=logging.WARNING,
             )
-            continue
-        for name, target in _module_targets(module).items():
-            if target.kind in kinds:
-                weight = getattr(module, name)
-                selected.setdefault(id(weight), (f'{prefix}.{name}' if prefix else name, target))
-    return selected
+    return {key: value for key, value in targets.items() if value[1].kind in kinds}

@@ -54,8 +54,10 @@ _STEP_OPTIONS = (
 )
 
 
+@functools.cache
 def torch_has_fused_sgd() -> bool:
-    """Whether ``torch.optim.sgd.sgd`` takes ``fused`` (torch 2.1's does not)."""
+    """Whether ``torch.optim.sgd.sgd`` takes ``fused`` (torch 2.1's does not);
+    read once per process (``inspect.signature`` costs tens of µs a call)."""
     return 'fused' in inspect.signature(torch_sgd).parameters
 
 
@@ -127,6 +129,100 @@ def _check_loaded_fused(groups: list[dict], params_of: Callable[[int], list[Tens
                 f'param_groups before loading (SGDGC then picks the fastest kernel '
                 f'here) or resume on a torch and device that have it'
             )
+
+
+def _check_hyper(
+    lr: Any,
+    momentum: Any,
+    dampening: Any,
+    weight_decay: Any,
+    nesterov: Any,
+    *,
+    fused: Any = None,
+    foreach: Any = None,
+    differentiable: Any = False,
+    where: str = '',
+    values: bool = True,
+) -> None:
+    """Raise, in one sentence, on a hyperparameter ``torch.optim.SGD`` refuses
+    at construction, and on Nesterov momentum without momentum or with
+    dampening (SGDGC's rule has none).
+
+    ``where`` starts the sentence (``'param group 1: '``). With
+    ``values=False`` a tensor's size is checked but not its value (a step
+    makes no host sync for it)."""
+    named = dict(lr=lr, momentum=momentum, dampening=dampening, weight_decay=weight_decay)
+    for name, value in named.items():
+        if isinstance(value, Tensor) and value.numel() != 1:
+            raise ConfigError(
+                f'{where}Tensor {name} must have one element; got shape {tuple(value.shape)}'
+            )
+    known = {k: v for k, v in named.items() if values or not isinstance(v, Tensor)}
+    if 'lr' in known and lr < 0.0:
+        raise ConfigError(f'{where}Invalid learning rate: {lr} (must be >= 0)')
+    if 'momentum' in known and momentum < 0.0:
+        raise ConfigError(f'{where}Invalid momentum value: {momentum} (must be >= 0)')
+    if 'weight_decay' in known and weight_decay < 0.0:
+        raise ConfigError(f'{where}Invalid weight_decay value: {weight_decay} (must be >= 0)')
+    if nesterov and {'momentum', 'dampening'} <= known.keys():
+        if momentum <= 0 or dampening != 0:
+            raise ConfigError(
+                f'{where}Nesterov momentum requires a momentum > 0 and zero dampening; '
+                f'got momentum={momentum}, dampening={dampening}'
+            )
+    if fused and differentiable:
+        raise ConfigError(f'{where}fused=True does not support differentiable=True')
+    if fused and foreach:
+        raise ConfigError(f'{where}fused=True and foreach=True cannot be set together')
+
+
+def _check_group(group: dict, index: int | None, *, values: bool = True) -> None:
+    """The checks :class:`SGDGC`'s constructor makes, on one parameter group
+    (``index`` names it in the sentence; None: the constructor's arguments)."""
+    where = '' if index is None else f'param group {index}: '
+    _check_hyper(
+        group['lr'],
+        group['momentum'],
+        group['dampening'],
+        group['weight_decay'],
+        group['nesterov'],
+        fused=group.get('fused'),
+        foreach=group.get('foreach'),
+        differentiable=group.get('differentiable', False),
+        where=where,
+        values=values,
+    )
+    try:
+        _check_gc_options(group)
+    except ValueError as err:  # ConfigTypeError included
+        raise type(err)(f'{where}{err}') from None
+
+
+#: The group options whose change between steps makes SGDGC check the group again.
+_CHECKED_OPTIONS = (
+    'lr',
+    'momentum',
+    'dampening',
+    'weight_decay',
+    'nesterov',
+    'foreach',
+    'fused',
+    'differentiable',
+    'gc',
+    'gc_dim',
+    'gc_variant',
+    'decoupled_weight_decay',
+)
+
+
+def _settings_key(group: dict) -> tuple:
+    """What :data:`_CHECKED_OPTIONS` hold (a tensor by identity) and the
+    group's tensor list (by identity and length)."""
+    values = tuple(
+        ('tensor', id(v)) if isinstance(v, Tensor) else v
+        for v in (group.get(k) for k in _CHECKED_OPTIONS)
+    )
+    return (*values, id(group['params']), len(group['params']))
 
 
 def _check_gc_options(group: dict) -> None:
@@ -216,10 +312,19 @@ class SGDGC(Optimizer):
       centralized sum), and with decoupled decay it acts on the gradient's
       part only in both.
 
+    Every parameter group is checked as the arguments are (the groups given
+    here, those of :meth:`add_param_group`, and a group whose options change
+    between steps, before the next step moves anything), Nesterov's rule
+    included: it needs a momentum and no dampening. A one-element tensor of
+    any shape may stand for ``lr``, ``momentum`` or ``weight_decay``, on any
+    device, as in ``torch.optim.SGD``. float16/bfloat16 weights step on
+    :math:`\mathbf{P}(\pm g + \lambda\theta)` formed in float32 and rounded
+    once to their dtype (:func:`sgd_gc`).
+
     Args:
         params (iterable): Parameters or parameter-group dicts.
         lr (float | Tensor): Learning rate :math:`\gamma`. Defaults to 1e-3.
-        momentum (float): Momentum factor :math:`\mu`. Defaults to 0.
+        momentum (float | Tensor): Momentum factor :math:`\mu`. Defaults to 0.
         dampening (float): Dampening :math:`\tau`. Defaults to 0.
         weight_decay (float | Tensor): L2 decay :math:`\lambda`. Defaults to 0.
         nesterov (bool): Nesterov momentum. Defaults to False.
@@ -247,7 +352,7 @@ class SGDGC(Optimizer):
         self,
         params: Iterable[Tensor] | Iterable[dict[str, Any]],
         lr: float | Tensor = 1e-3,
-        momentum: float = 0,
+        momentum: float | Tensor = 0,
         dampening: float = 0,
         weight_decay: float | Tensor = 0,
         nesterov: bool = False,
@@ -258,23 +363,16 @@ class SGDGC(Optimizer):
         fused: bool | None = None,
         decoupled_weight_decay: bool = False,
     ) -> None:
-        if isinstance(lr, Tensor) and lr.numel() != 1:
-            raise ConfigError(f'Tensor lr must have one element; got shape {tuple(lr.shape)}')
-        if lr < 0.0:
-            raise ConfigError(f'Invalid learning rate: {lr} (must be >= 0)')
-        if momentum < 0.0:
-            raise ConfigError(f'Invalid momentum value: {momentum} (must be >= 0)')
-        if weight_decay < 0.0:
-            raise ConfigError(f'Invalid weight_decay value: {weight_decay} (must be >= 0)')
-        if nesterov and (momentum <= 0 or dampening != 0):
-            raise ConfigError(
-                'Nesterov momentum requires a momentum > 0 and zero dampening; '
-                f'got momentum={momentum}, dampening={dampening}'
-            )
-        if fused and differentiable:
-            raise ConfigError('fused=True does not support differentiable=True')
-        if fused and foreach:
-            raise ConfigError('fused=True and foreach=True cannot be set together')
+        _check_hyper(
+            lr,
+            momentum,
+            dampening,
+            weight_decay,
+            nesterov,
+            fused=fused,
+            foreach=foreach,
+            differentiable=differentiable,
+        )
         if not isinstance(decoupled_weight_decay, bool):
             raise ConfigTypeError(
                 f'decoupled_weight_decay must be True or False; got {decoupled_weight_decay!r}'
@@ -289,18 +387,25 @@ class SGDGC(Optimizer):
         install_gc_coverage_check(self)  # logs at the first step what gets GC
 
     def add_param_group(self, param_group: dict[str, Any]) -> None:
-        """Add a group, checking its ``gc`` / ``gc_dim`` / ``gc_variant`` /
-        ``decoupled_weight_decay`` options first.
+        """Add a group, checking it first as the constructor checks its
+        arguments (the groups given to the constructor come through here too).
+        A group whose options change later is checked again at the next step,
+        before any tensor moves.
 
         Raises:
             TypeError: If ``gc`` / ``gc_dim`` / ``decoupled_weight_decay`` have
                 the wrong type.
-            ValueError: If ``gc_variant`` is not one of
+            ValueError: If ``lr`` / ``momentum`` / ``weight_decay`` is negative
+                or a tensor of more than one element, Nesterov momentum has no
+                momentum or has dampening, ``fused`` is combined with
+                ``foreach`` / ``differentiable`` or cannot run here, or
+                ``gc_variant`` is not one of
                 :data:`~mmgc.engine.optimizers.variants.GC_VARIANTS`.
             ValueError: If the group lists the same tensor twice (torch only
                 warns, then updates it twice per step).
         """
-        _check_gc_options(param_group)
+        index = len(self.param_groups)
+        _check_group({**self.defaults, **param_group}, index if index else None)
         params = param_group['params']
         if not isinstance(params, set):  # torch's own error for sets
             params = [params] if isinstance(params, Tensor) else list(params)
@@ -313,6 +418,9 @@ class SGDGC(Optimizer):
                 )
             param_group = {**param_group, 'params': params}
         super().add_param_group(param_group)
+        group = self.param_groups[-1]
+        if group['fused'] and index:  # the constructor's groups: checked there, at once
+            _check_fused_supported(group['params'])
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         """Fill the options older states lack; refuse a ``fused=True`` this
@@ -324,6 +432,7 @@ class SGDGC(Optimizer):
             for key, value in defaults.items():
                 group.setdefault(key, value)
         _check_loaded_fused(self.param_groups, lambda i: self.param_groups[i]['params'])
+        self._checked = {}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         """Load an ``SGDGC`` state dict.
@@ -350,44 +459,72 @@ class SGDGC(Optimizer):
     def step(self, closure: Callable[[], float] | None = None) -> float | None:
         """Perform one optimization step; ``p.grad`` is left as it was.
 
+        Every check that can refuse the step (a group's options changed since
+        they were last checked, a sparse gradient to centralize, a ``gc_dim``
+        out of range) runs before any tensor moves.
+
         Args:
             closure (Callable, optional): Re-evaluates the model and returns
-                the loss.
+                the loss; the gradients it computes are the ones centralized.
         """
         loss = None
         if closure is not None:
             with torch.enable_grad():
                 loss = closure()
+        calls = [self._gather(i, group) for i, group in enumerate(self.param_groups)]
         with torch.set_grad_enabled(self.defaults['differentiable']):
-            for group in self.param_groups:
-                self._step_group(group)
+            for call in calls:
+                if call is None:
+                    continue
+                params, grads, buffers, gc_dims, options = call
+                sgd_gc(params, grads, buffers, gc_dims, **options)
+                if options['momentum'] != 0:
+                    for p, buffer in zip(params, buffers):
+                        self.state[p]['momentum_buffer'] = buffer
         return loss
 
-    def _step_group(self, group: dict[str, Any]) -> None:
-        """Gather the group's tensors and state (torch's ``_init_group``)."""
-        momentum = group['momentum']
+    def _gather(self, index: int, group: dict[str, Any]) -> tuple | None:
+        """Group ``index``'s tensors and state (torch's ``_init_group``),
+        checked; None if no tensor has a gradient."""
+        checked = getattr(self, '_checked', None)
+        if checked is None:
+            checked = self._checked = {}
+        key = _settings_key(group)
+        if checked.get(id(group)) != key:  # new or changed since the last check
+            _check_group(group, index, values=False)
+            if group['fused']:
+                _check_fused_supported(group['params'])
+            checked[id(group)] = key
+        momentum = _as_float(group['momentum'])
+        centralize, gc_dim = group['gc'], group['gc_dim']
         params, grads, gc_dims, buffers = [], [], [], []
         for p in group['params']:
-            if p.grad is None:
+            grad = p.grad
+            if grad is None:
                 continue
-            centralized = group['gc'] and p.ndim > 1
-            if centralized and p.grad.is_sparse:
-                raise RuntimeError(
-                    f'SGDGC cannot centralize a sparse gradient (parameter of '
-                    f'shape {tuple(p.shape)}); set gc=False for its parameter '
-                    f'group, e.g. with custom_keys in paramwise_cfg'
-                )
+            centralized = centralize and p.ndim > 1
+            if centralized:
+                _check_centralizable(p, grad, gc_dim)
             params.append(p)
-            grads.append(p.grad)
-            gc_dims.append(group['gc_dim'] if centralized else None)
+            grads.append(grad)
+            gc_dims.append(gc_dim if centralized else None)
             buffers.append(self.state[p].get('momentum_buffer') if momentum != 0 else None)
         if not params:
-            return
+            return None
         options = {key: group[key] for key in _STEP_OPTIONS}
-        sgd_gc(params, grads, buffers, gc_dims, momentum=momentum, **options)
-        if momentum != 0:
-            for p, buffer in zip(params, buffers):
-                self.state[p]['momentum_buffer'] = buffer
+        return params, grads, buffers, gc_dims, dict(options, momentum=momentum)
+
+
+def _check_centralizable(param: Tensor, grad: Tensor, gc_dim: int) -> None:
+    """Raise if ``param`` (``ndim > 1``, with GC) cannot be centralized on
+    ``gc_dim``: a sparse gradient, or a dim out of range."""
+    if grad.is_sparse:
+        raise RuntimeError(
+            f'SGDGC cannot centralize a sparse gradient (parameter of '
+            f'shape {tuple(param.shape)}); set gc=False for its parameter '
+            f'group, e.g. with custom_keys in paramwise_cfg'
+        )
+    reduce_dims(param.dim(), gc_dim)
 
 
 @OPTIMIZERS.register_module(name=['SGDWGC', 'SGDW_GC'])
@@ -413,8 +550,8 @@ def sgd_gc(
     gc_dims: list[int | None],
     *,
     lr: float | Tensor,
-    momentum: float,
-    dampening: float,
+    momentum: float | Tensor,
+    dampening: float | Tensor,
     weight_decay: float | Tensor,
     nesterov: bool,
     maximize: bool,
@@ -427,7 +564,11 @@ def sgd_gc(
 
     ``gc_dims[i]`` is the output-unit dim of ``params[i]``, or None to leave
     it uncentralized. ``momentum_buffers`` is updated in place (new buffers
-    on the first step). The tensors are sorted once by kernel:
+    on the first step). A hyperparameter may be a one-element tensor of any
+    shape, as in ``torch.optim.SGD``: ``lr`` and ``weight_decay`` are viewed
+    as 0-dim tensors (a 0-dim CPU tensor mixes with tensors of any device),
+    ``momentum`` and ``dampening`` read as numbers. The tensors are sorted
+    once by kernel:
 
     - default (``foreach`` and ``fused`` both None), plain dense contiguous
       float32/float64 CPU tensors (:func:`~mmgc.ops.cpu_kernel.cpu_kernel_supports`):
@@ -437,54 +578,85 @@ def sgd_gc(
       one for their device and dtype (plain tensors of one layout), else
       torch's own default; with ``foreach`` / ``fused`` set: that kernel.
 
-    On torch's kernels a centralized tensor takes the **generic path**: torch
-    steps on the raw gradient (with the decay and sign), and since
-    :math:`\mathbf{P}` is linear the effect of :math:`\mathbf{P}` is restored
-    with the per-unit means :math:`\mathbf{a} = \mathrm{mean}(\pm g +
-    \lambda\theta)` alone (:func:`~mmgc.ops.gc_direction_means`; two
-    reductions, no full-size copy): an existing buffer is shifted by
-    :math:`-(1-\tau)\mathbf{a}/\mu` before the step (so torch's
-    :math:`\mu\mathbf{b} + (1-\tau)r` is :math:`\mu\mathbf{b} + (1-\tau)
-    \mathbf{P}r`), a new one by :math:`-\mathbf{a}` after it, and the weight
-    by :math:`+\gamma k\mathbf{a}` where torch's direction still holds
-    :math:`\mathbf{a}` (:math:`k = 1`, or :math:`1 + \mu` for a new Nesterov
-    buffer; below a momentum of 1e-3 an existing buffer is shifted after the
-    step instead). An inherited, uncentralized buffer is kept as it is, as
-    the rule says. Under autograd (``differentiable=True``) the directions
-    :math:`\mathbf{P}(\pm g + \lambda\theta)` are built out of place instead.
-    With ``decoupled_weight_decay`` torch's kernels get every tensor scaled
-    by :math:`1 - \gamma\lambda` first and step without decay; mmgc's kernel
-    scales the weight in its one pass.
+    On torch's kernels a centralized float32/float64 tensor takes the
+    **generic path**: torch steps on the raw direction :math:`r = \pm g +
+    \lambda\theta`, and since :math:`\mathbf{P}` is linear its effect is
+    restored with the per-unit means :math:`\mathbf{a} = \mathrm{mean}(r)`
+    alone (:func:`~mmgc.ops.gc_direction_means`; no full-size copy). With
+    torch's new buffer :math:`\mathbf{b}'` and weight :math:`\theta'`:
+
+    .. math::
+        \begin{aligned}
+        &\text{existing buffer, } \mu \ge 10^{-3}:\;
+            \mathbf{b}_{t-1} \mathrel{-}= \tfrac{1-\tau}{\mu}\mathbf{a}
+            \text{ before the step, so } \mathbf{b}' = \mathbf{b}_t,\;
+            \theta_t = \theta' + \gamma k\mathbf{a},\; k = [\text{nesterov}] \\
+        &\text{existing buffer, } \mu < 10^{-3}:\;
+            \mathbf{b}_t = \mathbf{b}' - (1-\tau)\mathbf{a},\;
+            \theta_t = \theta' + \gamma k\mathbf{a},\;
+            k = 1 + \mu(1-\tau) \text{ (nesterov) or } 1-\tau \\
+        &\text{new buffer}:\; \mathbf{b}_t = \mathbf{b}' - \mathbf{a},\;
+            \theta_t = \theta' + \gamma k\mathbf{a},\; k = 1 + \mu
+            \text{ (nesterov) or } 1 \\
+        &\mu = 0:\; \theta_t = \theta' + \gamma\mathbf{a}
+        \end{aligned}
+
+    These hold for any dampening :math:`\tau`, Nesterov's included. An
+    inherited, uncentralized buffer is kept as it is, as the rule says.
+    Torch's foreach Nesterov without decay adds into the gradients it is
+    given; there torch steps without Nesterov and the weight gets
+    :math:`-\gamma r + \gamma(1-\mu)\mathbf{b}'` (before the buffer's
+    correction), which is the Nesterov step, so ``p.grad`` is left as it was
+    without a copy. float16/bfloat16 tensors and steps under autograd
+    (``differentiable=True``) take the **direction path** instead: the
+    directions :math:`\mathbf{P}(\pm g + \lambda\theta)` are built out of
+    place (for half precision in float32, rounded once to the tensor's
+    dtype: shifting a half buffer by means would round twice) and torch steps
+    on them without decay. With ``decoupled_weight_decay`` torch's kernels
+    get every tensor scaled by :math:`1 - \gamma\lambda` first and step
+    without decay; mmgc's kernel scales the weight in its one pass.
 
     Raises:
-        ValueError: If a ``gc_dim`` is out of range, before any tensor moves.
+        ValueError: If a ``gc_dim`` is out of range or a hyperparameter tensor
+            has more than one element, before any tensor moves.
+        RuntimeError: If a centralized tensor has a sparse gradient, before
+            any tensor moves.
     """
+    lr, weight_decay = _as_scalar(lr, 'lr'), _as_scalar(weight_decay, 'weight_decay')
+    momentum, dampening = _as_float(momentum), _as_float(dampening)
     default = foreach is None and fused is None
     cpu_scalars = not any(
         isinstance(value, Tensor) and value.device.type != 'cpu' for value in (lr, weight_decay)
     )
     autograd = torch.is_grad_enabled()
+    cpu_fused = default and torch_fused_sgd_on_cpu()
     kernels: dict[_Kernel, list[int]] = {}  # tensor indices by the call that updates them
     for i, (param, grad, dim) in enumerate(zip(params, grads, gc_dims)):
         centralized = dim is not None and param.dim() > 1
         if centralized:
-            reduce_dims(param.dim(), dim)  # raises before any tensor moves
+            _check_centralizable(param, grad, dim)  # raises before any tensor moves
         buffer = momentum_buffers[i]
-        kernel = _Kernel(foreach=foreach, fused=fused)
+        mmgc_kernel, kernel_foreach, kernel_fused = False, foreach, fused
         if default and not autograd:
-            mmgc_kernel = cpu_scalars and (centralized or not torch_fused_sgd_on_cpu())
-            if mmgc_kernel and cpu_kernel_supports(param, grad, buffer, autograd):
+            if (
+                cpu_scalars
+                and (centralized or not cpu_fused)
+                and cpu_kernel_supports(param, grad, buffer, autograd)
+            ):
                 mmgc_kernel = load_cpu_kernel() is not None
-            else:
-                mmgc_kernel = False
             if mmgc_kernel:
-                kernel = _Kernel(mmgc=True)
+                kernel_foreach = kernel_fused = None
             elif _fused_suits(param, grad, buffer):
-                kernel = _Kernel(fused=True)
-        if kernel.fused:
-            kernel = kernel._replace(first_step=buffer is None)
-        if centralized and not kernel.mmgc:
-            kernel = kernel._replace(centralized=True)
+                kernel_fused = True
+        generic = centralized and not mmgc_kernel
+        kernel = _Kernel(
+            mmgc=mmgc_kernel,
+            centralized=generic,
+            foreach=kernel_foreach,
+            fused=kernel_fused,
+            first_step=bool(kernel_fused) and buffer is None,
+            directions=generic and (autograd or param.dtype in _HALF_DTYPES),
+        )
         kernels.setdefault(kernel, []).append(i)
     hyper = SGDHyper(
         lr, momentum, dampening, weight_decay, nesterov, maximize, decoupled_weight_decay
@@ -497,9 +669,27 @@ def sgd_gc(
             fused_sgd_gc_cpu_(sub_params, sub_grads, sub_buffers, sub_dims, **hyper._asdict())
         else:
             dims = sub_dims if kernel.centralized else None  # None: torch's SGD as it is
-            _torch_step(sub_params, sub_grads, sub_buffers, dims, kernel, autograd, hyper)
+            _torch_step(sub_params, sub_grads, sub_buffers, dims, kernel, hyper)
         for i, buffer in zip(indices, sub_buffers):
             momentum_buffers[i] = buffer
+
+
+#: Dtypes whose centralized tensors take the direction path (P formed in float32).
+_HALF_DTYPES = (torch.float16, torch.bfloat16)
+
+
+def _as_scalar(value: float | Tensor, name: str) -> float | Tensor:
+    """A one-element tensor viewed as 0-dim (torch's ``_to_scalar``); numbers as they are."""
+    if not isinstance(value, Tensor):
+        return value
+    if value.numel() != 1:
+        raise ConfigError(f'Tensor {name} must have one element; got shape {tuple(value.shape)}')
+    return value if value.dim() == 0 else value.reshape(())
+
+
+def _as_float(value: float | Tensor) -> float:
+    """A number, or a one-element tensor's value (read on the host)."""
+    return float(value) if isinstance(value, Tensor) else value
 
 
 #: Below this momentum an existing buffer is corrected after torch's step,
@@ -513,15 +703,15 @@ def _torch_step(
     buffers: list[Tensor | None],
     gc_dims: list[int] | None,
     kernel: _Kernel,
-    autograd: bool,
     hyper: SGDHyper,
 ) -> None:
     """One call of ``torch.optim.sgd.sgd`` on tensors of one kernel; with
-    ``gc_dims`` (all centralized) the generic path of :func:`sgd_gc`."""
+    ``gc_dims`` (all centralized) the generic or direction path of
+    :func:`sgd_gc`."""
     lr, momentum, dampening, weight_decay, nesterov, maximize, decoupled_weight_decay = hyper
     decay = 0.0 if decoupled_weight_decay else weight_decay
     means = None
-    if gc_dims is not None and autograd:  # differentiable: out-of-place directions
+    if gc_dims is not None and kernel.directions:  # out-of-place directions
         grads = gc_update_directions(params, grads, gc_dims, weight_decay=decay, maximize=maximize)
         decay, maximize = 0.0, False
     elif gc_dims is not None:
@@ -533,6 +723,18 @@ def _torch_step(
                 param.mul_(shrink)
         else:
             torch._foreach_mul_(params, shrink)
+    foreach = kernel.foreach
+    if foreach is None and not kernel.fused:  # torch's own choice, made here
+        foreach = _default_to_fused_or_foreach(params, differentiable=False, use_fused=False)[1]
+    decayed = isinstance(decay, Tensor) or decay != 0
+    # torch's foreach Nesterov without decay or sign adds into the gradients:
+    # step without Nesterov, then add what Nesterov adds (see sgd_gc); sparse
+    # gradients (which foreach ops do not take) are copied instead
+    has_sparse_grad = any(g.is_sparse for g in grads)
+    in_place = foreach and momentum != 0 and nesterov and not (decayed or maximize)
+    late_nesterov = bool(in_place and not (kernel.directions or has_sparse_grad))
+    if in_place and has_sparse_grad and not kernel.directions:
+        grads = [g.clone() for g in grads]
     # per tensor: how much of its means a buffer loses before torch's step and
     # after it, and how much (times lr) the weight gets back after it
     before: dict[float, list[int]] = {}
@@ -550,21 +752,27 @@ def _torch_step(
                 before.setdefault(keep / momentum, []).append(i)
                 if nesterov:
                     weight.setdefault(1.0, []).append(i)
-            else:  # nesterov has dampening 0: keep = 1
+            else:
                 after.setdefault(keep, []).append(i)
-                weight.setdefault(1.0 + momentum if nesterov else keep, []).append(i)
+                weight.setdefault(1.0 + momentum * keep if nesterov else keep, []).append(i)
         _shift_each(buffers, means, before, sign=-1.0)
-    foreach = kernel.foreach
-    if foreach is None and not kernel.fused:  # torch's own choice, made here
-        foreach = _default_to_fused_or_foreach(params, differentiable=False, use_fused=False)[1]
-    decayed = isinstance(decay, Tensor) or decay != 0
-    if foreach and momentum != 0 and nesterov and not (decayed or maximize):
-        grads = [g.clone() for g in grads]  # torch's foreach Nesterov adds into them
-    options = dict(foreach=foreach, has_sparse_grad=any(g.is_sparse for g in grads))
+    options = dict(foreach=foreach, has_sparse_grad=has_sparse_grad)
     if kernel.fused:  # only set where torch has it (checked at construction and load)
         options['fused'] = True
-    options.update(lr=lr, momentum=momentum, dampening=dampening, nesterov=nesterov)
-    torch_sgd(params, grads, buffers, **options, weight_decay=decay, maximize=maximize)
+    options.update(lr=lr, momentum=momentum, dampening=dampening)
+    torch_sgd(
+        params,
+        grads,
+        buffers,
+        **options,
+        nesterov=nesterov and not late_nesterov,
+        weight_decay=decay,
+        maximize=maximize,
+    )
+    if late_nesterov:
+        alpha = float(lr) if isinstance(lr, Tensor) else lr  # as torch's foreach reads it
+        torch._foreach_add_(params, grads, alpha=-alpha)
+        torch._foreach_add_(params, buffers, alpha=alpha * (1.0 - momentum))
     if means is not None:
         _shift_each(buffers, means, after, sign=-1.0)
         _shift_each(params, means, weight, sign=1.0, lr=lr)
@@ -579,14 +787,16 @@ def _shift_each(
     lr: float | Tensor = 1.0,
 ) -> None:
     """``tensors[i] += sign * lr * factor * means[i]`` (broadcast), one foreach
-    call per factor."""
+    call per factor. A CPU tensor ``lr`` is read as a number (no sync); one on
+    another device scales the means there."""
+    if isinstance(lr, Tensor) and lr.device.type == 'cpu':
+        lr = float(lr)
     for factor, indices in indices_by_factor.items():
-        targets = [tensors[i] for i in indices]
+        targets, shifts = [tensors[i] for i in indices], [means[i] for i in indices]
         if isinstance(lr, Tensor):
-            scaled = [means[i] * lr for i in indices]
-            torch._foreach_add_(targets, scaled, alpha=sign * factor)
+            torch._foreach_add_(targets, torch._foreach_mul(shifts, lr), alpha=sign * factor)
         else:
-            torch._foreach_add_(targets, [means[i] for i in indices], alpha=sign * factor * lr)
+            torch._foreach_add_(targets, shifts, alpha=sign * factor * lr)
 
 
 def _same_layout(tensor: Tensor, param: Tensor) -> bool:
@@ -627,6 +837,7 @@ class _Kernel(NamedTuple):
 
     mmgc: bool = False  # mmgc's CPU kernel; the rest: torch.optim.sgd.sgd
     centralized: bool = False  # torch: the generic path (P restored by unit means)
+    directions: bool = False  # centralized, P(±g + wd w) built (half precision, autograd)
     foreach: bool | None = None
     fused: bool | None = None
     first_step: bool = False  # torch fused: lists where all or none have a buffer

@@ -852,3 +852,100 @@ def test_new_form_over_mmengines_constructor_gives_the_old_forms_groups(case, dc
         _assert_same_groups(
             old, GCOptimWrapperConstructor(new_cfg, paramwise)(model).optimizer.param_groups
         )
+
+
+# --- weights forced into GC by custom_keys (issue 28) ---
+
+
+@pytest.mark.parametrize('form', ['old', 'new'])
+def test_forced_transposed_conv_is_centralized_on_its_output_dim(form, log_messages):
+    """custom_keys gc=True on a ConvTranspose2d whose kind gc_layers leaves
+    out: gc_dim=1 (its output units), as the default selection gives it; its
+    1-D bias is left out of GC and counted, never centralized to zero."""
+    paramwise = dict(bypass_duplicate=True, custom_keys={'deconv': dict(gc=True)})
+    if form == 'old':
+        model, wrapper = _build(dict(paramwise, gc_layers=('fc',)))
+    else:
+        model, wrapper = _build(paramwise, gc=dict(layers=('fc',)))
+    assert model.deconv.weight.shape == (8, 4, 2, 2)
+    assert _gc_map(model, wrapper) == {**FC, 'deconv.weight': (True, 1)}
+    settings = _settings(model, wrapper)
+    assert settings['deconv.bias']['gc'] is False
+    (summary,) = [m for _, m in log_messages if 'GCOptimWrapperConstructor:' in m]
+    assert 'left out of GC on 1 1-D tensors' in summary
+
+
+def test_forced_weight_keeps_an_explicit_gc_dim():
+    model, wrapper = _build(
+        dict(bypass_duplicate=True, custom_keys={'deconv': dict(gc=True, gc_dim=0)}, gc_layers='fc')
+    )
+    assert _gc_map(model, wrapper)['deconv.weight'] == (True, 0)
+
+
+def test_every_forced_transposed_conv_gets_dim_1():
+    model = nn.Sequential(nn.ConvTranspose1d(4, 6, 3), nn.ConvTranspose3d(6, 2, 2), nn.Linear(3, 2))
+    custom_keys = {'0.weight': dict(gc=True), '1.weight': dict(gc=True)}
+    _, wrapper = _build(dict(gc_layers='fc', custom_keys=custom_keys), model=model)
+    expected = {'0.weight': (True, 1), '1.weight': (True, 1), '2.weight': (True, 0)}
+    assert _gc_map(model, wrapper) == expected
+
+
+@pytest.mark.parametrize('gc_layers', [('conv', 'fc'), ('fc',)])
+def test_forced_tensors_without_an_output_axis_are_left_out(gc_layers, log_messages):
+    """A forced 1-D tensor (norm weight, bias), a tensor with one element per
+    output unit and a grouped transposed conv's weight are left out of GC,
+    each counted in the one summary line: never centralized to zero."""
+
+    class Model(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.conv = nn.Conv2d(3, 4, 3)
+            self.bn = nn.BatchNorm2d(4)
+            self.up = nn.ConvTranspose2d(4, 6, 2, groups=2)
+            self.scale = nn.Parameter(torch.ones(6, 1, 1))
+            self.head = nn.Linear(6, 2)
+
+    model = Model()
+    custom_keys = {'bn': dict(gc=True), 'up.weight': dict(gc=True), 'scale': dict(gc=True)}
+    _, wrapper = _build(dict(gc_layers=gc_layers, custom_keys=custom_keys), model=model)
+    settings = _settings(model, wrapper)
+    for name in ('bn.weight', 'bn.bias', 'up.weight', 'scale'):
+        assert settings[name]['gc'] is False, name
+    expected = {'head.weight': (True, 0)}
+    if 'conv' in gc_layers:
+        expected['conv.weight'] = (True, 0)
+    assert _gc_map(model, wrapper) == expected
+    (summary,) = [m for _, m in log_messages if 'GCOptimWrapperConstructor:' in m]
+    assert 'gc=True (custom_keys) left out of GC on ' in summary
+    assert '2 1-D tensors' in summary
+    assert '1 grouped transposed conv weights' in summary
+    assert '1 tensors with one element per output unit' in summary
+
+
+def test_forced_transposed_conv_trains_on_its_output_units():
+    """The forced deconv's steps follow the float64 reference with P on dim 1,
+    and each output unit's weight sum over dims (0, 2, 3) stays (Eq. 3)."""
+    from tests.reference import ReferenceSGDGC
+
+    model = nn.Sequential(nn.Linear(3, 4), nn.ConvTranspose2d(4, 6, 2)).double()
+    hyper = dict(lr=0.1, momentum=0.9, weight_decay=1e-2)
+    _, wrapper = _build(
+        dict(gc_layers='fc', custom_keys={'1.weight': dict(gc=True)}),
+        model=model,
+        optimizer=dict(type='SGDGC', **hyper),
+    )
+    weight = model[1].weight
+    params = [p for g in wrapper.optimizer.param_groups for p in g['params']]
+    dims = {id(model[0].weight): 0, id(weight): 1}
+    ref = ReferenceSGDGC(params, [dims.get(id(p)) for p in params], **hyper)
+    sums = weight.detach().sum((0, 2, 3))
+    for step in range(3):
+        gen = torch.Generator().manual_seed(step)
+        grads = [torch.randn(p.shape, generator=gen, dtype=p.dtype) for p in params]
+        for p, g in zip(params, grads):
+            p.grad = g.clone()
+        wrapper.optimizer.step()
+        ref.step(grads)
+    for p, expected in zip(params, ref.weights):
+        torch.testing.assert_close(p.detach(), expected, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(weight.detach().sum((0, 2, 3)), sums, rtol=0, atol=1e-12)

@@ -29,6 +29,9 @@ from tests.reference import (
     ReferenceGCOnUpdate,
     ReferenceRMSpropGC,
     ReferenceSGDGC,
+    centralized_direction,
+    project,
+    unit_mean_ratio,
 )
 
 
@@ -425,3 +428,163 @@ def test_update_variant_under_grad_scaler(name, fused):
         ref.step(grads)
         for p, expected in zip(params, ref.weights):
             assert_close(p.detach().double(), expected, rtol=1e-5, atol=1e-6)
+
+
+# --- step(closure), and no half-taken step (issue 28) ---
+
+
+def _closure_cases():
+    for case in CASES:
+        if case == 'Adam-decoupled' and not _ADAM_DECOUPLED:
+            continue
+        yield case
+
+
+@pytest.mark.parametrize('form', ['positional', 'keyword'])
+@pytest.mark.parametrize('case', list(_closure_cases()))
+def test_closure_gradients_are_centralized(case, form):
+    """step(closure) recomputes the gradients inside the step, after the pre
+    hook: the hooks centralize what the closure computed (the reference
+    steps on it), and p.grad keeps the closure's raw gradient."""
+    make_opt, make_ref = CASES[case]
+    conv, deconv = _layers()
+    opt = make_opt(_groups(conv, deconv))
+    attach_gc_hooks(opt)
+    weights = [conv.weight, deconv.weight]
+    ref = make_ref(weights, [0, 1])
+    for step in range(3):
+        gen = torch.Generator().manual_seed(step)
+        grads = [torch.randn(w.shape, generator=gen, dtype=torch.float64) for w in weights]
+
+        def closure(grads=grads):
+            opt.zero_grad()
+            for w, g in zip(weights, grads):
+                w.grad = g.clone()
+            return torch.tensor(1.0)
+
+        for w in weights:  # stale gradients, which the closure replaces
+            w.grad = torch.full_like(w, 100.0)
+        loss = opt.step(closure) if form == 'positional' else opt.step(closure=closure)
+        assert float(loss) == 1.0
+        ref.step(grads)
+        for w, g in zip(weights, grads):
+            assert torch.equal(w.grad, g)
+        assert all(group['weight_decay'] == WD for group in opt.param_groups)
+        for w, expected in zip(weights, ref.weights):
+            assert_close(w.detach(), expected, rtol=1e-10, atol=1e-12)
+
+
+def test_closure_with_the_update_variant():
+    """GC on the update needs nothing from the closure: the update the
+    optimizer makes from the closure's gradient is centralized."""
+    conv, deconv = _layers()
+    opt = torch.optim.Adam(_groups(conv, deconv, variant='update'), lr=1e-2)
+    attach_gc_hooks(opt)
+    weights = [conv.weight, deconv.weight]
+    ref = ReferenceGCOnUpdate(ReferenceAdamGC(weights, [None, None], lr=1e-2), [0, 1])
+    for step in range(3):
+        gen = torch.Generator().manual_seed(step)
+        grads = [torch.randn(w.shape, generator=gen, dtype=torch.float64) for w in weights]
+
+        def closure(grads=grads):
+            for w, g in zip(weights, grads):
+                w.grad = g.clone()
+
+        opt.step(closure)
+        ref.step(grads)
+        for w, expected in zip(weights, ref.weights):
+            assert_close(w.detach(), expected, rtol=1e-10, atol=1e-12)
+
+
+def test_lbfgs_cannot_take_gc():
+    """LBFGS evaluates its closure inside the step (which the hooks could
+    centralize), but holds one parameter group only, so GC cannot be given per
+    tensor: it is refused, by the hooks and by the constructor."""
+    conv, deconv = _layers()
+    with pytest.raises(ValueError, match="doesn't support per-parameter options"):
+        torch.optim.LBFGS(_groups(conv, deconv))  # torch's own rule
+    with pytest.raises(ValueError, match='cannot apply gradient centralization to LBFGS'):
+        attach_gc_hooks(torch.optim.LBFGS(conv.parameters()))
+    assert not supports_gc(torch.optim.LBFGS)
+
+
+def test_closure_under_the_fused_amp_path_is_refused():
+    """GradScaler's fused path (grad_scale / found_inf set on the optimizer)
+    takes no closure; a step(closure) there is refused in one sentence
+    before anything changes."""
+    conv, deconv = _layers()
+    opt = torch.optim.SGD(_groups(conv, deconv), lr=0.1, momentum=0.9, weight_decay=WD)
+    attach_gc_hooks(opt)
+    opt.grad_scale = torch.tensor(1024.0)
+    weights = [conv.weight, deconv.weight]
+    before = [w.detach().clone() for w in weights]
+    with pytest.raises(
+        ValueError, match=r'SGD.step\(closure\) with .*cannot be centralized'
+    ) as info:
+        opt.step(lambda: None)
+    assert str(info.value).count('. ') == 0
+    assert all(torch.equal(w.detach(), b) for w, b in zip(weights, before))
+
+
+@pytest.mark.parametrize('closure', [False, True], ids=['no-closure', 'closure'])
+def test_sparse_gradient_refuses_before_anything_changes(closure):
+    """A sparse gradient in a gc=True group is refused before any .grad or
+    group option is replaced and before any weight moves."""
+    conv, _ = _layers()
+    emb = nn.Embedding(10, 3, sparse=True).double()
+    opt = torch.optim.SGD(
+        [dict(params=[conv.weight], gc=True), dict(params=emb.parameters(), gc=True)],
+        lr=0.1,
+        weight_decay=WD,
+    )
+    attach_gc_hooks(opt)
+    grad = torch.randn(conv.weight.shape, dtype=torch.float64)
+
+    def make_grads():
+        conv.weight.grad = grad
+        emb.weight.grad = None
+        emb(torch.tensor([1, 2])).sum().backward()
+
+    make_grads()
+    before = conv.weight.detach().clone(), emb.weight.detach().clone()
+    with pytest.raises(RuntimeError, match=r'cannot centralize a sparse gradient .*\(10, 3\)'):
+        opt.step(make_grads) if closure else opt.step()
+    assert conv.weight.grad is grad and emb.weight.grad.is_sparse
+    assert all(group['weight_decay'] == WD for group in opt.param_groups)
+    assert torch.equal(conv.weight.detach(), before[0])
+    assert torch.equal(emb.weight.detach(), before[1])
+
+
+@pytest.mark.parametrize('foreach', [False, True], ids=['for-loop', 'foreach'])
+@pytest.mark.parametrize('dtype', [torch.float16, torch.bfloat16], ids=str)
+def test_half_precision_gradient_is_formed_in_float32(dtype, foreach):
+    """float16/bfloat16 weights: the optimizer sees P(g + wd w) formed in
+    float32 and rounded once (here checked against the float64 projection
+    rounded to the dtype), even where the gradient's per-unit mean is 100
+    times its centred part; the momentum buffer's per-unit mean stays at
+    rounding level."""
+    torch.manual_seed(0)
+    weight = nn.Parameter((0.05 * torch.randn(16, 8, 3, 3, dtype=torch.float64)).to(dtype))
+    opt = torch.optim.SGD(
+        [dict(params=[weight], gc=True, gc_dim=0)],
+        lr=1e-2,
+        momentum=0.9,
+        weight_decay=WD,
+        foreach=foreach,
+    )
+    attach_gc_hooks(opt)
+    seen = []
+    opt.register_step_pre_hook(lambda o, a, k: seen.append(weight.grad.clone()))
+    eps = torch.finfo(dtype).eps
+    for step in range(5):
+        gen = torch.Generator().manual_seed(step)
+        centred = project(torch.randn(weight.shape, generator=gen, dtype=torch.float64), 0)
+        offsets = torch.randn(16, 1, 1, 1, generator=gen, dtype=torch.float64).sign()
+        grad = (centred + 100 * centred.square().mean().sqrt() * offsets).to(dtype)
+        weight.grad = grad
+        expected = centralized_direction(grad, weight, 0, weight_decay=WD).to(dtype)
+        opt.step()
+        scale = float(expected.abs().max())
+        assert_close(seen[-1], expected, rtol=eps, atol=eps * scale)
+        assert torch.equal(weight.grad, grad)
+    assert unit_mean_ratio(opt.state[weight]['momentum_buffer'], 0) < 1e-2
