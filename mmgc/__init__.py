@@ -15,23 +15,37 @@ tools' runtime (:mod:`mmgc.runtime`) is imported by the tools that use it.
 import mmengine
 import torch
 
-from .version import __version__, check_version
+from . import version as _version
+from .version import __version__
 
-check_version('torch', torch.__version__)
-check_version('mmengine', mmengine.__version__)
+_version.check_version('torch', torch.__version__)
+_version.check_version('mmengine', mmengine.__version__)
 
-from .engine import SGDGC, GCDiagnosticsHook, GCOptimWrapperConstructor, sgd_gc  # noqa: E402
-from .mim import register_config_scope  # noqa: E402
+from . import mim as _mim  # noqa: E402
+from .engine.hooks import GCDiagnosticsHook  # noqa: E402
+from .engine.optimizers import (  # noqa: E402
+    SGDGC,
+    SGDWGC,
+    GCOptimWrapperConstructor,
+    attach_gc_hooks,
+    enable_gc,
+    sgd_gc,
+)
 from .ops import centralize, centralize_  # noqa: E402
 
-register_config_scope()
+_mim.register_config_scope()
 
+#: The public names: the switch, the optimizers, GC for other optimizers, the
+#: constructor, the diagnostics hook and the functional core.
 __all__ = [
     'GCDiagnosticsHook',
     'GCOptimWrapperConstructor',
     'SGDGC',
+    'SGDWGC',
     '__version__',
+    'attach_gc_hooks',
     'centralize',
     'centralize_',
+    'enable_gc',
     'sgd_gc',
 ]

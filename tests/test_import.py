@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 import json
 import subprocess
 import sys
@@ -102,3 +103,26 @@ def test_builds_in_mmdet_scope_with_default_constructor(name):
     assert len(opt.param_groups) == 1
     assert opt.param_groups[0]['gc'] is True and opt.param_groups[0]['gc_dim'] == 0
     assert opt.param_groups[0]['lr'] == 0.02
+
+
+def test_the_public_api_is_flat_and_all_lists_it():
+    """``from mmgc import ...`` for the switch, the optimizers, the hooks' GC and the
+    constructor; ``__all__`` names every public attribute but submodules, and only those."""
+    from mmgc import (  # noqa: F401
+        SGDGC,
+        SGDWGC,
+        GCOptimWrapperConstructor,
+        attach_gc_hooks,
+        enable_gc,
+    )
+    from mmgc.engine.optimizers import gc_step_hooks, gc_switch
+
+    assert enable_gc is gc_switch.enable_gc and attach_gc_hooks is gc_step_hooks.attach_gc_hooks
+    assert SGDWGC is importlib.import_module('mmgc.engine.optimizers.sgd_gc').SGDWGC
+    public = {
+        name
+        for name, value in vars(mmgc).items()
+        if not name.startswith('_') and not isinstance(value, type(mmgc))
+    }
+    assert public | {'__version__'} == set(mmgc.__all__)
+    assert all(hasattr(mmgc, name) for name in mmgc.__all__)
