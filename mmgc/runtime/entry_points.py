@@ -16,10 +16,8 @@ from torch.distributed.elastic.multiprocessing.errors import record
 import mmgc  # noqa: F401  (the GC core: SGDGC, its constructor, GCDiagnosticsHook, mmgc::)
 
 from ..mim import configs_root
-from . import compare
 from .cli import exit_on_user_error, parse_args, run_test, run_train, test_parser, train_parser
 from .distributed import ends_process_group
-from .gc_stats import load_gc_stats, plot_gc_stats
 
 __all__ = [
     'compare_ap_parser',
@@ -111,6 +109,8 @@ def main_compare_ap(argv: Sequence[str] | None = None) -> int:
         cannot be paired, a ``--model`` not in the metafile, or configs that
         differ in more than the optimizer (within a side: the seed).
     """
+    from . import compare  # here: training and testing load no comparison code
+
     args = parse_compare_ap_args(argv)
     try:
         gc_runs, gc_skipped = compare.load_runs(args.gc, args.gc_config)
@@ -140,6 +140,8 @@ def main_plot_gc_stats(argv: Sequence[str] | None = None) -> int:
         int: 0 when the PNG is written; 1 (one line on stderr) when a run
         has no statistics.
     """
+    from .gc_stats import load_gc_stats, plot_gc_stats  # here: no plotting code in training
+
     parser = argparse.ArgumentParser(
         description='Plot gradient statistics of a GC run against its baseline (paper, Fig. 4)'
     )

@@ -4,13 +4,16 @@ error in compare_ap ends in one line and exit status 2 with nothing written."""
 
 from __future__ import annotations
 
+import ast
 import os
+import subprocess
+import sys
 
 import pytest
 
 from mmgc.mim import configs_root
 from mmgc.runtime import entry_points
-from tests.conftest import load_tool
+from tests.conftest import ROOT, load_tool
 
 
 @pytest.mark.parametrize(
@@ -57,3 +60,20 @@ def test_compare_ap_bad_command_line_exits_2(capsys):
         entry_points.main_compare_ap(['only_one_run'])
     assert info.value.code == 2
     assert 'expected two runs, GC and BASE; got 1' in capsys.readouterr().err
+
+
+def test_training_and_testing_load_no_comparison_or_plotting_code():
+    """What ``tools/train.py`` and ``tools/test.py`` import (their entry points):
+    not the comparison (SciPy's statistics, the report) nor the diagnostics plot."""
+    probe = (
+        'import sys, mmgc.runtime.entry_points; '
+        "print(sorted(m for m in sys.modules if m.startswith('mmgc.runtime')))"
+    )
+    out = subprocess.run(
+        [sys.executable, '-c', probe], capture_output=True, text=True, check=True, cwd=ROOT
+    ).stdout
+    loaded = ast.literal_eval(out.strip().splitlines()[-1])
+    assert 'mmgc.runtime.cli' in loaded
+    assert not [
+        m for m in loaded if m.startswith(('mmgc.runtime.compare', 'mmgc.runtime.gc_stats'))
+    ]
