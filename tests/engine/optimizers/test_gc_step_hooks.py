@@ -104,6 +104,16 @@ CASES = {
 _ADAM_DECOUPLED = 'decoupled_weight_decay' in inspect.signature(torch.optim.Adam).parameters
 
 
+def _hooked(case: str):
+    """The case's optimizer on :func:`_layers` with the GC hooks, and its reference."""
+    make_opt, make_ref = CASES[case]
+    conv, deconv = _layers()
+    opt = make_opt(_groups(conv, deconv))
+    attach_gc_hooks(opt)
+    weights = [conv.weight, deconv.weight]
+    return conv, deconv, weights, opt, make_ref(weights, [0, 1])
+
+
 @pytest.mark.parametrize(
     'case',
     [
@@ -118,17 +128,12 @@ _ADAM_DECOUPLED = 'decoupled_weight_decay' in inspect.signature(torch.optim.Adam
     ],
 )
 def test_optimizer_sees_centralized_gradient(case):
-    make_opt, make_ref = CASES[case]
-    conv, deconv = _layers()
-    opt = make_opt(_groups(conv, deconv))
-    attach_gc_hooks(opt)
-    weights = [conv.weight, deconv.weight]
-    ref = make_ref(weights, [0, 1])
+    conv, deconv, weights, opt, ref = _hooked(case)
     bias_twin = [
         conv.bias.detach().clone().requires_grad_(),
         deconv.bias.detach().clone().requires_grad_(),
     ]
-    twin_opt = make_opt([dict(params=bias_twin)])  # biases: the plain optimizer
+    twin_opt = CASES[case][0]([dict(params=bias_twin)])  # biases: the plain optimizer
     for step in range(4):
         gen = torch.Generator().manual_seed(step)
         grads = [torch.randn(w.shape, generator=gen, dtype=torch.float64) for w in weights]
@@ -446,12 +451,7 @@ def test_closure_gradients_are_centralized(case, form):
     """step(closure) recomputes the gradients inside the step, after the pre
     hook: the hooks centralize what the closure computed (the reference
     steps on it), and p.grad keeps the closure's raw gradient."""
-    make_opt, make_ref = CASES[case]
-    conv, deconv = _layers()
-    opt = make_opt(_groups(conv, deconv))
-    attach_gc_hooks(opt)
-    weights = [conv.weight, deconv.weight]
-    ref = make_ref(weights, [0, 1])
+    conv, deconv, weights, opt, ref = _hooked(case)
     for step in range(3):
         gen = torch.Generator().manual_seed(step)
         grads = [torch.randn(w.shape, generator=gen, dtype=torch.float64) for w in weights]
