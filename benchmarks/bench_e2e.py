@@ -35,6 +35,7 @@ import statistics
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import torch
 from mmengine.config import Config
@@ -125,7 +126,7 @@ def plot(med_iter: dict[str, float], med_step: dict[str, float], path: Path, tit
     return path
 
 
-def main(argv: list[str] | None = None) -> dict:
+def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
     parser.add_argument('--gc-config', default=str(GC_CONFIG))
     parser.add_argument('--baseline-config', default=str(BASE_CONFIG))
@@ -138,6 +139,56 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument('--warmup', type=int, default=3, help='untimed iterations')
     parser.add_argument('--threads', type=int, default=None)
     parser.add_argument('--out-dir', default='work_dirs/benchmarks')
+    return parser
+
+
+def time_iterations(variants: dict, loader: Any, warmup: int, iters: int) -> dict[str, list[float]]:
+    """Each variant's ``train_step`` on the same batches, interleaved (the
+    first variant rotates each iteration); ms of the timed iterations."""
+    names = list(variants)
+    iter_ms: dict[str, list[float]] = {n: [] for n in names}
+    progress = ProgressBar(warmup + iters)
+    batches = iter(loader)
+    for it in range(warmup + iters):
+        try:
+            batch = next(batches)
+        except StopIteration:
+            batches = iter(loader)
+            batch = next(batches)
+        for name in names[it % len(names) :] + names[: it % len(names)]:
+            model, wrapper, _ = variants[name]
+            data = copy.deepcopy(batch)
+            t0 = time.perf_counter()
+            model.train_step(data, optim_wrapper=wrapper)
+            if it >= warmup:
+                iter_ms[name].append((time.perf_counter() - t0) * 1e3)
+        progress.update()
+    sys.stdout.write('\n')
+    return iter_ms
+
+
+def table(med_iter: dict[str, float], med_step: dict[str, float]) -> list[str]:
+    """The markdown rows: each variant's medians and GC's overhead over it."""
+    gc = 'SGDGC (GC config)'
+    rows = [
+        '| variant | iteration ms | optimizer step ms | GC overhead, iteration '
+        'medians | GC overhead, step medians / iteration |',
+        '|---|---:|---:|---:|---:|',
+    ]
+    for n in med_iter:
+        if n == gc:
+            rows.append(f'| {n} | {med_iter[n]:.0f} | {med_step[n]:.1f} | | |')
+            continue
+        by_iter = (med_iter[gc] - med_iter[n]) / med_iter[n] * 100
+        by_step = (med_step[gc] - med_step[n]) / med_iter[n] * 100
+        rows.append(
+            f'| {n} | {med_iter[n]:.0f} | {med_step[n]:.1f} | {by_iter:+.2f}% | {by_step:+.2f}% |'
+        )
+    return rows
+
+
+def main(argv: list[str] | None = None) -> dict:
+    parser = _parser()
     args = parser.parse_args(argv)
     if args.iters < 1 or args.warmup < 0:
         parser.error(f'need --iters >= 1, --warmup >= 0; got {args.iters}, {args.warmup}')
@@ -153,53 +204,18 @@ def main(argv: list[str] | None = None) -> dict:
     variants = build_variants(base_cfg, gc_cfg)
     logger.setLevel(level)
     loader = Runner.build_dataloader(base_cfg.train_dataloader, seed=0)
-    names = list(variants)
-    iter_ms: dict[str, list[float]] = {n: [] for n in names}
-    total = args.warmup + args.iters
     print_log(
-        f'{len(names)} variants x {total} iterations '
+        f'{len(variants)} variants x {args.warmup + args.iters} iterations '
         f'(batch {base_cfg.train_dataloader.batch_size}, '
         f'{base_cfg.image_size}px, {torch.get_num_threads()} threads)',
         logger='current',
     )
-    progress = ProgressBar(total)
-    batches = iter(loader)
-    for it in range(total):
-        try:
-            batch = next(batches)
-        except StopIteration:
-            batches = iter(loader)
-            batch = next(batches)
-        order = names[it % len(names) :] + names[: it % len(names)]
-        for name in order:
-            model, wrapper, _ = variants[name]
-            data = copy.deepcopy(batch)
-            t0 = time.perf_counter()
-            model.train_step(data, optim_wrapper=wrapper)
-            if it >= args.warmup:
-                iter_ms[name].append((time.perf_counter() - t0) * 1e3)
-        progress.update()
-    sys.stdout.write('\n')
-    med_iter = {n: statistics.median(iter_ms[n]) for n in names}
-    med_step = {n: statistics.median(variants[n][2].times_ms[args.warmup :]) for n in names}
-    gc = 'SGDGC (GC config)'
-    rows = [
-        '| variant | iteration ms | optimizer step ms | GC overhead, iteration '
-        'medians | GC overhead, step medians / iteration |',
-        '|---|---:|---:|---:|---:|',
-    ]
-    for n in names:
-        if n == gc:
-            rows.append(f'| {n} | {med_iter[n]:.0f} | {med_step[n]:.1f} | | |')
-            continue
-        by_iter = (med_iter[gc] - med_iter[n]) / med_iter[n] * 100
-        by_step = (med_step[gc] - med_step[n]) / med_iter[n] * 100
-        rows.append(
-            f'| {n} | {med_iter[n]:.0f} | {med_step[n]:.1f} | {by_iter:+.2f}% | {by_step:+.2f}% |'
-        )
+    iter_ms = time_iterations(variants, loader, args.warmup, args.iters)
+    med_iter = {n: statistics.median(ms) for n, ms in iter_ms.items()}
+    med_step = {n: statistics.median(variants[n][2].times_ms[args.warmup :]) for n in variants}
     text = (
         f'## End to end: {Path(args.gc_config).name} vs its baseline\n\n'
-        + '\n'.join(rows)
+        + '\n'.join(table(med_iter, med_step))
         + f'\n\nMedians of {args.iters} iterations after {args.warmup} warm-up '
         f'ones, variants interleaved; {torch.get_num_threads()} CPU threads. '
         'Overhead = (GC - baseline) / baseline iteration time.'
@@ -208,12 +224,8 @@ def main(argv: list[str] | None = None) -> dict:
     out = Path(args.out_dir)
     out.mkdir(parents=True, exist_ok=True)
     (out / 'e2e.md').write_text(text + '\n')
-    plot(
-        med_iter,
-        med_step,
-        out / 'e2e.png',
-        f'{Path(args.gc_config).name} vs its baseline, {torch.get_num_threads()} threads',
-    )
+    title = f'{Path(args.gc_config).name} vs its baseline, {torch.get_num_threads()} threads'
+    plot(med_iter, med_step, out / 'e2e.png', title)
     print_log(f'wrote {out / "e2e.md"} and {out / "e2e.png"}', logger='current')
     return dict(iteration_ms=med_iter, step_ms=med_step)
 

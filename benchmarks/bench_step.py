@@ -27,7 +27,7 @@ not be seen.
 
 The parameter groups are the real ones: MMEngine's default constructor for
 ``SGD`` (MMDetection's own optim_wrapper), :class:`mmgc.GCOptimWrapperConstructor`
-with ``gc_layers=('conv', 'fc')`` for ``SGDGC``. lr 0.02, momentum 0.9, weight
+with ``gc=dict(layers=('conv', 'fc'))`` for ``SGDGC``. lr 0.02, momentum 0.9, weight
 decay 1e-4, as in the 1x schedules.
 
 Writes ``step_<device>.md`` (the table) and ``step_<device>.png`` (a bar
@@ -78,19 +78,24 @@ from mmengine.utils import ProgressBar
 from torch import Tensor, nn
 from torch.autograd import DeviceType
 from torch.profiler import ProfilerActivity, profile
-from torch.utils._python_dispatch import TorchDispatchMode
-from torch.utils._pytree import tree_flatten
 from torch.utils.benchmark import Timer
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import mmgc  # noqa: E402,F401  (registers SGDGC)
+from mmgc._compat import (  # noqa: E402
+    skip_fused_sgd_device_check,
+    torch_dispatch_mode,
+    tree_flatten,
+)
 from mmgc.engine.optimizers import GCOptimWrapperConstructor  # noqa: E402
 from mmgc.engine.optimizers.sgd_gc import (  # noqa: E402
     torch_fused_sgd_on_cpu,
     torch_has_fused_sgd,
 )
 from mmgc.ops import cpu_kernel  # noqa: E402
+
+TorchDispatchMode = torch_dispatch_mode()
 
 MODEL_CONFIGS = {
     'mask_rcnn_r50': 'mmdet::mask_rcnn/mask-rcnn_r50_fpn_1x_coco.py',
@@ -208,7 +213,7 @@ def _sgdgc(
     """SGDGC on the GC constructor's groups; ``optimizer_cls``: another
     SGDGC class (a baseline tree's) on the same groups."""
     cfg = dict(type='OptimWrapper', optimizer=dict(type='SGDGC', **HYPER, **kwargs))
-    opt = GCOptimWrapperConstructor(cfg, dict(gc_layers=('conv', 'fc')))(model).optimizer
+    opt = GCOptimWrapperConstructor(dict(cfg, gc=dict(layers=('conv', 'fc'))))(model).optimizer
     if optimizer_cls is not None:
         opt = optimizer_cls([dict(g) for g in opt.param_groups], **HYPER, **kwargs)
     if not gc:
@@ -495,9 +500,9 @@ _META_FUSED: list = []
 def _meta_fused_sgd() -> bool:
     """Give torch's fused SGD a Meta kernel that does nothing (torch has
     none), and let ``torch.optim.SGD(fused=True)`` take meta tensors (its
-    device check, ``torch.optim.sgd._device_dtype_check_for_fused``, is
-    skipped for them), so its path runs on the meta device; False where this
-    torch has no fused SGD."""
+    device check is skipped for them:
+    :func:`mmgc._compat.skip_fused_sgd_device_check`), so its path runs on
+    the meta device; False where this torch has no fused SGD."""
     if not torch_has_fused_sgd():
         return False
     if not _META_FUSED:
@@ -505,15 +510,7 @@ def _meta_fused_sgd() -> bool:
         for overload in ('_fused_sgd_', '_fused_sgd_.tensor_lr'):
             lib.impl(overload, lambda *args, **kwargs: None, 'Meta')
         _META_FUSED.append(lib)  # the registration lives as long as the library object
-        sgd_module = importlib.import_module('torch.optim.sgd')
-        check = getattr(sgd_module, '_device_dtype_check_for_fused', None)
-        if check is not None:
-
-            def device_check(p, *args, **kwargs):
-                if p.device.type != 'meta':
-                    check(p, *args, **kwargs)
-
-            sgd_module._device_dtype_check_for_fused = device_check
+        skip_fused_sgd_device_check('meta')
     return True
 
 
@@ -752,6 +749,69 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
+def _compile_line() -> str:
+    """The CPU kernel's compile cost and whether it loaded."""
+    try:
+        seconds = cpu_kernel.time_cpu_kernel_compile()
+        compile_note = f'{seconds:.2f} s (g++, from scratch)'
+    except RuntimeError as err:
+        compile_note = f'failed: {err}'
+    build = cpu_kernel.cpu_kernel_build()
+    return (
+        f'CPU kernel compile cost (first use on a machine, cached '
+        f'after): {compile_note}; kernel loaded: {build.library is not None}'
+        f'; torch threads: {torch.get_num_threads()}'
+    )
+
+
+def _model_lines(model: str, results: tuple, baseline: str) -> list[str]:
+    """The first-step cost and the ratio against the authors' optimizers."""
+    rows, facts = results
+    first = facts['first_step_ms']
+    by_name = {r.name: r for r in rows}
+    ours = by_name['SGDGC default'].median_ms
+    ratios = ', '.join(
+        f'{by_name[n].median_ms / ours:.2f}x faster than {n}'
+        for n in by_name
+        if n.startswith('authors')
+    )
+    return [
+        f'{model}: {facts["tensors"]} trainable tensors, '
+        f'{facts["numel"] / 1e6:.1f} M parameters; first step (buffers '
+        f'allocated, kernel loaded) ms: {baseline} {first[baseline]:.1f}, '
+        f'SGDGC default {first["SGDGC default"]:.1f}',
+        f'{model}: SGDGC default is {ratios}',
+    ]
+
+
+def bench_device(device: torch.device, args: argparse.Namespace, out_dir: Path) -> tuple:
+    """Every model on ``device``: its results and the report's section."""
+    lines = [f'## One optimizer step on {device.type}']
+    if device.type == 'cpu':
+        lines.append(_compile_line())
+    model_results = {m: bench_model(m, device, args.iters, args.warmup) for m in args.models}
+    baseline = baseline_name(device)
+    for model, results in model_results.items():
+        lines += _model_lines(model, results, baseline)
+    measured = 'CUDA allocator' if device.type == 'cuda' else 'aten allocations'
+    lines.append(
+        f'Median of {args.iters} steps after {args.warmup} warm-up steps; '
+        f'ratio = time / {baseline} (no GC); extra = peak bytes allocated '
+        f'during a steady-state step ({measured}), '
+        f'x grad = in units of all trainable gradients; ops of one '
+        f'steady-state step (torch.profiler: top-level aten ops, in brackets '
+        f'all aten ops, nested ones included'
+        f'{"; CUDA kernels launched" if device.type == "cuda" else ""}).'
+    )
+    text = '\n\n'.join(lines[:1] + [format_table(model_results, device)] + lines[1:])
+    print_log('\n' + text, logger='current')
+    (out_dir / f'step_{device.type}.md').write_text(text + '\n')
+    if not args.no_plot:
+        plot(model_results, device, out_dir / f'step_{device.type}.png')
+    print_log(f'wrote {out_dir}/step_{device.type}.md', logger='current')
+    return model_results, text
+
+
 def main(argv: list[str] | None = None) -> dict:
     args = parse_args(argv)
     MMLogger.get_instance('mmgc_bench', log_level='INFO')
@@ -775,60 +835,8 @@ def main(argv: list[str] | None = None) -> dict:
         device = torch.device(dev_name)
         if device.type == 'cuda' and not torch.cuda.is_available():
             raise SystemExit(f'--device {dev_name}: CUDA is not available')
-        lines = [f'## One optimizer step on {device.type}']
-        if device.type == 'cpu':
-            try:
-                seconds = cpu_kernel.time_cpu_kernel_compile()
-                compile_note = f'{seconds:.2f} s (g++, from scratch)'
-            except RuntimeError as err:
-                compile_note = f'failed: {err}'
-            build = cpu_kernel.cpu_kernel_build()
-            lines.append(
-                f'CPU kernel compile cost (first use on a machine, cached '
-                f'after): {compile_note}; kernel loaded: {build.library is not None}'
-                f'; torch threads: {torch.get_num_threads()}'
-            )
-        model_results = {}
-        for model in args.models:
-            model_results[model] = bench_model(model, device, args.iters, args.warmup)
-        table = format_table(model_results, device)
-        baseline = baseline_name(device)
-        for model, (_, facts) in model_results.items():
-            first = facts['first_step_ms']
-            lines.append(
-                f'{model}: {facts["tensors"]} trainable tensors, '
-                f'{facts["numel"] / 1e6:.1f} M parameters; first step (buffers '
-                f'allocated, kernel loaded) ms: {baseline} {first[baseline]:.1f}, '
-                f'SGDGC default {first["SGDGC default"]:.1f}'
-            )
-            by_name = {r.name: r for r in model_results[model][0]}
-            ours = by_name['SGDGC default'].median_ms
-            lines.append(
-                f'{model}: SGDGC default is '
-                + ', '.join(
-                    f'{by_name[n].median_ms / ours:.2f}x faster than {n}'
-                    for n in by_name
-                    if n.startswith('authors')
-                )
-            )
-        measured = 'CUDA allocator' if device.type == 'cuda' else 'aten allocations'
-        lines.append(
-            f'Median of {args.iters} steps after {args.warmup} warm-up steps; '
-            f'ratio = time / {baseline} (no GC); extra = peak bytes allocated '
-            f'during a steady-state step ({measured}), '
-            f'x grad = in units of all trainable gradients; ops of one '
-            f'steady-state step (torch.profiler: top-level aten ops, in brackets '
-            f'all aten ops, nested ones included'
-            f'{"; CUDA kernels launched" if device.type == "cuda" else ""}).'
-        )
-        text = '\n\n'.join(lines[:1] + [table] + lines[1:])
-        print_log('\n' + text, logger='current')
-        (out_dir / f'step_{device.type}.md').write_text(text + '\n')
-        if not args.no_plot:
-            plot(model_results, device, out_dir / f'step_{device.type}.png')
-        report[device.type] = model_results
+        report[device.type], text = bench_device(device, args, out_dir)
         texts.append(text)
-        print_log(f'wrote {out_dir}/step_{device.type}.md', logger='current')
     if args.output:
         output = Path(args.output)
         output.parent.mkdir(parents=True, exist_ok=True)

@@ -280,7 +280,7 @@ def _train_small_net(device: torch.device, ranks: list[int], ddp: bool) -> dict:
             type='OptimWrapper',
             optimizer=dict(type='SGDGC', lr=0.1, momentum=0.9, weight_decay=1e-2),
             constructor='GCOptimWrapperConstructor',
-            paramwise_cfg=dict(gc_layers=('conv', 'fc')),
+            gc=dict(layers=('conv', 'fc')),
         ),
     )
     sums = _weight_sums(net)
@@ -690,10 +690,10 @@ def _version(dist: str) -> str:
 
 def _mmcv_ops() -> str:
     """Whether MMCV's compiled ops are there (looked up, not imported)."""
-    import importlib.util
-
     try:
-        found = importlib.util.find_spec('mmcv._ext') is not None
+        from mmgc._compat import mmcv_ops_found
+
+        found = mmcv_ops_found()
     except Exception as err:  # finding it imports mmcv, which may fail
         return f'unknown ({type(err).__name__}: {err})'
     return 'found' if found else 'missing'
@@ -715,7 +715,7 @@ def machine_lines(device: str) -> list[str]:
         f'{name} {_version(name)}' for name in ('mmengine', 'mmcv', 'mmdet', 'numpy', 'setuptools')
     )
     lines.append(f'- Python {platform.python_version()}, torch {torch.__version__}, {versions}')
-    lines.append(f'- MMCV compiled ops (`mmcv._ext`, needed by sections 3 and 4): {_mmcv_ops()}')
+    lines.append(f'- MMCV compiled ops (needed by sections 3 and 4): {_mmcv_ops()}')
     try:
         commit = subprocess.run(
             ['git', 'rev-parse', '--short', 'HEAD'], cwd=ROOT, capture_output=True, text=True

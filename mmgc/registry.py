@@ -16,6 +16,7 @@ Not imported by ``import mmgc``; MMEngine imports it when the scope is used.
 from mmdet import registry as mmdet
 from mmengine.registry import Registry
 
+from ._compat import registry_locations
 from .mim import CONFIG_SCOPE
 
 __all__ = [
@@ -45,7 +46,7 @@ __all__ = [
 def _child(parent: Registry) -> Registry:
     # locations: what a lookup imports first. A parent's modules are searched
     # but not imported by a child's lookup, so MMDetection's go here too.
-    locations = ['mmgc', *getattr(parent, '_locations', ())]
+    locations = ['mmgc', *registry_locations(parent)]
     return Registry(parent.name, parent=parent, scope=CONFIG_SCOPE, locations=locations)
 
 

@@ -132,10 +132,12 @@ def build_model(cfg: Any) -> nn.Module:
 def expected_gc(model: nn.Module, layers: tuple[str, ...]) -> dict[int, int]:
     """``id(weight) -> output-unit dim`` of the weights GC must get, decided
     here by module type (independently of mmgc's selection): conv = torch's
-    ``_ConvNd`` (conv and transposed conv, dim 1 for the latter; grouped
+    conv base class (conv and transposed conv, dim 1 for the latter; grouped
     transposed convs left out) and MMCV's deformable convs; fc = ``nn.Linear``
     and ``nn.MultiheadAttention``'s input projections."""
-    from torch.nn.modules.conv import _ConvNd, _ConvTransposeNd
+    from mmgc._compat import conv_base_types
+
+    conv_nd, conv_transpose_nd = conv_base_types()
 
     deform: tuple[type, ...] = ()
     with contextlib.suppress(ImportError):
@@ -145,9 +147,9 @@ def expected_gc(model: nn.Module, layers: tuple[str, ...]) -> dict[int, int]:
     out: dict[int, int] = {}
     for module in model.modules():
         weights: list[tuple[Any, int]] = []
-        if 'conv' in layers and isinstance(module, _ConvTransposeNd):
+        if 'conv' in layers and isinstance(module, conv_transpose_nd):
             weights = [(module.weight, 1)] if module.groups == 1 else []
-        elif 'conv' in layers and isinstance(module, (_ConvNd, *deform)):
+        elif 'conv' in layers and isinstance(module, (conv_nd, *deform)):
             weights = [(module.weight, 0)]
         elif 'fc' in layers and isinstance(module, nn.Linear):
             weights = [(module.weight, 0)]
@@ -345,31 +347,41 @@ def check_gc(
     )
 
 
-def why_not(err: BaseException) -> str:
-    """A short, groupable reason for a config that does not build here."""
-    text = ' '.join(str(err).split())
-    if isinstance(err, ValueError) and text.startswith('not a training config'):
-        return text
+#: MMDetection's own messages for an optional package (its name in group 1).
+_INSTALL_HINTS = (
+    r'(\S+) is not installed',
+    r'mim install ([\w.-]+)',
+    r'install (\w+) first',
+    r'pip install ([\w.-]+)',
+)
+
+
+def _missing_package(err: BaseException, text: str) -> str | None:
+    """The reason if ``err`` says an optional package is missing, else None."""
     if isinstance(err, ModuleNotFoundError) and str(err.name).split('.')[0] == 'projects':
         return "imports MMDetection's projects/ folder (not part of the installed package)"
     if isinstance(err, ModuleNotFoundError) and err.name:
         return f'missing optional package {str(err.name).split(".")[0]!r}'
-    hints = (
-        r'(\S+) is not installed',
-        r'mim install ([\w.-]+)',
-        r'install (\w+) first',
-        r'pip install ([\w.-]+)',
-    )
-    installed = next((m for m in (re.search(h, text) for h in hints) if m), None)
-    if installed:  # MMDetection's own messages for an optional package
-        name = installed.group(1).strip('.,')
-        return f'missing optional package {name.lower()!r}'
+    installed = next((m for m in (re.search(h, text) for h in _INSTALL_HINTS) if m), None)
+    if installed:
+        return f'missing optional package {installed.group(1).strip(".,").lower()!r}'
     custom = re.search(r"Failed to import custom modules from .*'imports': \[([^\]]*)\]", text)
     if custom:  # a config's own custom_imports
         first = custom.group(1).split(',')[0].strip(' \'"')
         return f'missing optional package {first.split(".")[0]!r}'
     if isinstance(err, ImportError):
         return f'missing optional package ({text[:80]})'
+    return None
+
+
+def why_not(err: BaseException) -> str:
+    """A short, groupable reason for a config that does not build here."""
+    text = ' '.join(str(err).split())
+    if isinstance(err, ValueError) and text.startswith('not a training config'):
+        return text
+    missing = _missing_package(err, text)
+    if missing:
+        return missing
     if isinstance(err, KeyError) and 'registry' in text:
         match = re.search(r'(\S+) is not in the (\S+) registry', text)
         what = match.group(1).strip('\'"') if match else text[:60]
@@ -460,7 +472,7 @@ def _summary(results: list[dict], layers: tuple[str, ...], variant: str) -> int:
     return 1 if counts['fail'] else 0
 
 
-def main(argv: list[str] | None = None) -> int:
+def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
     parser.add_argument('configs', nargs='*', help='configs (default: the whole zoo)')
     parser.add_argument('--layers', nargs='+', default=['conv', 'fc'], choices=['conv', 'fc'])
@@ -478,15 +490,47 @@ def main(argv: list[str] | None = None) -> int:
         action='store_true',
         help='order the configs round-robin over their folders (every kind early in a long run)',
     )
-    args = parser.parse_args(argv)
+    return parser
+
+
+def _spread(paths: list[str]) -> list[str]:
+    """``paths`` round-robin over their folders."""
+    by_folder: dict[str, list[str]] = collections.defaultdict(list)
+    for path in paths:
+        by_folder[str(Path(path).parent)].append(path)
+    lists = list(by_folder.values())
+    return [f[i] for i in range(max(map(len, lists), default=0)) for f in lists if i < len(f)]
+
+
+def _same_builds(todo: list[str]) -> dict[int, int]:
+    """One check per distinct (model, optim_wrapper, custom_imports): index in
+    ``todo`` -> index of the config checked for it."""
+    first: dict[str, int] = {}
+    same_as: dict[int, int] = {}
+    for i, path in enumerate(todo):
+        key = build_key(path)
+        if key is not None and key in first:
+            same_as[i] = first[key]
+        elif key is not None:
+            first[key] = i
+    return same_as
+
+
+def _progress_line(result: dict) -> str:
+    detail = result.get('reason') or (
+        f'{result["n_gc"]} GC tensors of {result["n_params"]}, {result["optimizer"]}, '
+        f'{result["constructor"]}, {result["wrapper"]}'
+    )
+    same = f' (same model and optimizer as {result["same_as"]})' if 'same_as' in result else ''
+    return f'{result["status"]:4} {result["config"]} ({result["seconds"]} s): {detail}{same}'
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
     root = zoo_dir()
     paths = [str(p) for p in (args.configs or zoo_configs(root))]
     if args.spread:
-        by_folder: dict[str, list[str]] = collections.defaultdict(list)
-        for path in paths:
-            by_folder[str(Path(path).parent)].append(path)
-        lists = list(by_folder.values())
-        paths = [f[i] for i in range(max(map(len, lists), default=0)) for f in lists if i < len(f)]
+        paths = _spread(paths)
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     layers = tuple(args.layers)
@@ -499,15 +543,7 @@ def main(argv: list[str] | None = None) -> int:
 
     results = [done[name_of(p)] for p in paths if name_of(p) in done]
     todo = [p for p in paths if name_of(p) not in done]
-    # one check per distinct (model, optim_wrapper, custom_imports): the rest share its result
-    first: dict[str, int] = {}
-    same_as: dict[int, int] = {}  # index in todo -> index of the config checked for it
-    for i, path in enumerate(todo):
-        key = build_key(path)
-        if key is not None and key in first:
-            same_as[i] = first[key]
-        elif key is not None:
-            first[key] = i
+    same_as = _same_builds(todo)
     pool: Any = (
         concurrent.futures.ProcessPoolExecutor(
             max_workers=args.workers, max_tasks_per_child=args.tasks_per_process
@@ -536,15 +572,7 @@ def main(argv: list[str] | None = None) -> int:
             results.append(result)
             sink.write(json.dumps(result) + '\n')
             sink.flush()
-            detail = result.get('reason') or (
-                f'{result["n_gc"]} GC tensors of {result["n_params"]}, {result["optimizer"]}, '
-                f'{result["constructor"]}, {result["wrapper"]}'
-            )
-            same = (
-                f' (same model and optimizer as {result["same_as"]})' if 'same_as' in result else ''
-            )
-            status, seconds = result['status'], result['seconds']
-            print(f'{status:4} {result["config"]} ({seconds} s): {detail}{same}', flush=True)
+            print(_progress_line(result), flush=True)
     return _summary(results, layers, args.variant)
 
 

@@ -23,6 +23,7 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
+from .._compat import foreach_add_, foreach_neg_
 from ..errors import ConfigError
 
 __all__ = ['centralize', 'centralize_', 'gc_direction_means', 'gc_update_directions', 'reduce_dims']
@@ -158,10 +159,10 @@ def gc_direction_means(
             tracked = param.requires_grad and torch.is_grad_enabled()
             param_means.append((param.detach() if tracked else param).mean(dim=dims, keepdim=True))
     if maximize:
-        torch._foreach_neg_(means)
+        foreach_neg_(means)
     if decayed and isinstance(weight_decay, Tensor):
         for mean, param_mean in zip(means, param_means):
             mean.add_(param_mean.mul_(weight_decay))
     elif decayed:
-        torch._foreach_add_(means, param_means, alpha=weight_decay)
+        foreach_add_(means, param_means, alpha=weight_decay)
     return means

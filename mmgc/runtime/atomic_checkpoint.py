@@ -19,6 +19,8 @@ from mmengine.hooks import CheckpointHook
 from mmengine.logging import print_log
 from mmengine.registry import HOOKS
 
+from .._compat import CHECKPOINT_HOOK_SAVE
+
 __all__ = [
     'AtomicCheckpointHook',
     'AtomicLocalBackend',
@@ -98,10 +100,11 @@ class AtomicCheckpointHook(CheckpointHook):
                     'interrupted; it was never a resume point.'
                 )
 
-    def _save_checkpoint_with_step(self, runner: Any, step: int, meta: dict) -> None:
-        """``CheckpointHook``'s save, reordered: save, then point, then prune."""
+    def save_atomically(self, runner: Any, step: int, meta: dict) -> None:
+        """``CheckpointHook``'s save, reordered: save, then point, then prune
+        (it replaces :data:`mmgc._compat.CHECKPOINT_HOOK_SAVE`, below)."""
         if not self.atomic:
-            return super()._save_checkpoint_with_step(runner, step, meta)
+            return getattr(super(), CHECKPOINT_HOOK_SAVE)(runner, step, meta)
         outdated = []
         if self.max_keep_ckpts > 0 and not (self.keep_ckpt_ids and self.keep_ckpt_ids[-1] == step):
             if len(self.keep_ckpt_ids) == self.max_keep_ckpts:
@@ -131,6 +134,9 @@ class AtomicCheckpointHook(CheckpointHook):
                 self.file_backend.remove(path)
             elif self.file_backend.isdir(path):  # DeepSpeed checkpoints are folders
                 self.file_backend.rmtree(path)
+
+
+setattr(AtomicCheckpointHook, CHECKPOINT_HOOK_SAVE, AtomicCheckpointHook.save_atomically)
 
 
 def use_atomic_checkpoints(cfg: Any) -> bool:

@@ -25,6 +25,13 @@ import torch
 from mmengine.logging import HistoryBuffer
 from mmengine.runner.checkpoint import CheckpointLoader
 
+from .._compat import (
+    NUMPY_MULTIARRAY_MODULES,
+    NUMPY_PICKLED,
+    numpy_multiarray,
+    torch_rebuilders,
+)
+
 __all__ = [
     'CheckpointLoadError',
     'UnsafeCheckpointError',
@@ -43,11 +50,6 @@ _NUMPY_DTYPES = (
 
 #: The statistics methods defined on ``HistoryBuffer`` (all that it pickles by name).
 _STATISTICS = frozenset({'min', 'max', 'current', 'mean'})
-
-_TORCH_REBUILDERS = (
-    '_rebuild_tensor _rebuild_tensor_v2 _rebuild_tensor_v3 '
-    '_rebuild_parameter _rebuild_parameter_with_state'
-).split()
 
 
 class CheckpointLoadError(RuntimeError):
@@ -76,18 +78,15 @@ def mmengine_safe_globals() -> list[tuple[Any, str]]:
     """The globals, beyond torch's own, that MMEngine checkpoints hold: ``(object,
     'module.qualname')`` pairs, the form ``torch.serialization.safe_globals`` takes;
     numpy's under numpy 1's and numpy 2's module names."""
-    try:
-        from numpy._core import multiarray  # numpy >= 2
-    except ImportError:  # numpy 1.x
-        from numpy.core import multiarray
+    multiarray = numpy_multiarray()
     allowed: list[tuple[Any, str]] = [
         (HistoryBuffer, 'mmengine.logging.history_buffer.HistoryBuffer'),
         (_history_buffer_getattr, 'builtins.getattr'),
         (np.ndarray, 'numpy.ndarray'),
         (np.dtype, 'numpy.dtype'),
     ]
-    for prefix in ('numpy._core.multiarray', 'numpy.core.multiarray'):
-        allowed += [(getattr(multiarray, f), f'{prefix}.{f}') for f in ('_reconstruct', 'scalar')]
+    for prefix in NUMPY_MULTIARRAY_MODULES:
+        allowed += [(getattr(multiarray, f), f'{prefix}.{f}') for f in NUMPY_PICKLED]
     dtype_classes = (type(np.dtype(name)) for name in _NUMPY_DTYPES)  # one each on numpy >= 1.25
     allowed += [(c, f'{c.__module__}.{c.__name__}') for c in dtype_classes if c is not np.dtype]
     return allowed
@@ -106,9 +105,7 @@ def allowed_globals() -> dict[str, Any]:
         'torch.device': torch.device,
         'torch.Size': torch.Size,
     }
-    for name in _TORCH_REBUILDERS:
-        if hasattr(torch._utils, name):
-            allowed[f'torch._utils.{name}'] = getattr(torch._utils, name)
+    allowed.update(torch_rebuilders())
     for name in dir(torch):
         value = getattr(torch, name, None)
         if isinstance(value, torch.dtype) or (name.endswith('Storage') and isinstance(value, type)):

@@ -27,7 +27,7 @@ from mmengine.runner import Runner, find_latest_checkpoint
 
 from ..engine.hooks import GCDiagnosticsHook
 from ..engine.optimizers import GCCoverageError, enable_gc
-from ..engine.optimizers.coverage import check_gc_runner_strategy
+from ..engine.optimizers.strategies import check_gc_runner_strategy
 from .atomic_checkpoint import use_atomic_checkpoints
 from .checkpoint import CheckpointLoadError, install_safe_checkpoint_loader, safe_torch_load
 from .data_check import check_data_paths

@@ -143,11 +143,8 @@ def run_flattening_case(case: str, out_dir: str, rank: int) -> None:
     """FSDP1 (MMEngine's wrapper on a CPU device) or DeepSpeed ZeRO-1/2 with
     SGDGC and Adam + hooks: what the optimizer holds, and what mmgc says."""
     from mmgc.engine.optimizers import SGDGC, attach_gc_hooks
-    from mmgc.engine.optimizers.coverage import (
-        check_gc_strategy,
-        gc_coverage,
-        install_gc_coverage_check,
-    )
+    from mmgc.engine.optimizers.coverage import gc_coverage, install_gc_coverage_check
+    from mmgc.engine.optimizers.strategies import check_gc_strategy
 
     results: dict = {}
     path = os.path.join(out_dir, f'{case}_rank{rank}.pt')

@@ -13,6 +13,7 @@ from mmengine.model import is_model_wrapper
 from mmengine.registry import HOOKS
 from torch import nn
 
+from ..._compat import accumulative_counts
 from ...errors import ConfigError
 from ...ops import centralize, reduce_dims
 from ..optimizers.selection import gc_target_of
@@ -101,7 +102,7 @@ class GCDiagnosticsHook(Hook):
                 )
             sums = _unit_sums(module.weight, target.out_dim)
             self._watched[name] = (module.weight, target.out_dim, sums)
-        counts = getattr(runner.optim_wrapper, '_accumulative_counts', 1)
+        counts = accumulative_counts(runner.optim_wrapper)
         self._last_step = runner.iter - runner.iter % counts  # MMEngine's last step
         optimizer = runner.optim_wrapper.optimizer
         self._handle = optimizer.register_step_post_hook(

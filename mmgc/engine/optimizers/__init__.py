@@ -1,8 +1,9 @@
 """GC optimizers and the GC optim-wrapper constructor (registered on import)."""
 
+from .capability import supports_gc
 from .constructor import GCOptimWrapperConstructor
 from .coverage import GCCoverageError, gc_coverage
-from .gc_step_hooks import attach_gc_hooks, supports_gc
+from .gc_step_hooks import attach_gc_hooks
 from .gc_switch import enable_gc
 from .selection import GC_LAYER_KINDS, gc_target_of, parse_gc_layers
 from .sgd_gc import GC_GROUP_DEFAULTS, SGDGC, SGDWGC, sgd_gc

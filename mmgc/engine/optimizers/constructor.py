@@ -11,7 +11,8 @@ config's own optimizer, wrapper and ``paramwise_cfg`` stay as they are, and
                 layers=('conv', 'fc'), variant='grad'),
         ...)  # the config's type, optimizer, paramwise_cfg, clip_grad, ...
 
-Old form (MMEngine's default constructor inside, ``gc_layers`` among its
+Old form, deprecated (it still loads, with one ``FutureWarning`` that names
+the new form; MMEngine's default constructor inside, ``gc_layers`` among its
 options)::
 
     optim_wrapper = dict(
@@ -33,6 +34,7 @@ option the inner constructor gave it, and the only keys added are
 from __future__ import annotations
 
 import inspect
+import warnings
 from typing import Any, NamedTuple
 
 import torch
@@ -42,22 +44,18 @@ from mmengine.registry import OPTIM_WRAPPER_CONSTRUCTORS, OPTIM_WRAPPERS, OPTIMI
 from torch import nn
 
 from ...errors import ConfigError, ConfigTypeError
-from .coverage import (
-    check_gc_strategy,
-    gc_local_optimizer,
-    install_gc_coverage_check,
-    require_gc_coverage,
-)
-from .gc_step_hooks import attach_gc_hooks, supports_gc, supports_gc_variant, uses_gc_hooks
+from .capability import gc_variants_of, supports_gc
+from .coverage import gc_local_optimizer, install_gc_coverage_check, require_gc_coverage
+from .gc_step_hooks import attach_gc_hooks, uses_gc_hooks
 from .selection import GC_LAYER_KINDS, GCTarget, gc_targets, parse_gc_layers, select_gc_weights
-from .sgd_gc import SGDGC, _check_gc_options
+from .sgd_gc import _check_gc_options
+from .strategies import check_gc_strategy
 from .variants import GC_VARIANTS, check_one_of
 
 __all__ = [
     'GC_SWITCH_VARIANTS',
     'GCOptimWrapperConstructor',
     'check_gc_switch_variant',
-    'takes_gc_variant',
 ]
 
 #: ``paramwise_cfg`` keys of MMEngine's default constructor, and ours.
@@ -166,24 +164,6 @@ def _registry_names(registry: Any, accept: Any) -> list[str]:
     return sorted(names)
 
 
-def takes_gc_variant(optimizer_cls: type, variant: str) -> bool:
-    """Whether ``optimizer_cls`` can take ``variant`` (one of :data:`GC_SWITCH_VARIANTS`).
-
-    SGDGC: 'grad' and 'update' (for SGD they are the same update: P is
-    linear), and 'sgdw' where it has a ``decoupled_weight_decay`` option.
-    Other optimizers: what the step hooks implement
-    (:func:`~mmgc.engine.optimizers.gc_step_hooks.supports_gc_variant`);
-    'sgdw' is SGD's only.
-    """
-    if not supports_gc(optimizer_cls):
-        return False
-    if issubclass(optimizer_cls, SGDGC):
-        if variant == 'sgdw':
-            return 'decoupled_weight_decay' in inspect.signature(optimizer_cls).parameters
-        return variant in GC_VARIANTS
-    return variant in GC_VARIANTS and supports_gc_variant(optimizer_cls, variant)
-
-
 @OPTIM_WRAPPER_CONSTRUCTORS.register_module()
 class GCOptimWrapperConstructor:
     """Any optim-wrapper constructor, plus a per-tensor GC decision.
@@ -238,6 +218,13 @@ class GCOptimWrapperConstructor:
             self.gc_layers = parse_gc_layers(paramwise_cfg.pop('gc_layers', GC_LAYER_KINDS))
             self.variant = 'grad'
             inner = DEFAULT_CONSTRUCTOR
+            warnings.warn(
+                f'optim_wrapper with GCOptimWrapperConstructor and no gc=dict(...) is the '
+                f'deprecated form (paramwise_cfg.gc_layers); write gc=dict(layers='
+                f'{self.gc_layers!r}) in optim_wrapper instead (the same parameter groups)',
+                FutureWarning,
+                stacklevel=2,
+            )
         else:
             inner, self.gc_layers, self.variant = self._parse_gc_cfg(gc_cfg)
             paramwise_cfg = self._inner_paramwise_cfg(paramwise_cfg)
@@ -312,8 +299,8 @@ class GCOptimWrapperConstructor:
                     f'GCOptimWrapperConstructor needs an optimizer that can apply gradient '
                     f'centralization, one of {valid}; got optimizer type {optimizer_type!r}'
                 )
-            if not takes_gc_variant(optimizer_cls, self.variant):
-                valid = _registry_names(registry, lambda c: takes_gc_variant(c, self.variant))
+            if self.variant not in gc_variants_of(optimizer_cls):
+                valid = _registry_names(registry, lambda c: self.variant in gc_variants_of(c))
                 raise ConfigError(
                     f'GC variant {self.variant!r} is not defined for optimizer type '
                     f'{optimizer_type!r}; optimizer types that take it: {valid}'

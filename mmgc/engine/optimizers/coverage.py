@@ -18,39 +18,33 @@ optimizer different tensors:
   and **DeepSpeed ZeRO-1/2** (``DeepSpeedStrategy``): flat 1-D tensors, in
   which no output unit can be found. GC cannot work there.
 
-This module counts what an optimizer centralizes (:func:`gc_coverage`),
-refuses the strategies that flatten before anything is built
-(:func:`check_gc_strategy`), and checks at the first step that the tensors
-to centralize are still there (:func:`install_gc_coverage_check`): DeepSpeed
-flattens the optimizer's groups after the optimizer is built.
+This module counts what an optimizer centralizes (:func:`gc_coverage`) and
+checks at the first step that the tensors to centralize are still there
+(:func:`install_gc_coverage_check`): DeepSpeed flattens the optimizer's groups
+after the optimizer is built. The strategies that flatten are refused before
+anything is built, above the optimizers, in
+:mod:`~mmgc.engine.optimizers.strategies`.
 """
 
 from __future__ import annotations
 
 import importlib
 import logging
-import sys
 import weakref
 from typing import Any, NamedTuple
 
 import torch
 from mmengine.logging import print_log
-from mmengine.registry import OPTIMIZERS
-from torch import Tensor, nn
 from torch.optim import Optimizer
 from torch.utils.hooks import RemovableHandle
 
-from ...errors import ConfigError
+from ..._compat import fsdp1_flattened
+from .capability import GC_GROUP_DEFAULTS, applies_gc
 from .variants import gc_variant_of
-
-# ``sgd_gc`` and ``gc_step_hooks`` are imported where they are used: they call
-# :func:`install_gc_coverage_check`, so this module must import without them.
 
 __all__ = [
     'GCCoverage',
     'GCCoverageError',
-    'check_gc_runner_strategy',
-    'check_gc_strategy',
     'gc_coverage',
     'gc_local_optimizer',
     'install_gc_coverage_check',
@@ -130,20 +124,7 @@ _QUIET: weakref.WeakSet = weakref.WeakSet()
 
 
 def _gc_default() -> bool:
-    from .sgd_gc import GC_GROUP_DEFAULTS
-
     return GC_GROUP_DEFAULTS['gc']
-
-
-def _centralizes(optimizer: Any) -> bool:
-    """Whether ``optimizer`` applies GC in its step (SGDGC, mmgc's step hooks)."""
-    from .gc_step_hooks import _GCStepHooks
-    from .sgd_gc import SGDGC
-
-    if isinstance(optimizer, SGDGC):
-        return True
-    hooks = getattr(optimizer, '_optimizer_step_pre_hooks', {})
-    return any(isinstance(getattr(h, '__self__', None), _GCStepHooks) for h in hooks.values())
 
 
 def _count(optimizer: Optimizer) -> GCCoverage:
@@ -189,7 +170,7 @@ def gc_coverage(optimizer: Optimizer) -> GCCoverage:
         ``gc_variant``.
     """
     held = _count(optimizer)
-    if _centralizes(optimizer) or _centralizes(gc_local_optimizer(optimizer)):
+    if applies_gc(optimizer) or applies_gc(gc_local_optimizer(optimizer)):
         return held
     return held._replace(tensors=0, params=0, by_variant={})
 
@@ -225,22 +206,10 @@ def require_gc_coverage(optimizer: Optimizer, selected: int, who: str) -> GCCove
     return coverage
 
 
-def _fsdp1_flattened(tensor: Tensor) -> bool:
-    """Whether torch FSDP1 flattened ``tensor`` (its FlatParameter, or an original
-    parameter it made a 1-D view of; FSDP1 marks both)."""
-    if not torch.distributed.is_available():
-        return False
-    try:
-        from torch.distributed.fsdp import _common_utils
-    except ImportError:
-        return False
-    return bool(getattr(tensor, getattr(_common_utils, 'FSDP_FLATTENED', '_fsdp_flattened'), False))
-
-
 def _what_it_holds(optimizer: Optimizer) -> str:
     """The likely strategy, from the tensors the optimizer holds at its first step."""
     held = [list(group['params']) for group in optimizer.param_groups]
-    if any(_fsdp1_flattened(p) for group in held for p in group):
+    if any(fsdp1_flattened(p) for group in held for p in group):
         return (
             "torch FSDP1's flattened parameters (FullyShardedDataParallel, MMEngine's FSDPStrategy)"
         )
@@ -260,7 +229,7 @@ def _holds_fsdp1(optimizer: Optimizer) -> bool:
     """Whether a ``gc=True`` group holds a tensor that torch FSDP1 flattened."""
     default = _gc_default()
     return any(
-        _fsdp1_flattened(p)
+        fsdp1_flattened(p)
         for group in optimizer.param_groups
         if group.get('gc', default)
         for p in group['params']
@@ -281,7 +250,7 @@ class _FirstStepCheck:
         now = _count(optimizer)
         name = type(optimizer).__name__
         local = gc_local_optimizer(optimizer)
-        if now.tensors and not (_centralizes(optimizer) or _centralizes(local)):
+        if now.tensors and not (applies_gc(optimizer) or applies_gc(local)):
             raise GCCoverageError(
                 f'{name} holds {now.tensors} weights to centralize, but its step applies no '
                 f'gradient centralization (its local optimizer {type(local).__name__} is '
@@ -351,162 +320,3 @@ def install_gc_coverage_check(optimizer: Optimizer) -> RemovableHandle:
         handle = optimizer.register_step_pre_hook(_FirstStepCheck(_count(optimizer)))
         _CHECKED[optimizer] = handle
     return handle
-
-
-def _fsdp1_class() -> type | None:
-    """torch's ``FullyShardedDataParallel`` (FSDP1), if present."""
-    return _distributed_class('fsdp', 'FullyShardedDataParallel')
-
-
-def _deepspeed_engine_class() -> type | None:
-    """DeepSpeed's engine class, if DeepSpeed is already imported (never imports it)."""
-    engine = sys.modules.get('deepspeed.runtime.engine')
-    return getattr(engine, 'DeepSpeedEngine', None)
-
-
-def _optimizer_class(optimizer_type: Any) -> type | None:
-    if isinstance(optimizer_type, type):
-        return optimizer_type
-    if not isinstance(optimizer_type, str):
-        return None
-    with OPTIMIZERS.switch_scope_and_registry(None) as registry:
-        return registry.get(optimizer_type)
-
-
-def _check_zero(zero: type, optimizer_cfg: dict) -> type:
-    """The local optimizer class of a ZeRO config; refuse one that cannot apply GC."""
-    from .gc_step_hooks import supports_gc
-    from .sgd_gc import SGDGC
-
-    name = zero.__name__
-    if optimizer_cfg.get('overlap_with_ddp', False):
-        raise ConfigError(
-            f'{name} with overlap_with_ddp=True steps a functional optimizer inside '
-            f"DDP's communication hook, where gradient centralization cannot act; set "
-            f'overlap_with_ddp=False (the default)'
-        )
-    if 'optimizer_type' in optimizer_cfg:  # MMEngine's: getattr(torch.optim, optimizer_type)
-        local_type = optimizer_cfg['optimizer_type']
-        local = getattr(torch.optim, local_type, None) if isinstance(local_type, str) else None
-        registered = _optimizer_class(local_type) if isinstance(local_type, str) else None
-        if local is None and isinstance(registered, type) and issubclass(registered, SGDGC):
-            raise ConfigError(
-                f"MMEngine's {name} looks optimizer_type up in torch.optim, so "
-                f"optimizer_type={local_type!r} cannot work; use optimizer_type='SGD', "
-                f"which gets gradient centralization through mmgc's step hooks, or "
-                f'SGDGC under plain DDP'
-            )
-        where = 'torch.optim'
-    else:  # torch's: optimizer_class
-        local = optimizer_cfg.get('optimizer_class')
-        local_type, where = local, 'optimizer_class'
-    if not supports_gc(local):
-        valid = sorted(
-            n for n in dir(torch.optim) if supports_gc(getattr(torch.optim, n)) and n[0].isupper()
-        )
-        raise ConfigError(
-            f'{name} needs a local optimizer that can apply gradient centralization; '
-            f'got {local_type!r} ({where}), valid: {valid}'
-            + (' or SGDGC (as optimizer_class)' if where == 'optimizer_class' else '')
-        )
-    return local
-
-
-def check_gc_strategy(model: nn.Module | None, optimizer_cfg: dict | None = None) -> type | None:
-    """Refuse, before anything is built, a strategy under which GC cannot work.
-
-    Refused: a model wrapped in torch FSDP1 (``FullyShardedDataParallel``
-    anywhere in it, MMEngine's ``MMFullyShardedDataParallel`` /
-    ``FSDPStrategy`` included: it hands the optimizer flat 1-D parameters)
-    or in DeepSpeed's engine (one flat partition per group); a
-    ``ZeroRedundancyOptimizer`` config whose local optimizer cannot apply GC
-    (MMEngine's with ``optimizer_type='SGDGC'``, which it cannot find in
-    ``torch.optim``; a type mmgc does not support; ``overlap_with_ddp=True``).
-    DeepSpeed usually wraps the model after the optimizer is built; the
-    first-step check (:func:`install_gc_coverage_check`) catches that.
-
-    Args:
-        model (nn.Module, optional): The model as the runner hands it over,
-            wrapped (before any ``.module`` is taken); None: the config only.
-        optimizer_cfg (dict, optional): The optimizer config (``type`` and
-            its arguments). Defaults to None (check the model only).
-
-    Returns:
-        type | None: For a ``ZeroRedundancyOptimizer`` config, the class of
-        its local optimizer (the one to give mmgc's step hooks, unless it is
-        SGDGC); else None.
-
-    Raises:
-        ValueError: In one sentence naming the strategy and what works instead.
-    """
-    fsdp1, engine = _fsdp1_class(), _deepspeed_engine_class()
-    modules = model.named_modules() if model is not None else ()
-    for name, module in modules:
-        if fsdp1 is not None and isinstance(module, fsdp1):
-            raise ConfigError(
-                f'gradient centralization cannot run under torch FSDP1 '
-                f'({type(module).__name__} at {name or "the top"} of the model; '
-                f"MMEngine's FSDPStrategy uses it): it hands the optimizer flat 1-D "
-                f'parameters, in which no output unit can be found; {WHAT_WORKS}'
-            )
-        if engine is not None and isinstance(module, engine):
-            raise ConfigError(
-                f'gradient centralization cannot run under DeepSpeed ({type(module).__name__}): '
-                f'ZeRO hands the optimizer one flat 1-D partition per parameter group, in '
-                f'which no output unit can be found; {WHAT_WORKS}'
-            )
-    if not optimizer_cfg:
-        return None
-    zero, cls = _zero_class(), _optimizer_class(optimizer_cfg.get('type'))
-    if zero is not None and isinstance(cls, type) and issubclass(cls, zero):
-        return _check_zero(cls, optimizer_cfg)
-    return None
-
-
-def _flattening_strategies() -> dict[type, str]:
-    """MMEngine's strategies that flatten parameters, with what they use."""
-    strategies: dict[type, str] = {}
-    try:
-        from mmengine._strategy import DeepSpeedStrategy
-
-        strategies[DeepSpeedStrategy] = 'DeepSpeed ZeRO, one flat 1-D partition per parameter group'
-    except ImportError:
-        pass
-    try:
-        from mmengine._strategy import FSDPStrategy
-
-        strategies[FSDPStrategy] = 'torch FSDP1, flat 1-D parameters'
-    except ImportError:
-        pass
-    return strategies
-
-
-def check_gc_runner_strategy(strategy: Any) -> None:
-    """Refuse, before a ``FlexibleRunner`` builds anything, a ``strategy`` that
-    flattens parameters (MMEngine's ``DeepSpeedStrategy``, ``FSDPStrategy``).
-
-    Args:
-        strategy (dict | str | type | None): The config's ``strategy``
-            (``dict(type=...)``, a registered name or a class); None for
-            ``Runner``'s own DDP.
-
-    Raises:
-        ValueError: In one sentence naming the strategy and what works instead.
-    """
-    import mmengine._strategy  # noqa: F401 (registers MMEngine's strategies)
-    from mmengine.registry import STRATEGIES
-
-    strategy_type = strategy.get('type') if isinstance(strategy, dict) else strategy
-    cls = strategy_type
-    if isinstance(strategy_type, str):
-        with STRATEGIES.switch_scope_and_registry(None) as registry:
-            cls = registry.get(strategy_type)
-    if not isinstance(cls, type):
-        return
-    for flattening, what in _flattening_strategies().items():
-        if issubclass(cls, flattening):
-            raise ConfigError(
-                f'gradient centralization cannot run under strategy {strategy_type!r} '
-                f'({what}, in which no output unit can be found); {WHAT_WORKS} '
-                f"(strategy='DDPStrategy', or Runner's default)"
-            )

@@ -111,48 +111,25 @@ from torch.utils.hooks import RemovableHandle
 
 from ...errors import ConfigError
 from ...ops import centralize_, reduce_dims
+from .capability import (
+    COUPLED_DECAY,
+    DECOUPLED_DECAY,
+    GC_GROUP_DEFAULTS,
+    NO_DECAY,
+    GCInStep,
+    GCStepHooksMarker,
+    gc_variants_of,
+    supports_gc,
+)
 from .coverage import install_gc_coverage_check
-from .sgd_gc import GC_GROUP_DEFAULTS, SGDGC
 from .variants import GC_VARIANTS, check_gc_variant, gc_variant_of
 
-__all__ = ['attach_gc_hooks', 'supports_gc', 'supports_gc_variant', 'uses_gc_hooks']
-
-#: Optimizers whose decay is a gradient term (AdamW subclasses Adam: its groups say decoupled).
-COUPLED_DECAY: tuple[type[Optimizer], ...] = tuple(
-    getattr(torch.optim, name)
-    for name in 'SGD Adam Adamax Adagrad Adadelta RMSprop ASGD NAdam RAdam'.split()
-)
-DECOUPLED_DECAY: tuple[type[Optimizer], ...] = (torch.optim.AdamW,)
-NO_DECAY: tuple[type[Optimizer], ...] = (torch.optim.Rprop,)
-#: Optimizers whose state depends on the weights after the step (ASGD's
-#: average ``ax``): their update cannot be centralized after the step.
-NO_UPDATE_VARIANT: tuple[type[Optimizer], ...] = (torch.optim.ASGD,)
-
-
-def supports_gc(optimizer_cls: type) -> bool:
-    """True if ``optimizer_cls`` applies GC natively or through the hooks."""
-    return isinstance(optimizer_cls, type) and issubclass(
-        optimizer_cls, (SGDGC, *COUPLED_DECAY, *DECOUPLED_DECAY, *NO_DECAY)
-    )
-
-
-def supports_gc_variant(optimizer_cls: type, variant: str) -> bool:
-    """True if the hooks can apply ``gc_variant=variant`` to ``optimizer_cls``
-    (``'grad'``: every :func:`supports_gc` optimizer; ``'update'``: all but
-    ``ASGD``). SGDGC's own variants are SGDGC's to say.
-
-    Raises:
-        ValueError: If ``variant`` is not one of :data:`GC_VARIANTS`.
-    """
-    check_gc_variant(variant)
-    if not supports_gc(optimizer_cls) or issubclass(optimizer_cls, SGDGC):
-        return False
-    return variant != 'update' or not issubclass(optimizer_cls, NO_UPDATE_VARIANT)
+__all__ = ['attach_gc_hooks', 'uses_gc_hooks']
 
 
 def uses_gc_hooks(optimizer: Optimizer) -> bool:
-    """True if ``optimizer`` needs :func:`attach_gc_hooks` (it is not SGDGC)."""
-    return not isinstance(optimizer, SGDGC) and supports_gc(type(optimizer))
+    """True if ``optimizer`` needs :func:`attach_gc_hooks` (its own step applies no GC)."""
+    return not isinstance(optimizer, GCInStep) and supports_gc(type(optimizer))
 
 
 def _decay_is_coupled(optimizer: Optimizer, group: dict[str, Any]) -> bool:
@@ -175,8 +152,9 @@ def _check_groups(optimizer: Optimizer) -> None:
             variant = check_gc_variant(gc_variant_of(group))
         except ValueError as err:
             raise ConfigError(f'param group {index}: {err}') from None
-        if not supports_gc_variant(type(optimizer), variant):
-            valid = [v for v in GC_VARIANTS if supports_gc_variant(type(optimizer), v)]
+        takes = gc_variants_of(type(optimizer))
+        if variant not in takes:
+            valid = [v for v in GC_VARIANTS if v in takes]
             raise ConfigError(
                 f'param group {index}: gc_variant={variant!r} is not defined for '
                 f'{type(optimizer).__name__} (its averaged weights follow the '
@@ -210,7 +188,7 @@ def _unit_mean(param: Tensor, dims: tuple[int, ...]) -> Tensor:
     return param.detach().mean(dim=dims, keepdim=True, dtype=dtype)
 
 
-class _GCStepHooks:
+class _GCStepHooks(GCStepHooksMarker):
     """The pre/post step hooks and what the pre hook replaced or recorded."""
 
     def __init__(self) -> None:
@@ -382,8 +360,10 @@ def attach_gc_hooks(optimizer: Optimizer) -> tuple[RemovableHandle, RemovableHan
             ``gc_variant`` is unknown or undefined for the optimizer (a group
             added later is checked at its first step).
     """
-    if isinstance(optimizer, SGDGC):
-        raise ConfigError('SGDGC centralizes in its own step; it needs no GC hooks')
+    if isinstance(optimizer, GCInStep):
+        raise ConfigError(
+            f'{type(optimizer).__name__} centralizes in its own step; it needs no GC hooks'
+        )
     if not supports_gc(type(optimizer)):
         raise ConfigError(
             f'cannot apply gradient centralization to {type(optimizer).__name__}; '

@@ -20,12 +20,13 @@ import torch
 from mmengine.registry import OPTIMIZERS
 from torch import Tensor
 from torch.optim import Optimizer
-from torch.optim.optimizer import _default_to_fused_or_foreach
 from torch.optim.sgd import sgd as torch_sgd
 
+from ..._compat import default_foreach, foreach_add_, foreach_mul, foreach_mul_
 from ...errors import ConfigError, ConfigTypeError
 from ...ops import gc_direction_means, gc_update_directions, reduce_dims
 from ...ops.cpu_kernel import SGDHyper, cpu_kernel_supports, fused_sgd_gc_cpu_, load_cpu_kernel
+from .capability import GC_GROUP_DEFAULTS, GCInStep
 from .coverage import install_gc_coverage_check
 from .variants import check_gc_variant
 
@@ -38,9 +39,6 @@ __all__ = [
     'torch_has_fused_sgd',
 ]
 
-#: Per-parameter-group options that SGDGC adds to ``torch.optim.SGD``'s
-#: (see :class:`SGDGC`).
-GC_GROUP_DEFAULTS: dict[str, Any] = {'gc': True, 'gc_dim': 0}
 #: The group options :meth:`SGDGC.step` hands to :func:`sgd_gc`.
 _STEP_OPTIONS = (
     'lr',
@@ -247,7 +245,7 @@ def _check_gc_options(group: dict) -> None:
 
 
 @OPTIMIZERS.register_module(name=['SGDGC', 'SGD_GC'])
-class SGDGC(Optimizer):
+class SGDGC(GCInStep, Optimizer):
     r"""SGD with momentum and Gradient Centralization (Yong et al., ECCV 2020).
 
     Takes exactly ``torch.optim.SGD``'s arguments, with the same defaults,
@@ -716,66 +714,82 @@ def _torch_step(
         decay, maximize = 0.0, False
     elif gc_dims is not None:
         means = gc_direction_means(params, grads, gc_dims, weight_decay=decay, maximize=maximize)
-    if decoupled_weight_decay and (isinstance(weight_decay, Tensor) or weight_decay != 0):
-        shrink = 1 - lr * weight_decay  # theta <- (1 - lr wd) theta, then SGD without decay
-        if isinstance(shrink, Tensor):
-            for param in params:
-                param.mul_(shrink)
-        else:
-            torch._foreach_mul_(params, shrink)
+    if decoupled_weight_decay:
+        _decay_decoupled(params, lr, weight_decay)
     foreach = kernel.foreach
     if foreach is None and not kernel.fused:  # torch's own choice, made here
-        foreach = _default_to_fused_or_foreach(params, differentiable=False, use_fused=False)[1]
-    decayed = isinstance(decay, Tensor) or decay != 0
+        foreach = default_foreach(params)
     # torch's foreach Nesterov without decay or sign adds into the gradients:
     # step without Nesterov, then add what Nesterov adds (see sgd_gc); sparse
     # gradients (which foreach ops do not take) are copied instead
     has_sparse_grad = any(g.is_sparse for g in grads)
+    decayed = isinstance(decay, Tensor) or decay != 0
     in_place = foreach and momentum != 0 and nesterov and not (decayed or maximize)
     late_nesterov = bool(in_place and not (kernel.directions or has_sparse_grad))
     if in_place and has_sparse_grad and not kernel.directions:
         grads = [g.clone() for g in grads]
-    # per tensor: how much of its means a buffer loses before torch's step and
-    # after it, and how much (times lr) the weight gets back after it
-    before: dict[float, list[int]] = {}
-    after: dict[float, list[int]] = {}
-    weight: dict[float, list[int]] = {}
-    if means is not None:
-        keep = 1.0 - dampening
-        for i, buffer in enumerate(buffers):
-            if momentum == 0:
-                weight.setdefault(1.0, []).append(i)
-            elif buffer is None:  # torch's new buffer is the raw direction
-                after.setdefault(1.0, []).append(i)
-                weight.setdefault(1.0 + momentum if nesterov else 1.0, []).append(i)
-            elif momentum >= _MIN_MOMENTUM_TO_SHIFT_FIRST:
-                before.setdefault(keep / momentum, []).append(i)
-                if nesterov:
-                    weight.setdefault(1.0, []).append(i)
-            else:
-                after.setdefault(keep, []).append(i)
-                weight.setdefault(1.0 + momentum * keep if nesterov else keep, []).append(i)
-        _shift_each(buffers, means, before, sign=-1.0)
+    shifts = _Shifts.plan(buffers, momentum, dampening, nesterov) if means is not None else None
+    if shifts is not None:
+        _shift_each(buffers, means, shifts.before, sign=-1.0)
     options = dict(foreach=foreach, has_sparse_grad=has_sparse_grad)
     if kernel.fused:  # only set where torch has it (checked at construction and load)
         options['fused'] = True
-    options.update(lr=lr, momentum=momentum, dampening=dampening)
-    torch_sgd(
-        params,
-        grads,
-        buffers,
-        **options,
-        nesterov=nesterov and not late_nesterov,
-        weight_decay=decay,
-        maximize=maximize,
-    )
+    options.update(lr=lr, momentum=momentum, dampening=dampening, weight_decay=decay)
+    nesterov_now = nesterov and not late_nesterov
+    torch_sgd(params, grads, buffers, **options, nesterov=nesterov_now, maximize=maximize)
     if late_nesterov:
         alpha = float(lr) if isinstance(lr, Tensor) else lr  # as torch's foreach reads it
-        torch._foreach_add_(params, grads, alpha=-alpha)
-        torch._foreach_add_(params, buffers, alpha=alpha * (1.0 - momentum))
-    if means is not None:
-        _shift_each(buffers, means, after, sign=-1.0)
-        _shift_each(params, means, weight, sign=1.0, lr=lr)
+        foreach_add_(params, grads, alpha=-alpha)
+        foreach_add_(params, buffers, alpha=alpha * (1.0 - momentum))
+    if shifts is not None:
+        _shift_each(buffers, means, shifts.after, sign=-1.0)
+        _shift_each(params, means, shifts.weight, sign=1.0, lr=lr)
+
+
+def _decay_decoupled(
+    params: list[Tensor], lr: float | Tensor, weight_decay: float | Tensor
+) -> None:
+    """``theta <- (1 - lr wd) theta`` (torch's SGD then steps without decay)."""
+    if not isinstance(weight_decay, Tensor) and weight_decay == 0:
+        return
+    shrink = 1 - lr * weight_decay
+    if isinstance(shrink, Tensor):
+        for param in params:
+            param.mul_(shrink)
+    else:
+        foreach_mul_(params, shrink)
+
+
+class _Shifts(NamedTuple):
+    """Per tensor index, by factor: how much of its means a buffer loses
+    before torch's step and after it, and how much (times lr) the weight gets
+    back after it (the rule is in :func:`sgd_gc`'s docstring)."""
+
+    before: dict[float, list[int]]
+    after: dict[float, list[int]]
+    weight: dict[float, list[int]]
+
+    @classmethod
+    def plan(
+        cls, buffers: list[Tensor | None], momentum: float, dampening: float, nesterov: bool
+    ) -> _Shifts:
+        shifts = cls({}, {}, {})
+        keep = 1.0 - dampening
+        for i, buffer in enumerate(buffers):
+            if momentum == 0:
+                shifts.weight.setdefault(1.0, []).append(i)
+            elif buffer is None:  # torch's new buffer is the raw direction
+                shifts.after.setdefault(1.0, []).append(i)
+                shifts.weight.setdefault(1.0 + momentum if nesterov else 1.0, []).append(i)
+            elif momentum >= _MIN_MOMENTUM_TO_SHIFT_FIRST:
+                shifts.before.setdefault(keep / momentum, []).append(i)
+                if nesterov:
+                    shifts.weight.setdefault(1.0, []).append(i)
+            else:
+                shifts.after.setdefault(keep, []).append(i)
+                factor = 1.0 + momentum * keep if nesterov else keep
+                shifts.weight.setdefault(factor, []).append(i)
+        return shifts
 
 
 def _shift_each(
@@ -794,9 +808,9 @@ def _shift_each(
     for factor, indices in indices_by_factor.items():
         targets, shifts = [tensors[i] for i in indices], [means[i] for i in indices]
         if isinstance(lr, Tensor):
-            torch._foreach_add_(targets, torch._foreach_mul(shifts, lr), alpha=sign * factor)
+            foreach_add_(targets, foreach_mul(shifts, lr), alpha=sign * factor)
         else:
-            torch._foreach_add_(targets, shifts, alpha=sign * factor * lr)
+            foreach_add_(targets, shifts, alpha=sign * factor * lr)
 
 
 def _same_layout(tensor: Tensor, param: Tensor) -> bool:

@@ -554,10 +554,10 @@ def test_update_variant_where_the_step_implements_it(name):
     """'update' is built where the step implements it (SGDGC, where it is the
     same step as 'grad': test_sgd_gc.py's test_gc_variant_update_is_the_same_sgd_update;
     a hook optimizer where the hooks implement it), else refused."""
-    from mmgc.engine.optimizers.constructor import takes_gc_variant
+    from mmgc.engine.optimizers.capability import gc_variants_of
 
     optimizer = dict(type=name, lr=1e-3)
-    if takes_gc_variant(SGDGC if name == 'SGDGC' else getattr(torch.optim, name), 'update'):
+    if 'update' in gc_variants_of(SGDGC if name == 'SGDGC' else getattr(torch.optim, name)):
         _, wrapper = _build(gc=dict(variant='update', layers='conv'), optimizer=optimizer)
         variants = {g.get('gc_variant') for g in wrapper.optimizer.param_groups if g['gc']}
         assert variants == {'update'}
@@ -949,3 +949,29 @@ def test_forced_transposed_conv_trains_on_its_output_units():
     for p, expected in zip(params, ref.weights):
         torch.testing.assert_close(p.detach(), expected, rtol=1e-12, atol=1e-12)
     torch.testing.assert_close(weight.detach().sum((0, 2, 3)), sums, rtol=0, atol=1e-12)
+
+
+def test_the_old_form_loads_with_one_warning_that_names_the_new_form():
+    """``paramwise_cfg.gc_layers`` (no ``gc``) builds the groups the new form
+    builds, with one FutureWarning naming ``gc=dict(layers=...)``; the new form
+    warns nothing."""
+    import warnings
+
+    with warnings.catch_warnings(record=True) as old_warnings:
+        warnings.simplefilter('always')
+        model, old = _build(paramwise_cfg=dict(gc_layers=('conv',)))
+    with warnings.catch_warnings(record=True) as new_warnings:
+        warnings.simplefilter('always')
+        new_model, new = _build(gc=dict(layers=('conv',)))
+    ours = [w for w in old_warnings if issubclass(w.category, FutureWarning)]
+    assert len(ours) == 1
+    assert "gc=dict(layers=('conv',))" in str(ours[0].message)
+    assert not [w for w in new_warnings if 'GCOptimWrapperConstructor' in str(w.message)]
+
+    def without_variant(model, wrapper):
+        return {
+            n: {k: v for k, v in s.items() if k != 'gc_variant'}
+            for n, s in _settings(model, wrapper).items()
+        }
+
+    assert without_variant(model, old) == without_variant(new_model, new)  # the same groups

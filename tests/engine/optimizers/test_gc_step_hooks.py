@@ -16,12 +16,8 @@ from torch import nn
 from torch.testing import assert_close
 
 from mmgc import SGDGC
-from mmgc.engine.optimizers.gc_step_hooks import (
-    attach_gc_hooks,
-    supports_gc,
-    supports_gc_variant,
-    uses_gc_hooks,
-)
+from mmgc.engine.optimizers.capability import gc_variants_of, supports_gc
+from mmgc.engine.optimizers.gc_step_hooks import attach_gc_hooks, uses_gc_hooks
 from tests.conftest import fused_cases, needs_scaler, step_with_reference
 from tests.reference import (
     ReferenceAdagradGC,
@@ -380,9 +376,8 @@ def test_unknown_or_undefined_variant_is_refused():
         ValueError, match=r"gc_variant='update' is not defined for ASGD .*\['grad'\]"
     ):
         attach_gc_hooks(torch.optim.ASGD(_groups(conv, deconv, 'update')))
-    assert supports_gc_variant(torch.optim.ASGD, 'grad')
-    assert not supports_gc_variant(torch.optim.ASGD, 'update')
-    assert supports_gc_variant(torch.optim.AdamW, 'update')
+    assert gc_variants_of(torch.optim.ASGD) == ('grad',)
+    assert gc_variants_of(torch.optim.AdamW) == ('grad', 'update')
 
     # a group added after the hooks: refused at the step, before anything changes
     opt = torch.optim.Adam(_groups(conv, deconv, 'grad'), lr=1e-2, weight_decay=WD)

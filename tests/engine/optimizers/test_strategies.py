@@ -24,13 +24,12 @@ from torch import nn
 from mmgc.engine.optimizers import SGDGC, attach_gc_hooks
 from mmgc.engine.optimizers.coverage import (
     GCCoverageError,
-    check_gc_runner_strategy,
-    check_gc_strategy,
     gc_coverage,
     gc_local_optimizer,
     install_gc_coverage_check,
     require_gc_coverage,
 )
+from mmgc.engine.optimizers.strategies import check_gc_runner_strategy, check_gc_strategy
 from tests.conftest import ROOT, ExitProbe, excerpt
 from tests.data import gc_strategy_worker as worker
 from tests.reference import ReferenceAdamGC, ReferenceSGDGC
