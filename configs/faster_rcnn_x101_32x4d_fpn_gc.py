@@ -8,5 +8,5 @@ custom_imports = dict(imports=['mmgc'], allow_failed_imports=False)
 optim_wrapper = dict(
     optimizer=dict(type='SGDGC'),
     constructor='GCOptimWrapperConstructor',
-    paramwise_cfg=dict(gc_layers=('conv', 'fc')),
+    gc=dict(layers=('conv', 'fc')),
 )

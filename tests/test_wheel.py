@@ -302,7 +302,7 @@ def test_user_config_in_another_folder_inherits_mmgc_configs(installed, probe):
     assert (optimizer['type'], optimizer['lr'], optimizer['momentum']) == ('SGDGC', 0.02, 0.9)
     assert optimizer['weight_decay'] == 1e-4
     assert gc_r50['optim_wrapper']['constructor'] == 'GCOptimWrapperConstructor'
-    assert gc_r50['optim_wrapper']['paramwise_cfg']['gc_layers'] == ['conv', 'fc']
+    assert gc_r50['optim_wrapper']['gc']['layers'] == ['conv', 'fc']
     assert gc_r50['optimizer'] == 'mmgc.engine.optimizers.sgd_gc.SGDGC'
     # conv and FC weights get GC; the conv and FC biases and the norm's parameters do not
     assert gc_r50['gc'] == [True, False, False, False, True, False]

@@ -8,5 +8,5 @@ optim_wrapper = dict(
     type='OptimWrapper',
     optimizer=dict(type='SGDGC', lr=0.02, momentum=0.9, weight_decay=1e-4),
     constructor='GCOptimWrapperConstructor',
-    paramwise_cfg=dict(gc_layers=('conv', 'fc')),
+    gc=dict(layers=('conv', 'fc')),
 )

@@ -26,8 +26,8 @@ def test_twins_differ_only_in_the_optimizer():
     }
     assert gc['optim_wrapper']['optimizer'] == base['optim_wrapper']['optimizer']
     assert gc['optim_wrapper']['optimizer']['type'] == 'AdamW'
+    assert gc['optim_wrapper']['gc'] == dict(layers=('conv', 'fc'))
     paramwise = gc['optim_wrapper']['paramwise_cfg']
-    assert tuple(paramwise['gc_layers']) == ('conv', 'fc')
     assert (
         paramwise['norm_decay_mult']
         == 0.0

@@ -59,7 +59,7 @@ GC_OPTIM_WRAPPER = dict(
     type='OptimWrapper',
     optimizer=dict(type='SGDGC', lr=0.02, momentum=0.9, weight_decay=1e-4),
     constructor='GCOptimWrapperConstructor',
-    paramwise_cfg=dict(gc_layers=('conv', 'fc')),
+    gc=dict(layers=('conv', 'fc')),
 )
 GC_IMPORTS = dict(imports=['mmgc'], allow_failed_imports=False)
 #: Top-level keys that ``configs/_base_/settings.py`` adds to every config.

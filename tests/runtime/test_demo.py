@@ -71,7 +71,7 @@ def test_demo_twins_differ_only_in_the_optimizer(gc_config, baseline_config):
     )
     assert g['optimizer'] == {**b['optimizer'], 'type': 'SGDGC'}
     assert g['constructor'] == 'GCOptimWrapperConstructor'
-    assert g['paramwise_cfg'] == dict(gc_layers=('conv', 'fc'))
+    assert g['gc'] == dict(layers=('conv', 'fc'))
 
 
 def test_demo_baseline_is_mmdetections_mask_rcnn_shrunk(baseline_config):

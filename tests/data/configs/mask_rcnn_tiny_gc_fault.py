@@ -4,5 +4,5 @@ _base_ = './mask_rcnn_tiny_fault.py'
 optim_wrapper = dict(
     optimizer=dict(type='SGDGC'),
     constructor='GCOptimWrapperConstructor',
-    paramwise_cfg=dict(gc_layers=('conv', 'fc')),
+    gc=dict(layers=('conv', 'fc')),
 )
