@@ -19,11 +19,12 @@ counted with ``torch.profiler``: the aten ops the step calls (top-level
 ``aten::`` events; nested ones, such as the per-tensor ops inside a foreach
 fallback, are not counted) and, on CUDA, the GPU kernels it launches.
 
-Memory is measured on CUDA with ``torch.cuda.max_memory_allocated``; on the
-CPU (torch keeps no CPU allocator statistics) by a ``TorchDispatchMode`` that
-adds up the storage every aten op allocates and subtracts it when the tensor
-is freed. Memory allocated outside aten ops (none in any variant here) would
-not be seen.
+Steps are timed with ``torch.utils.benchmark.Timer`` (which synchronizes
+CUDA). Memory is measured on CUDA with ``torch.cuda.max_memory_allocated``; on
+the CPU (torch keeps no CPU allocator statistics) by a ``TorchDispatchMode``
+that adds up the storage every aten op allocates and subtracts it when the
+tensor is freed. Memory allocated outside aten ops (none in any variant here)
+would not be seen.
 
 The parameter groups are the real ones: MMEngine's default constructor for
 ``SGD`` (MMDetection's own optim_wrapper), :class:`mmgc.GCOptimWrapperConstructor`
@@ -64,7 +65,6 @@ import logging
 import math
 import statistics
 import sys
-import time
 import weakref
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -317,30 +317,20 @@ def _variants(model: nn.Module, device: torch.device) -> dict[str, Callable]:
     return {name: step for name, step in steps.items() if step is not None}
 
 
-def _timer(device: torch.device) -> Callable[[Callable[[], None]], float]:
-    if device.type == 'cuda':
-        start = torch.cuda.Event(enable_timing=True)
-        end = torch.cuda.Event(enable_timing=True)
-
-        def cuda_time(step: Callable[[], None]) -> float:
-            torch.cuda.synchronize(device)
-            start.record()
-            step()
-            end.record()
-            torch.cuda.synchronize(device)
-            return start.elapsed_time(end)
-
-        return cuda_time
-
-    def cpu_time(step: Callable[[], None]) -> float:
-        t0 = time.perf_counter()
-        step()
-        return (time.perf_counter() - t0) * 1e3
-
-    return cpu_time
+def _timer(step: Callable[[], None]) -> Callable[[], float]:
+    """One timed call of ``step``, in ms (``torch.utils.benchmark.Timer``,
+    which synchronizes CUDA around it)."""
+    timer = Timer(stmt='step()', globals=dict(step=step), num_threads=torch.get_num_threads())
+    return lambda: timer.timeit(1).median * 1e3
 
 
 def _peak_extra(step: Callable[[], None], device: torch.device) -> int:
+    """The peak of the bytes one call of ``step`` allocates beyond what is
+    held before it: CUDA's allocator statistics; on the CPU,
+    :class:`AllocationTracker` (torch.profiler's per-op memory is no timeline:
+    a free inside ``Optimizer.step`` counts against the step's own scope, at
+    its start, so a foreach step's gradient-sized temporary nets to 0; its
+    ``export_memory_timeline`` is deprecated in torch 2.13)."""
     if device.type == 'cuda':
         torch.cuda.synchronize(device)
         base = torch.cuda.memory_allocated(device)
@@ -402,9 +392,9 @@ def bench_model(
     facts = dict(tensors=len(trainable), numel=numel, grad_bytes=numel * 4)
     steps = variants(model, device)
     results = {key: Result(key, note=_path_note(key, device)) for key in steps}
-    timer = _timer(device)
+    timers = {key: _timer(step) for key, step in steps.items()}
     # first call: buffers are allocated (and the kernel loaded) here
-    first = {key: timer(step) for key, step in steps.items()}
+    first = {key: timer() for key, timer in timers.items()}
     facts['first_step_ms'] = first
     for _ in range(warmup - 1):
         for step in steps.values():
@@ -416,8 +406,8 @@ def bench_model(
     )
     progress = ProgressBar(iters)
     for _ in range(iters):
-        for key, step in steps.items():  # take turns: same load for all
-            results[key].times_ms.append(timer(step))
+        for key, timer in timers.items():  # take turns: same load for all
+            results[key].times_ms.append(timer())
         progress.update()
     sys.stdout.write('\n')
     for key, step in steps.items():
