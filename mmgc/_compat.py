@@ -34,7 +34,6 @@ __all__ = [
     'mmengine_flattening_strategies',
     'numpy_multiarray',
     'register_mmengine_strategies',
-    'registry_locations',
     'skip_fused_sgd_device_check',
     'step_pre_hooks',
     'torch_dispatch_mode',
@@ -167,12 +166,6 @@ def fsdp1_flattened(tensor: Tensor) -> bool:
 CHECKPOINT_HOOK_SAVE = '_save_checkpoint_with_step'
 
 
-def registry_locations(registry: Any) -> tuple[str, ...]:
-    """The modules an MMEngine ``Registry`` imports before a lookup
-    (``Registry._locations``; set from its ``locations`` argument)."""
-    return tuple(getattr(registry, '_locations', ()))
-
-
 def accumulative_counts(optim_wrapper: Any) -> int:
     """How many iterations an MMEngine ``OptimWrapper`` accumulates gradients
     over before a step (``OptimWrapper._accumulative_counts``)."""
@@ -206,3 +199,19 @@ def mmcv_ops_found() -> bool:
     """Whether MMCV's compiled ops (``mmcv._ext``) are installed (found, not
     imported; finding it imports ``mmcv``, which may raise)."""
     return importlib.util.find_spec('mmcv._ext') is not None
+
+
+# -- MMEngine's default scopes (the mmgc registry scope, mmgc/registry.py) --------
+
+__all__ += ['default_scope_names']
+
+
+def default_scope_names() -> list[str]:
+    """The scope names of MMEngine's ``DefaultScope`` instances, oldest first
+    (``DefaultScope._instance_dict``, which ``ManagerMixin`` keeps in creation
+    order): the ``Runner``'s (its config's ``default_scope``), then the scopes
+    that enclosing builds switched to (``DefaultScope.overwrite_default_scope``).
+    MMEngine has no public way to see the scope a build switched from."""
+    from mmengine.registry import DefaultScope
+
+    return [scope.scope_name for scope in list(DefaultScope._instance_dict.values())]

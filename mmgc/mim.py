@@ -18,7 +18,7 @@ MMEngine 0.10 takes a ``<scope>::`` path only with a folder in it; a config at
 the top of ``configs/`` is reached through one, e.g.
 ``'mmgc::baselines/../mask_rcnn_r50_fpn_gc.py'``. The dicts of such a base
 get the registry scope ``mmgc``, which :mod:`mmgc.registry` resolves as
-MMDetection's.
+the run's codebase's (MMDetection's, MMSegmentation's or MMPretrain's).
 """
 
 from __future__ import annotations

@@ -464,3 +464,36 @@ def toy_runner():
         return runner
 
     return build
+
+
+@pytest.fixture(scope='session')
+def shapes_seg(shapes) -> dict:
+    """:func:`shapes` rendered as a segmentation set (label maps), made once
+    (what ``render_segmentation`` returns)."""
+    from mmgc.runtime.shapes_tasks import render_segmentation
+
+    return render_segmentation(shapes)
+
+
+@pytest.fixture(scope='session')
+def shapes_cls(shapes) -> dict:
+    """:func:`shapes` rendered as a classification set (a crop per shape), made
+    once (what ``render_classification`` returns)."""
+    from mmgc.runtime.shapes_tasks import render_classification
+
+    return render_classification(shapes)
+
+
+def codebase_installed(scope: str) -> pytest.MarkDecorator:
+    """Skips a test where the codebase ``scope`` is not installed, saying why
+    (MMPretrain: no torchvision loads beside the CPU torch 2.13, so the newest
+    stack has no MMPretrain; tools/_stack.sh)."""
+    why = {
+        'mmpretrain': f'MMPretrain is not installed beside torch {torch.__version__}: it '
+        'imports torchvision, and no torchvision on PyPI loads beside the CPU torch 2.13 '
+        '(tools/_stack.sh installs it on the torch 2.1 stack only)',
+    }
+    return pytest.mark.skipif(
+        importlib.util.find_spec(scope) is None,
+        reason=why.get(scope, f'{scope} is not installed here (tools/setup_env.sh installs it)'),
+    )

@@ -267,14 +267,6 @@ def test_checkpoint_hook_save_method():
     )
 
 
-def test_registry_locations():
-    from mmdet.registry import MODELS
-    from mmengine.registry import Registry
-
-    assert _compat.registry_locations(Registry('probe', locations=['a.b'])) == ('a.b',)
-    assert 'mmdet.models' in _compat.registry_locations(MODELS)
-
-
 def test_accumulative_counts():
     param = torch.nn.Parameter(torch.zeros(2))
     wrapper = OptimWrapper(torch.optim.SGD([param], lr=0.1), accumulative_counts=3)
@@ -316,3 +308,23 @@ def test_grad_scaler_fused_protocol():
         source = inspect.getsource(AmpGradScaler.step)
     for name in ('_step_supports_amp_scaling', 'grad_scale', 'found_inf'):
         assert name in source
+
+
+def test_default_scope_names():
+    """``DefaultScope._instance_dict`` keeps the scopes in creation order, and
+    ``overwrite_default_scope`` adds one while a build runs and drops it after
+    (what the mmgc registry scope reads the run's codebase from)."""
+    import time
+
+    from mmengine.registry import DefaultScope
+
+    name = f'test-compat-{time.time()}'
+    DefaultScope.get_instance(name, scope_name='mmseg')
+    try:
+        assert _compat.default_scope_names()[-1] == 'mmseg'
+        with DefaultScope.overwrite_default_scope('mmgc'):
+            assert _compat.default_scope_names()[-2:] == ['mmseg', 'mmgc']
+            assert DefaultScope.get_current_instance().scope_name == 'mmgc'
+        assert _compat.default_scope_names()[-1] == 'mmseg'
+    finally:
+        DefaultScope._instance_dict.pop(name, None)

@@ -1,4 +1,6 @@
-"""Test (and evaluate) a detector: MMDetection's ``tools/test.py`` with mmgc.
+"""Test (and evaluate) a detector, segmentor or classifier: MMDetection's
+``tools/test.py`` with mmgc, for a config of MMDetection, MMSegmentation or
+MMPretrain (its ``default_scope``; docs/codebases.md).
 
 Usage::
 

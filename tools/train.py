@@ -1,4 +1,6 @@
-"""Train a detector: MMDetection's ``tools/train.py`` with mmgc loaded.
+"""Train a detector, segmentor or classifier: MMDetection's ``tools/train.py`` with
+mmgc loaded, for a config of MMDetection, MMSegmentation or MMPretrain (its
+``default_scope``; docs/codebases.md).
 
 Usage::
 

@@ -5,6 +5,4 @@
 # (as the paper's Table 2 treats AdamW). norm_decay_mult is kept.
 _base_ = './baselines/mask_rcnn_r50_fpn_adamw.py'
 custom_imports = dict(imports=['mmgc'], allow_failed_imports=False)
-optim_wrapper = dict(
-    constructor='GCOptimWrapperConstructor', gc=dict(layers=('conv', 'fc'))
-)
+optim_wrapper = dict(constructor='GCOptimWrapperConstructor', gc=dict(layers=('conv', 'fc')))

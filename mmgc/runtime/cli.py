@@ -1,5 +1,7 @@
 """The logic behind ``tools/train.py`` and ``tools/test.py``: MMDetection 3.3's
-command lines and steps, with each module of :mod:`mmgc.runtime` plugged in
+command lines and steps, for a config of MMDetection, MMSegmentation or MMPretrain
+(the codebase of its ``default_scope``, :mod:`.codebases`, the only one imported),
+with each module of :mod:`mmgc.runtime` plugged in
 (docs/tools.md says which MMEngine gap each covers), ``--gc`` (GC on any
 config, :func:`mmgc.engine.optimizers.gc_switch.enable_gc`), ``--gc-diagnostics``,
 ``--dist-timeout`` and one-line user errors (:func:`exit_on_user_error`).
@@ -17,9 +19,6 @@ import sys
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from mmdet.engine.hooks.utils import trigger_visualization_hook
-from mmdet.evaluation import DumpDetResults
-from mmdet.registry import RUNNERS
 from mmengine.config import Config, DictAction
 from mmengine.device import is_cuda_available, is_mlu_available, is_npu_available
 from mmengine.logging import print_log
@@ -30,6 +29,14 @@ from ..engine.optimizers import GCCoverageError, enable_gc
 from ..engine.optimizers.strategies import check_gc_runner_strategy
 from .atomic_checkpoint import use_atomic_checkpoints
 from .checkpoint import CheckpointLoadError, install_safe_checkpoint_loader, safe_torch_load
+from .codebases import (
+    codebase_of,
+    dump_results_metric,
+    prepare_codebase,
+    read_config,
+    runner_registry,
+    trigger_visualization_hook,
+)
 from .data_check import check_data_paths
 from .distributed import (
     DIST_TIMEOUT_ENV,
@@ -133,7 +140,7 @@ def _parser(description: str, *positional: str) -> argparse.ArgumentParser:
 def train_parser() -> argparse.ArgumentParser:
     """MMDetection's ``tools/train.py`` command line, ``--gc`` (with ``--gc-layers``
     and ``--gc-variant``) and ``--gc-diagnostics``."""
-    parser = _parser('Train a detector (mmgc)', 'config')
+    parser = _parser('Train a detector, segmentor or classifier (mmgc)', 'config')
     parser.add_argument(
         '--gc',
         action='store_true',
@@ -165,7 +172,9 @@ def train_parser() -> argparse.ArgumentParser:
 
 def test_parser() -> argparse.ArgumentParser:
     """MMDetection's ``tools/test.py`` command line."""
-    parser = _parser('Test (and eval) a detector (mmgc)', 'config', 'checkpoint')
+    parser = _parser(
+        'Test (and eval) a detector, segmentor or classifier (mmgc)', 'config', 'checkpoint'
+    )
     parser.add_argument('--out', help='dump predictions to a pickle file')
     parser.add_argument('--show', action='store_true', help='show prediction results')
     parser.add_argument('--show-dir', help='save painted images to work_dir/timestamp/SHOW_DIR')
@@ -183,11 +192,18 @@ def parse_args(
 
 
 def _load(args: argparse.Namespace) -> Config:
-    """The config of ``args``, with MMDetection's rules and ``--dist-timeout``."""
+    """The config of ``args``, with MMDetection's rules and ``--dist-timeout``; its
+    codebase imported and its modules registered (:func:`.codebases.prepare_codebase`).
+
+    Raises:
+        FileNotFoundError: If the config file does not exist.
+        ConfigError: If its codebase is unknown, not installed or fails to import.
+    """
     if not osp.isfile(args.config):
         raise FileNotFoundError(f"Config file '{args.config}' does not exist.")
-    cfg = Config.fromfile(args.config)
+    cfg = read_config(args.config)
     cfg.merge_from_dict(args.cfg_options or {})
+    prepare_codebase(codebase_of(cfg))
     cfg.launcher = args.launcher
     if args.work_dir is not None:
         cfg.work_dir = args.work_dir
@@ -317,7 +333,7 @@ def test_config(args: argparse.Namespace) -> Config:
             raise ConfigError(
                 '--show/--show-dir need default_hooks.visualization (a VisualizationHook)'
             )
-        trigger_visualization_hook(cfg, args)
+        trigger_visualization_hook(codebase_of(cfg), cfg, args)
     if args.out is not None and not args.out.endswith(('.pkl', '.pickle')):
         raise ConfigError(f"--out must name a .pkl or .pickle file; got '{args.out}'")
     return cfg
@@ -342,7 +358,9 @@ def build_runner(cfg: Config) -> Any:
     """
     if _wants_gc(cfg):  # FlexibleRunner: DeepSpeed, FSDP1 flatten the weights
         check_gc_runner_strategy(cfg.get('strategy'))
-    return RUNNERS.build(cfg) if 'runner_type' in cfg else Runner.from_cfg(cfg)
+    if 'runner_type' in cfg:
+        return runner_registry(codebase_of(cfg)).build(cfg)
+    return Runner.from_cfg(cfg)
 
 
 def run_train(args: argparse.Namespace) -> Any:
@@ -378,6 +396,6 @@ def run_test(args: argparse.Namespace) -> dict[str, Any]:
     stem = osp.splitext(cfg.filename or 'config.py')[0]  # Runner.dump_config's file name
     runner = build_runner(Config(cfg.to_dict(), cfg.text or '\n', stem + TEST_CONFIG_SUFFIX))
     if args.out is not None:
-        runner.test_evaluator.metrics.append(DumpDetResults(out_file_path=args.out))
+        runner.test_evaluator.metrics.append(dump_results_metric(codebase_of(cfg), args.out))
     runner.register_hook(TestMetricsHook(args.config, args.checkpoint))
     return runner.test()

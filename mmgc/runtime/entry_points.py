@@ -1,6 +1,8 @@
 """The ``main`` of each tool (``mmgc-train``, ``mmgc-test``, ``mmgc-compare-ap``,
 ``mmgc-plot-gc-stats``); the console scripts and the ``tools/*.py`` shims call them
-(docs/tools.md). Each takes ``argv`` (default: ``sys.argv[1:]``); a user's error ends
+(docs/tools.md). Training and testing import the codebase of the config's
+``default_scope`` only (MMDetection, MMSegmentation or MMPretrain: :mod:`.codebases`).
+Each takes ``argv`` (default: ``sys.argv[1:]``); a user's error ends
 in one line on stderr and exit status 2 (:func:`mmgc.runtime.cli.exit_on_user_error`).
 """
 
@@ -10,7 +12,6 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from mmdet.utils import register_all_modules, setup_cache_size_limit_of_dynamo
 from torch.distributed.elastic.multiprocessing.errors import record
 
 import mmgc  # noqa: F401  (the GC core: SGDGC, its constructor, GCDiagnosticsHook, mmgc::)
@@ -29,11 +30,10 @@ __all__ = [
 ]
 
 
-def _run_mmdet_tool(parser: argparse.ArgumentParser, run, argv: Sequence[str] | None) -> None:
-    args = parse_args(parser, argv)
-    setup_cache_size_limit_of_dynamo()  # fewer repeated compilations
-    register_all_modules(init_default_scope=False)
-    run(args)
+def _run_tool(parser: argparse.ArgumentParser, run, argv: Sequence[str] | None) -> None:
+    # the config's codebase is imported and registered when the config is read
+    # (mmgc.runtime.cli._load)
+    run(parse_args(parser, argv))
 
 
 # @record: under torchrun, the error that ends a rank is shown in torchrun's
@@ -44,17 +44,18 @@ def _run_mmdet_tool(parser: argparse.ArgumentParser, run, argv: Sequence[str] | 
 @ends_process_group
 @record
 def main_train(argv: Sequence[str] | None = None) -> None:
-    """``tools/train.py``: MMDetection's with mmgc loaded (:func:`~.cli.run_train`)."""
-    _run_mmdet_tool(train_parser(), run_train, argv)
+    """``tools/train.py``: MMDetection's (or the config's codebase's) with mmgc loaded
+    (:func:`~.cli.run_train`)."""
+    _run_tool(train_parser(), run_train, argv)
 
 
 @exit_on_user_error
 @ends_process_group
 @record
 def main_test(argv: Sequence[str] | None = None) -> None:
-    """``tools/test.py``: MMDetection's with mmgc loaded; writes
-    ``<work_dir>/test_metrics.json`` (:func:`~.cli.run_test`)."""
-    _run_mmdet_tool(test_parser(), run_test, argv)
+    """``tools/test.py``: MMDetection's (or the config's codebase's) with mmgc loaded;
+    writes ``<work_dir>/test_metrics.json`` (:func:`~.cli.run_test`)."""
+    _run_tool(test_parser(), run_test, argv)
 
 
 def compare_ap_parser() -> argparse.ArgumentParser:

@@ -21,6 +21,10 @@ from typing import Any, Union
 METRICS_FILENAME = 'test_metrics.json'
 #: What a validation record's metric keys start with (CocoMetric's prefix).
 VAL_PREFIX = 'coco/'
+#: The other codebases' validation metrics: MMSegmentation's IoUMetric (no prefix)
+#: and MMPretrain's Accuracy (``accuracy/top1``, ...).
+VAL_KEYS = ('mIoU', 'mAcc', 'aAcc')
+VAL_OTHER_PREFIX = 'accuracy/'
 
 PathLike = Union[str, Path]
 __all__ = [
@@ -94,8 +98,8 @@ def train_series(path: PathLike, key: str) -> list[tuple[int, float]]:
 
 
 def last_val_metrics(path: PathLike) -> tuple[Path, dict[str, Any]]:
-    """The ``coco/...`` metrics of the last validation record, and the scalars
-    file holding it.
+    """The metrics of the last validation record (``coco/...``, or :data:`VAL_KEYS`
+    and ``accuracy/...``), and the scalars file holding it.
 
     Raises:
         FileNotFoundError: If there is no scalars file or no validation record.
@@ -104,11 +108,18 @@ def last_val_metrics(path: PathLike) -> tuple[Path, dict[str, Any]]:
         (file, metrics)
         for file in scalar_files(path)
         for record in _records(file)
-        if (metrics := {k: v for k, v in record.items() if str(k).startswith(VAL_PREFIX)})
+        if (metrics := {k: v for k, v in record.items() if _is_val_metric(str(k))})
     ]
     if not found:
-        raise FileNotFoundError(f"no validation metrics ('{VAL_PREFIX}...') in scalars of {path}")
+        raise FileNotFoundError(
+            f"no validation metrics ('{VAL_PREFIX}...') in scalars of {path}, nor "
+            f"MMSegmentation's ({', '.join(VAL_KEYS)}) or MMPretrain's ('{VAL_OTHER_PREFIX}...')"
+        )
     return found[-1]
+
+
+def _is_val_metric(key: str) -> bool:
+    return key.startswith((VAL_PREFIX, VAL_OTHER_PREFIX)) or key in VAL_KEYS
 
 
 def read_metrics(path: PathLike) -> dict[str, Any]:

@@ -8,8 +8,8 @@ import os.path as osp
 from collections.abc import Mapping, Sequence
 from typing import Any, Optional
 
-from .runs import Seed, _seed
-from .stats import Comparison, ComparisonRow
+from .runs import TASK_TITLES, TASKS, Seed, _seed
+from .stats import VERDICTS_LOWER_IS_BETTER, Comparison, ComparisonRow
 
 __all__ = [
     'CSV_COLUMNS',
@@ -68,8 +68,26 @@ def markdown_table(header: Sequence[str], rows: Sequence[Sequence], align: str =
     return [lines[0], f'|{rule}|', *lines[1:]]
 
 
+def _what(comparison: Comparison) -> str:
+    """What the comparison compares, for its text: COCO AP, or the tasks' metrics."""
+    tasks = list(dict.fromkeys(r.task for r in comparison.rows))
+    if all(task in TASKS for task in tasks):
+        return 'COCO AP'
+    return '; '.join(f'{task}: {TASK_TITLES[task]}' for task in tasks)
+
+
+def _direction(comparison: Comparison) -> str:
+    """The sentence on metrics where lower is better, if the comparison has any."""
+    lower = list(dict.fromkeys(r.metric for r in comparison.rows if not r.higher_is_better))
+    if not lower:
+        return ''
+    better, worse = VERDICTS_LOWER_IS_BETTER[2], VERDICTS_LOWER_IS_BETTER[0]
+    return f" Lower is better for {', '.join(lower)}: its verdicts are '{better}' or '{worse}'."
+
+
 def comparison_to_markdown(comparison: Comparison) -> str:
-    """The runs, one table per task (``### bbox (AP in %)``, ...) and the notes, in Markdown."""
+    """The runs, one table per task (``### bbox (AP in %)``, ``### sem_seg (mIoU, mAcc,
+    aAcc in %)``, ...) and the notes, in Markdown."""
     c, level, n = comparison, f'{100 * comparison.confidence:g}%', len(comparison.pairs)
     runs = [(p.label, f'`{p.gc.source}`', f'`{p.base.source}`') for p in c.pairs]
     one = n == 1 and c.pairs[0].gc.seed != c.pairs[0].base.seed
@@ -79,19 +97,20 @@ def comparison_to_markdown(comparison: Comparison) -> str:
         '',
         *markdown_table(('seed', 'GC run', 'baseline run'), runs),
         '',
-        'COCO AP in percent. GC and baseline: mean ± sample standard deviation over the runs; '
-        f'delta: the mean of the per-seed deltas (GC - baseline), with its {level} interval '
-        "(Student's t); verdict: 'GC higher' or 'GC lower' when the interval excludes zero, "
-        "else 'no clear difference'. Paper delta: the paper's w/ GC - w/o GC "
-        f'({c.model or "no metafile entry for this config"}; n/a where the paper has no such '
-        'number).',
+        f'{_what(c)} in percent. GC and baseline: mean ± sample standard deviation over the '
+        f'runs; delta: the mean of the per-seed deltas (GC - baseline), with its {level} '
+        "interval (Student's t); verdict: 'GC higher' or 'GC lower' when the interval excludes "
+        f"zero, else 'no clear difference'.{_direction(c)} Paper delta: the paper's w/ GC - "
+        f'w/o GC ({c.model or "no metafile entry for this config"}; n/a where the paper has no '
+        'such number).',
         '',
     ]
     header = ('metric', 'GC', 'baseline', 'delta', f'{level} interval', 'per seed')
     header += ('paper delta', 'verdict')
     for task in dict.fromkeys(r.task for r in c.rows):
         rows = [_cells(r, {p.seed: p.label for p in c.pairs}) for r in c.rows if r.task == task]
-        lines += [f'### {task} (AP in %)', '', *markdown_table(header, rows, 'lrrrrlrl'), '']
+        title = f'### {task} ({TASK_TITLES[task]} in %)'
+        lines += [title, '', *markdown_table(header, rows, 'lrrrrlrl'), '']
     return '\n'.join(lines + [f'- {note}' for note in c.notes()]) + '\n'
 
 
@@ -126,7 +145,10 @@ def delta_figure(comparison: Comparison, title: str = '') -> Any:
                 handles['paper'] = ax.scatter([x + 0.25], [row.paper_delta], **style)
         ax.axhline(0.0, color='black', linewidth=0.8)
         ax.set_xticks(range(len(rows)), [r.metric for r in rows])
-        ax.set(xlim=(-0.6, len(rows) - 0.4), ylabel='AP delta, GC - baseline (points)', title=task)
+        coco = task in TASKS  # the detection figure as before; others name their metrics
+        ylabel = f'{"AP delta" if coco else "delta"}, GC - baseline (points)'
+        heading = task if coco else f'{task}: {TASK_TITLES[task]}'
+        ax.set(xlim=(-0.6, len(rows) - 0.4), ylabel=ylabel, title=heading)
         ax.grid(axis='y', alpha=0.3)
     labels = [h.get_label() for h in handles.values()]
     legend = dict(loc='outside lower center', ncol=max(1, len(handles)), fontsize=8)

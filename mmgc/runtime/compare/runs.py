@@ -25,6 +25,9 @@ from ..metrics import TEST_CONFIG_SUFFIX
 
 __all__ = [
     'METRICS',
+    'TASK_METRICS',
+    'TASK_TITLES',
+    'MetricKey',
     'OPTIMIZER_KEYS',
     'RUN_LOCAL_KEYS',
     'SEED_KEY',
@@ -45,6 +48,48 @@ __all__ = [
 TASKS = {'bbox': 'box', 'segm': 'mask'}
 #: Metric label -> CocoMetric's key suffix (``coco/<task>_<suffix>``).
 METRICS = dict(AP='mAP', AP50='mAP_50', AP75='mAP_75', APs='mAP_s', APm='mAP_m', APl='mAP_l')
+
+
+@dataclass(frozen=True)
+class MetricKey:
+    """Where a compared metric is in an evaluator's results: its ``key``, the
+    factor to percent (``scale``: CocoMetric's fractions x 100; MMSegmentation's
+    and MMPretrain's are percent already), and whether the report shows its
+    complement ``100 - value`` (an error rate from an accuracy), where lower is better."""
+
+    key: str
+    scale: float = 1.0
+    complement: bool = False
+
+    @property
+    def higher_is_better(self) -> bool:
+        return not self.complement
+
+
+#: Per task (a table of the report), the metrics compared, in order: COCO's box and
+#: mask AP (MMDetection's CocoMetric), semantic segmentation's mIoU / mAcc / aAcc
+#: (MMSegmentation's IoUMetric), classification's top-1 / top-5 accuracy and the
+#: top-1 error (MMPretrain's Accuracy; the error is the paper's ImageNet number).
+TASK_METRICS: dict[str, dict[str, MetricKey]] = {
+    **{t: {m: MetricKey(f'coco/{t}_{k}', 100.0) for m, k in METRICS.items()} for t in TASKS},
+    'sem_seg': {m: MetricKey(m) for m in ('mIoU', 'mAcc', 'aAcc')},
+    'cls': {
+        'top-1': MetricKey('accuracy/top1'),
+        'top-5': MetricKey('accuracy/top5'),
+        'top-1 err': MetricKey('accuracy/top1', complement=True),
+    },
+}
+#: What each task's table compares, for the report's headings.
+TASK_TITLES = dict(
+    bbox='AP', segm='AP', sem_seg='mIoU, mAcc, aAcc', cls='top-1 and top-5 accuracy, top-1 error'
+)
+#: Metafile metric keys that are not ``'<box|mask> <metric>'`` -> (task, metric).
+_PAPER_KEYS = {
+    **{m: ('sem_seg', m) for m in TASK_METRICS['sem_seg']},
+    'Top 1 Accuracy': ('cls', 'top-1'),
+    'Top 5 Accuracy': ('cls', 'top-5'),
+    'Top 1 Error': ('cls', 'top-1 err'),
+}
 #: Keys (or prefixes) in which a GC config may differ from its baseline: what the GC
 #: configs change, and what ``enable_gc`` (``tools/train.py --gc``) changes.
 OPTIMIZER_KEYS = (
@@ -103,11 +148,18 @@ class RunResult:
             seed = (self.config.get('randomness') or {}).get('seed')
             self.seed = seed if isinstance(seed, int) else None
 
+    def value(self, task: str, metric: str) -> Optional[float]:
+        """``task``'s ``metric`` (:data:`TASK_METRICS`) in percent; None if absent or
+        negative (COCO's -1: no data)."""
+        spec = TASK_METRICS[task][metric]
+        value = self.metrics.get(spec.key)
+        if not (isinstance(value, (int, float)) and math.isfinite(value) and value >= 0):
+            return None
+        return 100.0 - spec.scale * value if spec.complement else spec.scale * value
+
     def ap(self, task: str, metric: str) -> Optional[float]:
-        """``task``'s ``metric`` in percent; None if absent or negative (COCO's -1: no data)."""
-        value = self.metrics.get(f'coco/{task}_{METRICS[metric]}')
-        ok = isinstance(value, (int, float)) and math.isfinite(value) and value >= 0
-        return 100.0 * value if ok else None
+        """A COCO ``task``'s AP ``metric`` in percent (:meth:`value`)."""
+        return self.value(task, metric)
 
 
 class RunPair(NamedTuple):
@@ -165,7 +217,7 @@ def load_run(path: str, config: Optional[str] = None) -> RunResult:
 
     Raises:
         FileNotFoundError: If ``path`` or ``config`` does not exist.
-        MissingMetricsError: If ``path`` holds no COCO bbox or segm AP.
+        MissingMetricsError: If ``path`` holds none of :data:`TASK_METRICS`.
         ConfigError: If a metrics file is malformed.
     """
     file = osp.join(path, METRICS_FILENAME) if osp.isdir(path) else path
@@ -183,9 +235,10 @@ def load_run(path: str, config: Optional[str] = None) -> RunResult:
         run = _run_from_work_dir(path)
     else:
         raise FileNotFoundError(f"'{path}' is neither a work dir nor a metrics file.")
-    if all(run.ap(t, m) is None for t in TASKS for m in METRICS):
+    if all(run.value(t, m) is None for t, metrics in TASK_METRICS.items() for m in metrics):
         raise MissingMetricsError(
-            f"'{run.source}' holds no COCO bbox or segm metrics (keys 'coco/bbox_mAP', ...)."
+            f"'{run.source}' holds no COCO bbox or segm metrics (keys 'coco/bbox_mAP', ...), "
+            "nor MMSegmentation's ('mIoU', ...) or MMPretrain's ('accuracy/top1', ...)."
         )
     if config is not None:
         if not osp.isfile(config):
@@ -318,7 +371,7 @@ def pair_runs(
 def paper_deltas(
     metafile: Optional[str], name: Optional[str], *, required: bool = False
 ) -> dict[tuple[str, str], float]:
-    """The paper's AP gains ``{(task, metric): Metrics - Paper Baseline}`` for
+    """The paper's gains ``{(task, metric): Metrics - Paper Baseline}`` for
     model ``name`` (a ``Name``, or its config's name or path) in ``metafile``
     (MMDetection's model-index form, as ``configs/metafile.yml``); ``{}`` if
     ``metafile`` is None or ``name`` is not in it.
@@ -339,9 +392,19 @@ def paper_deltas(
             valid = ', '.join(sorted(m['Name'] for m in models)) or 'none'
             raise ConfigError(f'--model {name!r} is not in {metafile}; valid names: {valid}.')
         return {}
-    tasks = {prefix: task for task, prefix in TASKS.items()}
     return {
-        (tasks[key.split(' ')[0]], key.split(' ')[1]): round(value - r['Paper Baseline'][key], 6)
+        _paper_key(key): round(value - r['Paper Baseline'][key], 6)
         for r in model['Results']
         for key, value in r['Metrics'].items()
+        if _paper_key(key) is not None
     }
+
+
+def _paper_key(key: str) -> Optional[tuple[str, str]]:
+    """``(task, metric)`` of a metafile metric key (``'box AP50'``, ``'mIoU'``,
+    ``'Top 1 Accuracy'``); None for one the comparison does not show."""
+    if key in _PAPER_KEYS:
+        return _PAPER_KEYS[key]
+    prefix, _, metric = key.partition(' ')
+    tasks = {prefix: task for task, prefix in TASKS.items()}
+    return (tasks[prefix], metric) if prefix in tasks and metric in METRICS else None

@@ -11,8 +11,7 @@ from typing import Optional, Union
 
 from ..errors import ConfigError
 from .runs import (
-    METRICS,
-    TASKS,
+    TASK_METRICS,
     RunPair,
     RunResult,
     Seed,
@@ -25,6 +24,7 @@ from .runs import (
 __all__ = [
     'SPREAD_UNKNOWN',
     'VERDICTS',
+    'VERDICTS_LOWER_IS_BETTER',
     'Comparison',
     'ComparisonRow',
     'compare_runs',
@@ -33,6 +33,8 @@ __all__ = [
 
 #: The verdicts, read from the interval: above zero, containing zero, below.
 VERDICTS = ('GC higher', 'no clear difference', 'GC lower')
+#: The verdicts for a metric where lower is better (an error rate), in the same order.
+VERDICTS_LOWER_IS_BETTER = ('GC higher (worse)', 'no clear difference', 'GC lower (better)')
 #: The verdict with a single pair: no spread to judge by.
 SPREAD_UNKNOWN = 'spread unknown (1 seed)'
 
@@ -64,13 +66,14 @@ def paired_interval(
 
 @dataclass
 class ComparisonRow:
-    """One metric of one task over the pairs: APs in percent, by seed.
+    """One metric of one task over the pairs: values in percent, by seed.
 
     ``gc``/``baseline``: the sides' means; ``*_std``: their sample standard
     deviations (None below two runs); ``seed_deltas``: GC - baseline where
     both have a value; ``delta``: their mean; ``interval``: its interval
     (None below two pairs); ``verdict``: one of :data:`VERDICTS`,
-    :data:`SPREAD_UNKNOWN` or ``'n/a'`` (no pair with both values).
+    :data:`SPREAD_UNKNOWN` or ``'n/a'`` (no pair with both values);
+    :data:`VERDICTS_LOWER_IS_BETTER` where not ``higher_is_better``.
     """
 
     task: str
@@ -79,6 +82,7 @@ class ComparisonRow:
     base_values: dict[Seed, float]
     paper_delta: Optional[float] = None
     confidence: float = 0.95
+    higher_is_better: bool = True
     gc: Optional[float] = field(init=False)
     baseline: Optional[float] = field(init=False)
     gc_std: Optional[float] = field(init=False)
@@ -104,7 +108,8 @@ class ComparisonRow:
             self.verdict = SPREAD_UNKNOWN if deltas else 'n/a'
         else:
             low, high = self.interval
-            self.verdict = VERDICTS[0] if low > 0 else VERDICTS[2] if high < 0 else VERDICTS[1]
+            verdicts = VERDICTS if self.higher_is_better else VERDICTS_LOWER_IS_BETTER
+            self.verdict = verdicts[0] if low > 0 else verdicts[2] if high < 0 else verdicts[1]
 
 
 @dataclass
@@ -160,7 +165,8 @@ def compare_runs(
     confidence: float = 0.95,
 ) -> Comparison:
     """Check the runs' configs (:func:`~.runs.check_configs`), pair them
-    (:func:`~.runs.pair_runs`), and summarize their APs.
+    (:func:`~.runs.pair_runs`), and summarize their metrics (:data:`~.runs.TASK_METRICS`:
+    COCO AP, mIoU / mAcc / aAcc, top-1 / top-5 accuracy and top-1 error).
 
     Args:
         gc (RunResult | Sequence[RunResult]): The GC run(s).
@@ -190,18 +196,23 @@ def compare_runs(
     name = model or pairs[0].gc.config_name
     paper = paper_deltas(metafile, name, required=model is not None)
     rows = []
-    for task in TASKS:
-        values = {m: [_values(pairs, side, task, m) for side in ('gc', 'base')] for m in METRICS}
+    for task, metrics in TASK_METRICS.items():
+        values = {m: [_values(pairs, side, task, m) for side in ('gc', 'base')] for m in metrics}
         if any(gc or base for gc, base in values.values()):  # the runs have this task
             rows += [
-                ComparisonRow(task, m, *values[m], paper.get((task, m)), confidence)
-                for m in METRICS
+                ComparisonRow(
+                    task, m, *values[m], paper.get((task, m)), confidence, spec.higher_is_better
+                )
+                for m, spec in metrics.items()
             ]
     if not rows:
-        raise ConfigError('None of the paired runs holds COCO bbox or segm metrics.')
+        raise ConfigError(
+            'None of the paired runs holds COCO bbox or segm metrics, nor mIoU / mAcc / aAcc '
+            '(MMSegmentation) or top-1 / top-5 accuracy (MMPretrain).'
+        )
     return Comparison(rows, pairs, unpaired, list(skipped), name if paper else None, confidence)
 
 
 def _values(pairs: list[RunPair], side: str, task: str, metric: str) -> dict[Seed, float]:
-    values = {pair.seed: getattr(pair, side).ap(task, metric) for pair in pairs}
+    values = {pair.seed: getattr(pair, side).value(task, metric) for pair in pairs}
     return {seed: value for seed, value in values.items() if value is not None}
