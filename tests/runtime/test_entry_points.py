@@ -77,3 +77,41 @@ def test_training_and_testing_load_no_comparison_or_plotting_code():
     assert not [
         m for m in loaded if m.startswith(('mmgc.runtime.compare', 'mmgc.runtime.gc_stats'))
     ]
+
+
+def test_the_cards_command_starts_with_mmgcs_own_words():
+    """``python tools/train.py configs/mask_rcnn_r50_fpn_gc.py`` without COCO: its
+    whole stderr is mmgc's one line (MMEngine's two pkg_resources warnings,
+    raised as the mmdet:: bases load, are filtered by their exact message)."""
+    env = {k: v for k, v in os.environ.items() if k not in ('PYTHONWARNINGS', 'MMGC_DEBUG')}
+    proc = subprocess.run(
+        [sys.executable, 'tools/train.py', 'configs/mask_rcnn_r50_fpn_gc.py'],
+        cwd=ROOT,
+        env={**env, 'PYTHONPATH': str(ROOT)},
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert proc.returncode == 2, proc.stderr
+    assert proc.stderr.startswith('MissingDataError: '), proc.stderr[:2000]
+    assert len(proc.stderr.strip().splitlines()) == 1, proc.stderr[:2000]
+
+
+def test_only_the_known_upstream_warnings_are_hidden():
+    import warnings
+
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter('always')
+        entry_points.quiet_known_upstream_warnings()
+        warnings.warn(
+            'pkg_resources is deprecated as an API. See https://setuptools.pypa.io/',
+            UserWarning,
+            stacklevel=2,
+        )
+        warnings.warn('pkg_resources is deprecated as an API.', DeprecationWarning, stacklevel=2)
+        warnings.warn('another UserWarning about pkg_resources', UserWarning, stacklevel=2)
+    assert [(w.category, str(w.message)) for w in seen] == [
+        (DeprecationWarning, 'pkg_resources is deprecated as an API.'),
+        (UserWarning, 'another UserWarning about pkg_resources'),
+    ]
