@@ -32,6 +32,7 @@ import csv
 import os
 import re
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -212,6 +213,9 @@ def main(argv: list[str] | None = None) -> int:
 
     import torch
 
+    # a SIGTERM (pkill, Slurm's scancel) ends the script through SystemExit, so
+    # the temporary folder and the "before" worktree are removed as on success
+    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
     out_dir = Path(
         args.out_dir or ROOT / f'work_dirs/benchmarks/exit_aborts-torch{torch.__version__}'
     )
