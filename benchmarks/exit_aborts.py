@@ -6,23 +6,29 @@ torchrun then reports the whole run as failed. This script counts it, on the
 torch of the interpreter that runs it:
 
 1. ``repro``: a minimal rank under ``torchrun --standalone --nproc_per_node 2``
+   (``--repro-nproc``)
    (``init_process_group('gloo')``, 20 ``all_reduce``, one async ``all_reduce``
-   waited on, a ``barrier``, return), ``--repro-runs`` times without
-   ``destroy_process_group()`` and as many times with it;
+   waited on, a ``barrier``, return), ``--repro-runs`` times for each way of
+   ending (``--repro-ends``): without ``destroy_process_group()``, with it, and
+   with mmgc's ``ends_process_group`` (the group destroyed and held, then
+   ``os._exit`` after the ``atexit`` handlers);
 2. ``tools``: ``tools/dist_train.sh`` (2 gloo processes, the tiny Mask R-CNN on
    the GC row config, 1 epoch) and ``tools/dist_test.sh`` on its checkpoint,
    ``--tool-runs`` times each, for this checkout ("after") and, with
    ``--before REV``, for the commit REV checked out in a temporary worktree
    ("before"), both with this interpreter.
 
-Each run is classified from torchrun's exit status and output: ``clean`` (exit 0),
-``abort`` (a rank ended by SIGABRT: torchrun's ``exitcode  : -6`` / ``Signal 6``,
-or a fatal error or ``terminate called`` in the output) or ``failed`` (any other
-failure; its log is kept). Writes ``counts.md`` and ``runs.csv`` to ``--out-dir``
-and prints a progress line per run::
+``--burners N`` loads the CPUs with N busy processes meanwhile. Each run is
+classified from torchrun's exit status and output: ``clean`` (exit 0),
+``abort`` (a rank ended by SIGABRT: torchrun's ``exitcode  : -6`` /
+``Signal 6``, or a fatal error or ``terminate called`` in the output), ``hang``
+(still running after ``REPRO_TIMEOUT_S`` / ``RUN_TIMEOUT_S``: killed, with its
+ranks) or ``failed`` (any other failure). The log of each run that is not clean is kept.
+Writes ``counts.md`` and ``runs.csv`` to ``--out-dir`` and prints a progress line
+per run::
 
     .venv/bin/python benchmarks/exit_aborts.py --before c5d45d0
-    .venv-torch2.1/bin/python benchmarks/exit_aborts.py --before c5d45d0 --repro-runs 200
+    .venv-torch2.1/bin/python benchmarks/exit_aborts.py --tool-runs 0 --repro-ends mmgc
 """
 
 from __future__ import annotations
@@ -48,21 +54,41 @@ CONFIG = 'tests/data/configs/readme/mask_rcnn_r50_fpn_gc.py'
 TRAIN_OPTIONS = ['randomness.seed=0', 'train_cfg.max_epochs=1', 'train_cfg.val_interval=10']
 ABORT = re.compile(r'exitcode\s*:\s*-6\b|Signal 6 \(SIGABRT\)|Fatal Python error|terminate called')
 RUN_TIMEOUT_S = 600
+#: A reproduction run takes a few seconds; one still running after this hangs.
+REPRO_TIMEOUT_S = 120
 
 
-def repro_worker(destroy: bool) -> None:
-    """One rank of the minimal reproduction (run by torchrun)."""
+#: How a reproduction rank ends its group: not at all, with torch's call, or with
+#: mmgc's (``mmgc.runtime.distributed.ends_process_group``: the group destroyed and
+#: held, then ``os._exit`` after the ``atexit`` handlers).
+REPRO_ENDS = {
+    'none': 'without destroy_process_group()',
+    'destroy': 'with destroy_process_group()',
+    'mmgc': "with mmgc's ends_process_group",
+}
+
+
+def repro_worker(end: str) -> None:
+    """One rank of the minimal reproduction (run by torchrun), ending as ``end``
+    (:data:`REPRO_ENDS`)."""
     import torch
     import torch.distributed as dist
 
-    dist.init_process_group('gloo')
-    tensor = torch.ones(1024)
-    for _ in range(20):
-        dist.all_reduce(tensor)
-    dist.all_reduce(tensor, async_op=True).wait()
-    dist.barrier()
-    if destroy:
-        dist.destroy_process_group()
+    def rank() -> None:
+        dist.init_process_group('gloo')
+        tensor = torch.ones(1024)
+        for _ in range(20):
+            dist.all_reduce(tensor)
+        dist.all_reduce(tensor, async_op=True).wait()
+        dist.barrier()
+        if end == 'destroy':
+            dist.destroy_process_group()
+
+    if end == 'mmgc':
+        from mmgc.runtime.distributed import ends_process_group
+
+        rank = ends_process_group(rank)
+    rank()
 
 
 def _free_port() -> int:
@@ -71,20 +97,34 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def classify(code: int, output: str) -> str:
-    """``clean``, ``abort`` or ``failed`` (module doc)."""
+def classify(code: int | None, output: str) -> str:
+    """``clean``, ``abort``, ``hang`` (killed at the timeout: ``code`` None) or
+    ``failed`` (module doc)."""
     if code == 0:
         return 'clean'
+    if code is None:
+        return 'hang'
     return 'abort' if ABORT.search(output) else 'failed'
 
 
-def _run(cmd: list[str], env: dict[str, str], log: Path) -> tuple[int, float]:
+def _run(
+    cmd: list[str], env: dict[str, str], log: Path, timeout: float
+) -> tuple[int | None, float]:
+    """Run ``cmd`` in its own session; one still running after ``timeout`` seconds
+    is killed with every process it started (torchrun's ranks) and its exit
+    status is None."""
     start = time.monotonic()
     with log.open('w') as out:
-        proc = subprocess.run(
-            cmd, cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT, timeout=RUN_TIMEOUT_S
+        proc = subprocess.Popen(
+            cmd, cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
         )
-    return proc.returncode, time.monotonic() - start
+        try:
+            code: int | None = proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+            code = None
+    return code, time.monotonic() - start
 
 
 class Counts:
@@ -96,7 +136,7 @@ class Counts:
         self.logs.mkdir(parents=True, exist_ok=True)
         self.rows: list[dict] = []
 
-    def add(self, part: str, variant: str, index: int, code: int, seconds: float, log: Path):
+    def add(self, part: str, variant: str, index: int, code, seconds: float, log: Path):
         result = classify(code, log.read_text(errors='replace'))
         if result != 'clean':
             shutil.copy(log, self.logs / f'{part}-{variant}-{index}.log')
@@ -125,33 +165,26 @@ class Counts:
         lines = [
             header,
             '',
-            '| part | variant | runs | clean | abort at exit | other failure |',
-            '|---|---|---:|---:|---:|---:|',
+            '| part | variant | runs | clean | abort at exit | hang | other failure |',
+            '|---|---|---:|---:|---:|---:|---:|',
         ]
         for (part, variant), c in groups.items():
             total = sum(c.values())
             lines.append(
-                f'| {part} | {variant} | {total} | {c["clean"]} | {c["abort"]} | {c["failed"]} |'
+                f'| {part} | {variant} | {total} | {c["clean"]} | {c["abort"]} | {c["hang"]} '
+                f'| {c["failed"]} |'
             )
         return '\n'.join(lines) + '\n'
 
 
-def run_repro(counts: Counts, runs: int, work: Path) -> None:
-    for destroy in (False, True):
-        variant = 'with destroy_process_group()' if destroy else 'without destroy_process_group()'
+def run_repro(counts: Counts, runs: int, work: Path, ends: list[str], nproc: int) -> None:
+    for end in ends:
         for index in range(runs):
-            cmd = [
-                sys.executable,
-                '-m',
-                'torch.distributed.run',
-                '--standalone',
-                '--nproc_per_node=2',
-                __file__,
-                'repro-worker',
-            ]
-            cmd += ['--destroy'] if destroy else []
-            code, seconds = _run(cmd, dict(os.environ), work / 'run.log')
-            counts.add('repro', variant, index, code, seconds, work / 'run.log')
+            cmd = [sys.executable, '-m', 'torch.distributed.run', '--standalone']
+            cmd += [f'--nproc_per_node={nproc}', __file__, 'repro-worker', '--end', end]
+            env = {**os.environ, 'PYTHONPATH': str(ROOT)}
+            code, seconds = _run(cmd, env, work / 'run.log', REPRO_TIMEOUT_S)
+            counts.add('repro', REPRO_ENDS[end], index, code, seconds, work / 'run.log')
 
 
 def _tools_env(checkout: Path, data_root: str) -> dict[str, str]:
@@ -177,7 +210,7 @@ def run_tools(counts: Counts, runs: int, checkout: Path, variant: str, data: str
             '--cfg-options',
             *TRAIN_OPTIONS,
         ]
-        code, seconds = _run(train, {**env, 'PORT': str(_free_port())}, log)
+        code, seconds = _run(train, {**env, 'PORT': str(_free_port())}, log, RUN_TIMEOUT_S)
         counts.add('dist_train.sh', variant, index, code, seconds, log)
         ckpt = run_dir / 'epoch_1.pth'
         if ckpt.is_file():
@@ -190,25 +223,59 @@ def run_tools(counts: Counts, runs: int, checkout: Path, variant: str, data: str
                 '--work-dir',
                 str(run_dir / 'test'),
             ]
-            code, seconds = _run(test, {**env, 'PORT': str(_free_port())}, log)
+            code, seconds = _run(test, {**env, 'PORT': str(_free_port())}, log, RUN_TIMEOUT_S)
             counts.add('dist_test.sh', variant, index, code, seconds, log)
         shutil.rmtree(run_dir, ignore_errors=True)
 
 
-def main(argv: list[str] | None = None) -> int:
+def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
     sub = parser.add_subparsers(dest='command')
     worker = sub.add_parser('repro-worker', help='one rank of the reproduction (torchrun)')
-    worker.add_argument('--destroy', action='store_true')
-    parser.add_argument('--repro-runs', type=int, default=200, help='per variant (0: skip)')
-    parser.add_argument('--tool-runs', type=int, default=25, help='per tool and side (0: skip)')
-    parser.add_argument('--before', metavar='REV', help='commit to measure the tools "before"')
-    parser.add_argument(
-        '--out-dir', default=None, help='default work_dirs/benchmarks/exit_aborts-torch<version>'
-    )
-    args = parser.parse_args(argv)
+    worker.add_argument('--end', choices=list(REPRO_ENDS), default='none')
+    add = parser.add_argument
+    add('--repro-runs', type=int, default=200, help='per variant (0: skip)')
+    help_ends = 'how the reproduction ends its group, each a variant (default: all)'
+    add('--repro-ends', nargs='+', choices=list(REPRO_ENDS), help=help_ends)
+    add('--repro-nproc', type=int, default=2, help='ranks of the reproduction')
+    add('--tool-runs', type=int, default=25, help='per tool and side (0: skip)')
+    help_burn = 'busy processes that load the CPUs while it measures (aborts are rarer idle)'
+    add('--burners', type=int, default=0, help=help_burn)
+    add('--before', metavar='REV', help='commit to measure the tools "before"')
+    add('--no-after', action='store_true', help='skip the tools on this checkout (--before only)')
+    add('--out-dir', help='default work_dirs/benchmarks/exit_aborts-torch<version>')
+    return parser
+
+
+def measure_tools(counts: Counts, args: argparse.Namespace, work: Path) -> None:
+    """The tools' part: the "before" side in a temporary worktree, then this checkout."""
+    from mmgc.runtime.shapes import make_shapes_dataset
+
+    data = make_shapes_dataset(work / 'shapes', num_train=8, num_val=4, image_size=64)
+    data_root = data['data_root'] + '/'
+    sides = [] if args.no_after else [('after (this checkout)', ROOT)]
+    before = work / 'before'
+    if args.before:
+        subprocess.run(
+            ['git', 'worktree', 'add', '--detach', str(before), args.before],
+            cwd=ROOT,
+            check=True,
+            capture_output=True,
+        )
+        sides.insert(0, (f'before ({args.before})', before))
+    try:
+        for variant, checkout in sides:
+            run_tools(counts, args.tool_runs, checkout, variant, data_root, work)
+    finally:
+        if args.before:
+            remove = ['git', 'worktree', 'remove', '--force', str(before)]
+            subprocess.run(remove, cwd=ROOT, check=False, capture_output=True)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
     if args.command == 'repro-worker':
-        repro_worker(args.destroy)
+        repro_worker(args.end)
         return 0
 
     import torch
@@ -225,36 +292,20 @@ def main(argv: list[str] | None = None) -> int:
         f'# Exit aborts, torch {torch.__version__}, {os.cpu_count()} CPUs, '
         f'{time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())}'
     )
-    with tempfile.TemporaryDirectory(prefix='mmgc-exit-aborts-') as tmp:
-        work = Path(tmp)
-        if args.repro_runs:
-            run_repro(counts, args.repro_runs, work)
-        if args.tool_runs:
-            from mmgc.runtime.shapes import make_shapes_dataset
-
-            data = make_shapes_dataset(work / 'shapes', num_train=8, num_val=4, image_size=64)
-            data_root = data['data_root'] + '/'
-            sides = [('after (this checkout)', ROOT)]
-            if args.before:
-                before = work / 'before'
-                subprocess.run(
-                    ['git', 'worktree', 'add', '--detach', str(before), args.before],
-                    cwd=ROOT,
-                    check=True,
-                    capture_output=True,
-                )
-                sides.insert(0, (f'before ({args.before})', before))
-            try:
-                for variant, checkout in sides:
-                    run_tools(counts, args.tool_runs, checkout, variant, data_root, work)
-            finally:
-                if args.before:
-                    subprocess.run(
-                        ['git', 'worktree', 'remove', '--force', str(before)],
-                        cwd=ROOT,
-                        check=False,
-                        capture_output=True,
-                    )
+    header += f', {args.burners} busy processes beside it' if args.burners else ''
+    burn = [sys.executable, '-c', 'while True: pass']
+    burners = [subprocess.Popen(burn) for _ in range(args.burners)]
+    try:
+        with tempfile.TemporaryDirectory(prefix='mmgc-exit-aborts-') as tmp:
+            if args.repro_runs:
+                ends = args.repro_ends or list(REPRO_ENDS)
+                run_repro(counts, args.repro_runs, Path(tmp), ends, args.repro_nproc)
+            if args.tool_runs:
+                measure_tools(counts, args, Path(tmp))
+    finally:
+        for burner in burners:
+            burner.kill()
+            burner.wait()
     report = counts.table(header)
     (out_dir / 'counts.md').write_text(report)
     print(report)

@@ -37,7 +37,6 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import gc
 import importlib.metadata
 import json
 import math
@@ -314,16 +313,12 @@ def dist_worker(args: argparse.Namespace) -> None:
     else:
         device = torch.device('cpu')
     dist.init_process_group(args.backend, timeout=dt.timedelta(seconds=120))
-    try:  # a process that starts a group ends it, even when training fails
-        two = _train_small_net(device, [rank], ddp=True)
-        flat = torch.cat([p.flatten() for p in two['params']])
-        gathered = [torch.empty_like(flat) for _ in range(world)]
-        dist.all_gather(gathered, flat)
-        two['rank_diff'] = max(float((g - gathered[0]).abs().max()) for g in gathered)
-        two['backend'] = dist.get_backend()
-    finally:
-        dist.destroy_process_group()
-        gc.collect()  # the groups that garbage still holds, while Python is whole
+    two = _train_small_net(device, [rank], ddp=True)
+    flat = torch.cat([p.flatten() for p in two['params']])
+    gathered = [torch.empty_like(flat) for _ in range(world)]
+    dist.all_gather(gathered, flat)
+    two['rank_diff'] = max(float((g - gathered[0]).abs().max()) for g in gathered)
+    two['backend'] = dist.get_backend()
     if rank == 0:
         one = _train_small_net(device, list(range(world)), ddp=False)
         for result in (two, one):
@@ -796,8 +791,10 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     args = parse_args(argv)
     if args.worker == 'dist-worker':
-        dist_worker(args)
-        return 0
+        # a process that starts a group ends it, however the worker ends
+        from mmgc.runtime.distributed import ends_process_group
+
+        return ends_process_group(dist_worker)(args) or 0
     if args.worker == 'e2e-worker':
         e2e_worker(args)
         return 0

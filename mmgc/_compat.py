@@ -215,3 +215,19 @@ def default_scope_names() -> list[str]:
     from mmengine.registry import DefaultScope
 
     return [scope.scope_name for scope in list(DefaultScope._instance_dict.values())]
+
+
+# -- Python's exit ----------------------------------------------------------------
+
+__all__ += ['run_exit_handlers']
+
+
+def run_exit_handlers() -> None:
+    """Run the ``atexit`` handlers now, last registered first, each once, as the
+    interpreter does at a normal exit (``atexit._run_exitfuncs``, which the C
+    module exports without documenting it): ``logging.shutdown``, the
+    ``weakref.finalize`` objects (temporary folders), ``multiprocessing``'s clean-up
+    and a user's own. A process that then leaves with ``os._exit`` has run them."""
+    import atexit
+
+    atexit._run_exitfuncs()

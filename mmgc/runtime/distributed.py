@@ -11,8 +11,11 @@ import functools
 import gc
 import os
 import subprocess
+import sys
+import threading
+import warnings
 from collections.abc import Callable
-from typing import Any, Optional, TypeVar
+from typing import Any, NoReturn, Optional, TypeVar
 
 import torch
 import torch.distributed as torch_dist
@@ -20,6 +23,7 @@ from mmengine.model import MMDistributedDataParallel as DDP
 from mmengine.registry import MODEL_WRAPPERS
 from torch import nn
 
+from .._compat import run_exit_handlers
 from .errors import ConfigError
 
 __all__ = [
@@ -28,6 +32,8 @@ __all__ = [
     'LAUNCHERS',
     'end_process_group',
     'ends_process_group',
+    'exit_status',
+    'leave',
     'parse_dist_timeout',
     'set_dist_timeout',
     'setup_cpu_distributed',
@@ -167,50 +173,129 @@ def setup_cpu_distributed(cfg: Any) -> bool:
     return True
 
 
+#: The process groups that :func:`end_process_group` ended, held until the process
+#: leaves (a gloo group's threads are joined when its last reference goes).
+_ENDED_GROUPS: list[Any] = []
+
+
+def _groups_held() -> list[Any]:
+    """Every process group (``ProcessGroup``, and gloo's backend where Python holds
+    one) that a Python object refers to: torch's own tables, a DDP wrapper, a
+    device mesh. Found through the garbage collector's referents, so subgroups
+    count as well as the default group."""
+    kinds = tuple(
+        kind
+        for kind in (getattr(torch_dist, n, None) for n in ('ProcessGroup', 'ProcessGroupGloo'))
+        if isinstance(kind, type)
+    )
+    found: dict[int, Any] = {}
+    with warnings.catch_warnings():  # isinstance on some deprecated objects warns
+        warnings.simplefilter('ignore')
+        for obj in gc.get_objects():
+            for ref in gc.get_referents(obj):
+                if isinstance(ref, kinds):
+                    found[id(ref)] = ref
+    return list(found.values())
+
+
 def end_process_group() -> bool:
     """Destroy the default process group, and every group made from it, if one is
     alive (``torch.distributed.destroy_process_group``: local to this process, no
-    collective), then collect the garbage that still holds them. Returns whether
+    collective), and hold each group until the process leaves. Returns whether
     there was one.
 
     A process that starts a group ends it. One that exits with a gloo group alive
     can abort while the interpreter finalizes (SIGABRT, exit status -6, after its
     work is done): gloo's worker threads still hold work objects with Python
     references, and releasing one needs the GIL, which a thread cannot take once
-    finalization has begun (pytorch/pytorch#179291, abandoned; #190489). For
-    gloo, ``destroy_process_group`` only drops torch's own references (its
-    backend ``shutdown`` is a no-op, torch 2.1 to 2.14); the group's threads stop
-    when the last reference goes, so the collection frees the groups that only
-    unreachable objects (a finished runner, its DDP wrapper) still hold, while the
-    interpreter is whole. With NCCL the call flushes this rank's pending work and
-    destroys the communicators (torch >= 2.6; an abort on 2.4 and 2.5), waiting at
-    most the group's timeout, and keeps torch's exit warning quiet ("process group
-    has NOT been destroyed" on 2.4 and 2.5, "destroy_process_group() was not
-    called before program exit" from 2.6 on). MMEngine's ``Runner`` starts a
-    group (``init_dist``, or :func:`setup_cpu_distributed` here) and never
-    destroys it.
+    finalization has begun (pytorch/pytorch#179291, abandoned). Freeing the group
+    earlier is no cure either: its destructor joins those threads while the
+    freeing thread holds the GIL, and a worker that is releasing its last work
+    waits for that GIL for ever (seen here with py-spy: torch 2.1 in
+    ``destroy_process_group``, where torch's last reference went, and torch 2.13
+    in the ``gc.collect`` after it, which freed the group a finished DDP wrapper
+    held). So the groups are held here (:data:`_ENDED_GROUPS`), found before
+    torch lets go of them, and a tool then leaves without finalizing
+    (:func:`leave`). For gloo, ``destroy_process_group`` empties torch's tables
+    (``is_initialized()`` is then False); its backend ``shutdown`` is a no-op
+    (torch 2.1 to 2.14). With NCCL the same call flushes this rank's pending work
+    and destroys the communicators (torch >= 2.6; an abort on 2.4 and 2.5),
+    waiting at most the group's timeout, whoever holds the group, and keeps
+    torch's exit warning quiet ("process group has NOT been destroyed" on 2.4 and
+    2.5, "destroy_process_group() was not called before program exit" from 2.6
+    on). MMEngine's ``Runner`` starts a group (``init_dist``, or
+    :func:`setup_cpu_distributed` here) and never destroys it.
     """
     if not (torch_dist.is_available() and torch_dist.is_initialized()):
         return False
+    _ENDED_GROUPS.extend(_groups_held())
     torch_dist.destroy_process_group()
-    gc.collect()
     return True
+
+
+def _flush_streams() -> None:
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError, AttributeError):  # closed, or replaced by None
+            pass
+
+
+def leave(status: int) -> NoReturn:
+    """End this process with exit status ``status`` as a normal exit would, less
+    the interpreter's finalization: wait for the other non-daemon Python threads,
+    run the ``atexit`` handlers (logging's flush, temporary folders, a user's
+    own), flush stdout and stderr, then ``os._exit``. For a process whose groups
+    :func:`end_process_group` holds: finalizing would free them while gloo's
+    threads may still need the GIL."""
+    for thread in threading.enumerate():
+        if thread is not threading.current_thread() and not thread.daemon:
+            thread.join()
+    run_exit_handlers()
+    _flush_streams()
+    os._exit(status)
+
+
+def exit_status(error: BaseException) -> int:
+    """The exit status Python gives a process that ``error`` ends, after printing
+    what Python prints for it: ``SystemExit``'s code (None: 0; a message: printed,
+    1), 130 for ``KeyboardInterrupt`` (128 + SIGINT), 1 and the traceback for any
+    other exception (``sys.excepthook``)."""
+    if isinstance(error, SystemExit):
+        if error.code is None or isinstance(error.code, int):
+            return error.code or 0
+        print(error.code, file=sys.stderr)
+        return 1
+    sys.excepthook(type(error), error, error.__traceback__)
+    return 130 if isinstance(error, KeyboardInterrupt) else 1
 
 
 _Main = TypeVar('_Main', bound=Callable[..., Any])
 
 
 def ends_process_group(main: _Main) -> _Main:
-    """``main``, ending the process group (:func:`end_process_group`) however it
-    returns: normally, with a user's error or with any other exception. Put it
-    outside torch's ``@record``, so that a failing rank's error is recorded (and
-    shown by torchrun as the root cause) before its peers see the group close."""
+    """``main``, ending the process group it started (:func:`end_process_group`)
+    however it returns: normally, with a user's error or with any other exception.
+    If it ended one, the process then leaves at once (:func:`leave`) with the
+    status Python would give it (:func:`exit_status`; ``main``'s int return
+    value, else 0), so that the interpreter never finalizes with gloo's threads
+    alive. A group that was alive before ``main`` ran is left as it was. Put it
+    outermost, outside torch's ``@record``, so that a failing rank's error is
+    recorded (and shown by torchrun as the root cause) before its peers see the
+    group close."""
 
     @functools.wraps(main)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
+        if torch_dist.is_available() and torch_dist.is_initialized():
+            return main(*args, **kwargs)  # not this call's group
         try:
-            return main(*args, **kwargs)
-        finally:
-            end_process_group()
+            outcome = main(*args, **kwargs)
+        except BaseException as error:  # noqa: BLE001  (any ending ends the group)
+            if not end_process_group():
+                raise
+            leave(exit_status(error))
+        if not end_process_group():
+            return outcome
+        leave(outcome if isinstance(outcome, int) else 0)
 
     return wrapper  # type: ignore[return-value]

@@ -9,6 +9,8 @@ in one line on stderr and exit status 2 (:func:`mmgc.runtime.cli.exit_on_user_er
 from __future__ import annotations
 
 import argparse
+import faulthandler
+import signal
 import sys
 import warnings
 from collections.abc import Sequence
@@ -23,6 +25,7 @@ from .distributed import ends_process_group
 
 __all__ = [
     'compare_ap_parser',
+    'dump_stacks_on_sigusr1',
     'main_compare_ap',
     'main_plot_gc_stats',
     'main_test',
@@ -45,7 +48,17 @@ def quiet_known_upstream_warnings() -> None:
         warnings.filterwarnings('ignore', message=message, category=category)
 
 
+def dump_stacks_on_sigusr1() -> None:
+    """Have SIGUSR1 print every Python thread's stack to stderr and go on
+    (``faulthandler.register``), so that a run that seems stuck can be asked where
+    it is (``kill -USR1 PID``; the tests' harness does it before killing a run that
+    ran out of time). Not on Windows, which has no SIGUSR1."""
+    if hasattr(signal, 'SIGUSR1'):
+        faulthandler.register(signal.SIGUSR1, all_threads=True, chain=False)
+
+
 def _run_tool(parser: argparse.ArgumentParser, run, argv: Sequence[str] | None) -> None:
+    dump_stacks_on_sigusr1()
     quiet_known_upstream_warnings()
     # the config's codebase is imported and registered when the config is read
     # (mmgc.runtime.cli._load)
@@ -53,11 +66,12 @@ def _run_tool(parser: argparse.ArgumentParser, run, argv: Sequence[str] | None) 
 
 
 # @record: under torchrun, the error that ends a rank is shown in torchrun's
-# summary ("Root Cause"); without torchrun it only re-raises. Then the process
-# group, if the run started one, is ended (a user's error included), and a
-# user's error becomes one line.
-@exit_on_user_error
+# summary ("Root Cause"); without torchrun it only re-raises. A user's error then
+# becomes one line (status 2). Last, the process group, if the run started one, is
+# ended and the process leaves without finalizing (ends_process_group), with the
+# status it would have had.
 @ends_process_group
+@exit_on_user_error
 @record
 def main_train(argv: Sequence[str] | None = None) -> None:
     """``tools/train.py``: MMDetection's (or the config's codebase's) with mmgc loaded
@@ -65,8 +79,8 @@ def main_train(argv: Sequence[str] | None = None) -> None:
     _run_tool(train_parser(), run_train, argv)
 
 
-@exit_on_user_error
 @ends_process_group
+@exit_on_user_error
 @record
 def main_test(argv: Sequence[str] | None = None) -> None:
     """``tools/test.py``: MMDetection's (or the config's codebase's) with mmgc loaded;

@@ -13,13 +13,14 @@ checks them against a single-process float64 reference.
 
 from __future__ import annotations
 
-import gc
 import os
 import sys
 
 import torch
 import torch.distributed as dist
 from torch import nn
+
+from mmgc.runtime.distributed import ends_process_group
 
 STEPS = 3
 SGD_OPTIONS = dict(lr=0.1, momentum=0.9, weight_decay=1e-2)
@@ -260,18 +261,15 @@ def run_case(case: str, out_dir: str, rank: int, world_size: int) -> None:
     dist.barrier()
 
 
+@ends_process_group  # a process that starts a group ends it, even when a case fails
 def main() -> None:
     out_dir, cases = sys.argv[1], sys.argv[2:]
     dist.init_process_group('gloo')
-    try:  # a process that starts a group ends it, even when a case fails
-        rank, world_size = dist.get_rank(), dist.get_world_size()
-        torch.set_num_threads(1)
-        for case in cases:
-            run_case(case, out_dir, rank, world_size)
-            print(f'rank {rank}: {case} done', flush=True)
-    finally:
-        dist.destroy_process_group()
-        gc.collect()  # the groups that garbage still holds, while Python is whole
+    rank, world_size = dist.get_rank(), dist.get_world_size()
+    torch.set_num_threads(1)
+    for case in cases:
+        run_case(case, out_dir, rank, world_size)
+        print(f'rank {rank}: {case} done', flush=True)
 
 
 if __name__ == '__main__':

@@ -16,6 +16,7 @@ from torch.testing import assert_close
 from mmgc import SGDGC
 from mmgc.ops import cpu_kernel
 from mmgc.ops.cpu_kernel import cpu_kernel_build, cpu_kernel_supports, fused_sgd_gc_cpu_
+from mmgc.runtime.distributed import end_process_group
 from tests.conftest import hyper_id
 from tests.reference import ReferenceSGDGC, ReferenceSGDWGC
 
@@ -298,8 +299,8 @@ def mesh(tmp_path_factory):
     try:
         yield init_device_mesh('cpu', (1,))
     finally:
-        if owned:
-            dist.destroy_process_group()
+        if owned:  # destroyed, and held until the process exits (end_process_group)
+            end_process_group()
 
 
 DTENSOR_SHAPES = [((8, 4, 3, 3), 0), ((5, 3, 2, 2), 1), ((6, 7), 0), ((8,), None)]

@@ -192,10 +192,93 @@ main()
 
 @pytest.mark.parametrize('end', ['end', 'keep'])
 def test_the_exit_probe_sees_a_live_group(tools, tmp_path, exit_probe, end):
-    """The probe's control: a process that keeps its group is seen with it alive."""
+    """The probe's control: a process that keeps its group is seen with it alive
+    and finalizing; one that ends it leaves through ``os._exit``, with status 0,
+    after the ``atexit`` handlers (the probe's among them) ran."""
     store = f'file://{tmp_path / "store"}'
     env = {**exit_probe.env(), 'RANK': '0'}
-    tools.run([sys.executable, '-c', _ONE_RANK, store, end], env)  # exit status: see the probe
+    proc = tools.run([sys.executable, '-c', _ONE_RANK, store, end], env)
     (record,) = exit_probe.records('-c')
     assert record['imported_dist'] and record['alive'] is (end == 'keep'), record
-    assert record['groups'] == (1 if end == 'keep' else 0), record
+    assert record['finalizes'] is (end == 'keep'), record
+    if end == 'end':
+        assert proc.returncode == 0, proc.stderr
+        assert record['groups'] >= 1, record  # held by end_process_group, never freed
+
+
+#: A rank of one whose ``main`` (under ``ends_process_group``) starts a group, registers
+#: an ``atexit`` handler and ends as ``sys.argv[2]`` says.
+_ENDING = """
+import atexit, sys, threading, time, torch, torch.distributed as dist
+from mmgc.runtime.distributed import ends_process_group
+
+@ends_process_group
+def main():
+    dist.init_process_group('gloo', init_method=sys.argv[1], rank=0, world_size=1)
+    dist.all_reduce(torch.ones(1), async_op=True).wait()
+    atexit.register(print, 'atexit handler ran', flush=True)
+    threading.Thread(target=lambda: (time.sleep(0.5), print('thread done', flush=True))).start()
+    print('to stdout, unflushed', end='')
+    how = sys.argv[2]
+    if how == 'error':
+        raise ValueError('a bug')
+    if how == 'exit':
+        sys.exit(2)
+    if how == 'message':
+        sys.exit('a message')
+    return 3 if how == 'status' else None
+
+main()
+"""
+
+
+@pytest.mark.parametrize(
+    ('how', 'status', 'on_stderr'),
+    [
+        ('return', 0, None),
+        ('status', 3, None),
+        ('exit', 2, None),
+        ('message', 1, 'a message'),
+        ('error', 1, 'ValueError: a bug'),
+    ],
+)
+def test_ends_process_group_leaves_as_python_would(
+    tools, tmp_path, exit_probe, how, status, on_stderr
+):
+    """However ``main`` ends, the process ends its group, waits for its other
+    threads, runs the ``atexit`` handlers, flushes its output and exits with the
+    status Python gives that ending (a traceback for an exception), without
+    finalizing (the probe's ``finalizes``)."""
+    store = f'file://{tmp_path / "store"}'
+    env = {**exit_probe.env(), 'RANK': '0'}
+    proc = tools.run([sys.executable, '-c', _ENDING, store, how], env)
+    assert proc.returncode == status, proc.stderr
+    assert proc.stdout.startswith('to stdout, unflushed'), proc.stdout
+    assert 'thread done' in proc.stdout and 'atexit handler ran' in proc.stdout, proc.stdout
+    if on_stderr:
+        assert proc.stderr.strip().splitlines()[-1] == on_stderr, proc.stderr
+    if how == 'error':
+        assert 'Traceback (most recent call last)' in proc.stderr
+    (record,) = exit_probe.records('-c')
+    assert not record['alive'] and not record['finalizes'], record
+
+
+def test_ends_process_group_keeps_a_group_it_did_not_start(tmp_path):
+    """A group alive before ``main`` ran (a caller's) is left alive, and ``main``
+    returns as usual; with none, ``main``'s error propagates as it is."""
+    from mmgc.runtime.distributed import ends_process_group
+
+    seen = []
+    if not torch.distributed.is_initialized():
+        with pytest.raises(ValueError, match='no group'):
+            ends_process_group(lambda: (_ for _ in ()).throw(ValueError('no group')))()
+    store = f'file://{tmp_path / "store"}'
+    torch.distributed.init_process_group('gloo', init_method=store, rank=0, world_size=1)
+    try:
+        assert ends_process_group(lambda: seen.append(1) or 'kept')() == 'kept'
+        assert torch.distributed.is_initialized() and seen == [1]
+    finally:
+        from mmgc.runtime.distributed import end_process_group
+
+        assert end_process_group()
+    assert not torch.distributed.is_initialized()

@@ -42,7 +42,7 @@ import pytest
 import torch
 
 from mmgc.runtime.checkpoint import safe_torch_load
-from tests.conftest import ROOT, assert_same_checkpoint
+from tests.conftest import ROOT, assert_same_checkpoint, run_in_session
 
 pytestmark = pytest.mark.slow
 
@@ -289,14 +289,7 @@ class Workspace:
         full = self.tools.env(**{'PORT': str(self.tools.free_port()), **self.env})
         full.pop('PYTHON', None)
         full.update(env)
-        return subprocess.run(
-            ['bash', '-c', command],
-            cwd=self.path,
-            env=full,
-            capture_output=True,
-            text=True,
-            timeout=self.tools.timeout,
-        )
+        return run_in_session(['bash', '-c', command], full, self.tools.timeout, cwd=self.path)
 
     def flow(self, name: str, part=slice(None)) -> dict[str, list[subprocess.CompletedProcess]]:
         """Run ``name``'s steps (``part`` of them) in the README's order, each

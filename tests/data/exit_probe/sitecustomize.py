@@ -7,7 +7,10 @@ default process group was still alive (``alive``) and how many process groups
 Python objects still held (``groups``). The handler is registered
 before any other, so it runs after all of them (``atexit`` runs last-in,
 first-out): it sees the state the interpreter finalizes with, which is where a
-live gloo group can abort the process.
+live gloo group can abort the process. A process that then leaves through
+``os._exit`` (``mmgc.runtime.distributed.leave``, which runs the ``atexit``
+handlers first) does not finalize: the probe's ``os._exit`` marks its record so
+(``finalizes``: False), or writes one there if the handlers did not run.
 """
 
 import atexit
@@ -33,7 +36,7 @@ def _groups(dist) -> int:
 _GROUP_TYPES = ('ProcessGroup', 'ProcessGroupGloo')
 
 
-def _record() -> None:
+def _record(finalizes: bool = True) -> None:
     dist = sys.modules.get('torch.distributed')
     available = dist is not None and dist.is_available()
     record = dict(
@@ -43,11 +46,36 @@ def _record() -> None:
         imported_dist=dist is not None,
         alive=bool(available and dist.is_initialized()),
         groups=_groups(dist) if available else 0,
+        finalizes=finalizes,
     )
-    path = os.path.join(os.environ['MMGC_EXIT_PROBE'], f'{os.getpid()}.json')
-    with open(path, 'w') as file:
+    with open(_path(), 'w') as file:
         json.dump(record, file)
+
+
+def _path() -> str:
+    return os.path.join(os.environ['MMGC_EXIT_PROBE'], f'{os.getpid()}.json')
+
+
+def _leaving(os_exit):
+    started = os.getpid()
+
+    def leave(status):
+        if os.getpid() != started:  # a forked child (a pool's worker) leaving
+            os_exit(status)
+        try:
+            with open(_path()) as file:
+                record = json.load(file)
+        except FileNotFoundError:
+            _record(finalizes=False)
+        else:
+            record['finalizes'] = False
+            with open(_path(), 'w') as file:
+                json.dump(record, file)
+        os_exit(status)
+
+    return leave
 
 
 if os.environ.get('MMGC_EXIT_PROBE'):
     atexit.register(_record)
+    os._exit = _leaving(os._exit)
