@@ -217,6 +217,25 @@ def default_scope_names() -> list[str]:
     return [scope.scope_name for scope in list(DefaultScope._instance_dict.values())]
 
 
+# -- torch.distributed ------------------------------------------------------------
+
+__all__ += ['process_groups']
+
+
+def process_groups() -> list[Any]:
+    """Every process group torch knows in this process, the default one and the
+    subgroups made from it (the keys of ``distributed_c10d._world.pg_map``, which
+    ``destroy_process_group`` clears; torch has no public list). Empty where
+    ``torch.distributed`` is not available."""
+    import torch.distributed as dist
+
+    if not dist.is_available():
+        return []
+    from torch.distributed import distributed_c10d
+
+    return list(distributed_c10d._world.pg_map)
+
+
 # -- Python's exit ----------------------------------------------------------------
 
 __all__ += ['run_exit_handlers']

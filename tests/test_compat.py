@@ -12,7 +12,10 @@ import io
 import pickle
 import pickletools
 import re
+import subprocess
+import sys
 import zipfile
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -328,3 +331,41 @@ def test_default_scope_names():
         assert _compat.default_scope_names()[-1] == 'mmseg'
     finally:
         DefaultScope._instance_dict.pop(name, None)
+
+
+def test_process_groups_lists_the_default_group_and_subgroups(tmp_path):
+    """``distributed_c10d._world.pg_map`` holds every group torch made, and
+    ``destroy_process_group`` empties it."""
+    import torch.distributed as dist
+
+    if dist.is_initialized():
+        pytest.skip('a process group is already alive in this process')
+    store = f'file://{tmp_path / "store"}'
+    dist.init_process_group('gloo', init_method=store, rank=0, world_size=1)
+    try:
+        sub = dist.new_group([0])
+        groups = _compat.process_groups()
+        assert any(g is dist.group.WORLD for g in groups) and any(g is sub for g in groups)
+        assert all(isinstance(g, dist.ProcessGroup) for g in groups)
+    finally:
+        dist.destroy_process_group()
+    assert _compat.process_groups() == []
+
+
+def test_run_exit_handlers_runs_each_once():
+    """``atexit._run_exitfuncs`` runs the handlers last-in first-out and clears
+    them, so the interpreter's own exit does not run them again."""
+    code = (
+        'import atexit; from mmgc import _compat\n'
+        "atexit.register(print, 'first'); atexit.register(print, 'second')\n"
+        "_compat.run_exit_handlers(); print('after')\n"
+    )
+    out = subprocess.run(
+        [sys.executable, '-c', code],
+        cwd=Path(__file__).resolve().parents[1],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=120,
+    )
+    assert out.stdout.split() == ['second', 'first', 'after'], out

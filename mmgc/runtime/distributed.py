@@ -8,12 +8,10 @@ from __future__ import annotations
 
 import datetime
 import functools
-import gc
 import os
 import subprocess
 import sys
 import threading
-import warnings
 from collections.abc import Callable
 from typing import Any, NoReturn, Optional, TypeVar
 
@@ -23,7 +21,7 @@ from mmengine.model import MMDistributedDataParallel as DDP
 from mmengine.registry import MODEL_WRAPPERS
 from torch import nn
 
-from .._compat import run_exit_handlers
+from .._compat import process_groups, run_exit_handlers
 from .errors import ConfigError
 
 __all__ = [
@@ -178,26 +176,6 @@ def setup_cpu_distributed(cfg: Any) -> bool:
 _ENDED_GROUPS: list[Any] = []
 
 
-def _groups_held() -> list[Any]:
-    """Every process group (``ProcessGroup``, and gloo's backend where Python holds
-    one) that a Python object refers to: torch's own tables, a DDP wrapper, a
-    device mesh. Found through the garbage collector's referents, so subgroups
-    count as well as the default group."""
-    kinds = tuple(
-        kind
-        for kind in (getattr(torch_dist, n, None) for n in ('ProcessGroup', 'ProcessGroupGloo'))
-        if isinstance(kind, type)
-    )
-    found: dict[int, Any] = {}
-    with warnings.catch_warnings():  # isinstance on some deprecated objects warns
-        warnings.simplefilter('ignore')
-        for obj in gc.get_objects():
-            for ref in gc.get_referents(obj):
-                if isinstance(ref, kinds):
-                    found[id(ref)] = ref
-    return list(found.values())
-
-
 def end_process_group() -> bool:
     """Destroy the default process group, and every group made from it, if one is
     alive (``torch.distributed.destroy_process_group``: local to this process, no
@@ -214,8 +192,8 @@ def end_process_group() -> bool:
     waits for that GIL for ever (seen here with py-spy: torch 2.1 in
     ``destroy_process_group``, where torch's last reference went, and torch 2.13
     in the ``gc.collect`` after it, which freed the group a finished DDP wrapper
-    held). So the groups are held here (:data:`_ENDED_GROUPS`), found before
-    torch lets go of them, and a tool then leaves without finalizing
+    held). So the groups are held here (:data:`_ENDED_GROUPS`), taken from
+    torch's table before it lets go of them, and a tool then leaves without finalizing
     (:func:`leave`). For gloo, ``destroy_process_group`` empties torch's tables
     (``is_initialized()`` is then False); its backend ``shutdown`` is a no-op
     (torch 2.1 to 2.14). With NCCL the same call flushes this rank's pending work
@@ -228,7 +206,7 @@ def end_process_group() -> bool:
     """
     if not (torch_dist.is_available() and torch_dist.is_initialized()):
         return False
-    _ENDED_GROUPS.extend(_groups_held())
+    _ENDED_GROUPS.extend(process_groups())
     torch_dist.destroy_process_group()
     return True
 

@@ -203,7 +203,8 @@ def test_the_exit_probe_sees_a_live_group(tools, tmp_path, exit_probe, end):
     assert record['finalizes'] is (end == 'keep'), record
     if end == 'end':
         assert proc.returncode == 0, proc.stderr
-        assert record['groups'] >= 1, record  # held by end_process_group, never freed
+    else:
+        assert record['groups'] == 1, record
 
 
 #: A rank of one whose ``main`` (under ``ends_process_group``) starts a group, registers
@@ -255,8 +256,8 @@ def test_ends_process_group_leaves_as_python_would(
     assert proc.returncode == status, proc.stderr
     assert proc.stdout.startswith('to stdout, unflushed'), proc.stdout
     assert 'thread done' in proc.stdout and 'atexit handler ran' in proc.stdout, proc.stdout
-    if on_stderr:
-        assert proc.stderr.strip().splitlines()[-1] == on_stderr, proc.stderr
+    if on_stderr:  # torch >= 2.4's excepthook puts '[rank0]: ' before each line
+        assert proc.stderr.strip().splitlines()[-1].endswith(on_stderr), proc.stderr
     if how == 'error':
         assert 'Traceback (most recent call last)' in proc.stderr
     (record,) = exit_probe.records('-c')
