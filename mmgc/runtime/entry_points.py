@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import faulthandler
+import io
 import signal
 import sys
 import warnings
@@ -52,9 +53,14 @@ def dump_stacks_on_sigusr1() -> None:
     """Have SIGUSR1 print every Python thread's stack to stderr and go on
     (``faulthandler.register``), so that a run that seems stuck can be asked where
     it is (``kill -USR1 PID``; the tests' harness does it before killing a run that
-    ran out of time). Not on Windows, which has no SIGUSR1."""
-    if hasattr(signal, 'SIGUSR1'):
-        faulthandler.register(signal.SIGUSR1, all_threads=True, chain=False)
+    ran out of time). Not on Windows, which has no SIGUSR1, nor where stderr is no
+    file (a caller that captures it in memory, as pytest does)."""
+    if not hasattr(signal, 'SIGUSR1'):
+        return
+    try:
+        faulthandler.register(signal.SIGUSR1, file=sys.stderr, all_threads=True, chain=False)
+    except (AttributeError, ValueError, io.UnsupportedOperation):  # no file descriptor
+        pass
 
 
 def _run_tool(parser: argparse.ArgumentParser, run, argv: Sequence[str] | None) -> None:
