@@ -13,6 +13,10 @@ SUPPORTED_VERSIONS: dict[str, tuple[str, str]] = {
     'mmengine': ('0.10.0', '0.11.0'),
     'mmcv': ('2.0.0rc4', '2.4.0'),
     'mmdet': ('3.3.0', '3.6.0'),
+    # tested: MMSegmentation 1.2.2 and MMPretrain 1.2.0, each on the stack that
+    # installs it (tools/setup_env.sh); the onedl forks' 1.3 and 1.4 are not tested
+    'mmseg': ('1.2.0', '1.3.0'),
+    'mmpretrain': ('1.2.0', '1.3.0'),
 }
 
 
@@ -24,7 +28,8 @@ def check_version(name: str, installed: str) -> None:
     """Raise unless ``installed`` lies in the tested range of ``name``.
 
     Args:
-        name (str): ``'torch'``, ``'mmengine'``, ``'mmcv'`` or ``'mmdet'``.
+        name (str): A key of :data:`SUPPORTED_VERSIONS` (``'torch'``,
+            ``'mmengine'``, ``'mmcv'``, ``'mmdet'``, ``'mmseg'``, ``'mmpretrain'``).
         installed (str): The module's ``__version__``.
 
     Raises:

@@ -16,6 +16,7 @@ from typing import Any
 from mmengine.config import Config
 
 from ..registry import FALLBACK_SCOPE
+from ..version import SUPPORTED_VERSIONS, check_version
 from .errors import ConfigError
 
 __all__ = [
@@ -121,6 +122,8 @@ def prepare_codebase(codebase: Codebase) -> None:
     Raises:
         MissingCodebaseError: If it is not installed or fails to import (such as
             MMPretrain without a torchvision that loads beside this torch).
+        UnsupportedVersionError: If its version is outside the tested range
+            (:data:`mmgc.version.SUPPORTED_VERSIONS`).
     """
     if importlib.util.find_spec(codebase.scope) is None:
         raise MissingCodebaseError(
@@ -136,6 +139,9 @@ def prepare_codebase(codebase: Codebase) -> None:
             f'{codebase.name} is installed but cannot be imported ({type(err).__name__}: '
             f'{why}): {codebase.install}.'
         ) from None
+    module = importlib.import_module(codebase.scope)
+    if codebase.scope in SUPPORTED_VERSIONS:
+        check_version(codebase.scope, module.__version__)
     if codebase.scope == 'mmdet':
         utils.setup_cache_size_limit_of_dynamo()  # fewer repeated compilations
 

@@ -5,6 +5,7 @@ install (exit 2). The runs of each codebase: tests/tools/test_codebase_runs.py."
 
 from __future__ import annotations
 
+import importlib
 import importlib.util
 
 import pytest
@@ -18,6 +19,7 @@ from mmgc.runtime.codebases import (
 )
 from mmgc.runtime.entry_points import main_test, main_train
 from mmgc.runtime.errors import ConfigError
+from mmgc.version import UnsupportedVersionError
 from tests.conftest import ROOT, codebase_installed
 
 CLS_CONFIG = str(ROOT / 'tests/data/configs/mmpretrain/resnet18_tiny.py')
@@ -95,3 +97,16 @@ def test_missing_data_of_a_segmentation_config_ends_in_one_line(tmp_path, capsys
     assert exit_info.value.code == 2
     last = capsys.readouterr().err.strip().splitlines()[-1]
     assert last.startswith(f"MissingDataError: The data root '{missing}'"), last
+
+
+@pytest.mark.parametrize(
+    'scope', [pytest.param(s, marks=codebase_installed(s)) for s in ('mmseg', 'mmpretrain')]
+)
+def test_a_codebase_outside_the_tested_versions_is_refused(scope, monkeypatch):
+    """An MMSegmentation or MMPretrain outside ``SUPPORTED_VERSIONS`` (the onedl
+    forks' 1.3, here) is refused as the tools prepare it, naming both versions."""
+    module = importlib.import_module(scope)
+    prepare_codebase(CODEBASES[scope])  # the installed release is in the range
+    monkeypatch.setattr(module, '__version__', '1.3.0')
+    with pytest.raises(UnsupportedVersionError, match=rf'supports {scope} >=1\.2\.0, <1\.3\.0; '):
+        prepare_codebase(CODEBASES[scope])
