@@ -194,7 +194,9 @@ def test_settings_file_reaches_every_config(tmp_path):
 
 # ------------------------------------------------------------------ metafile
 def test_metafile_lists_every_config_and_its_twin():
-    """Every config in configs/ and configs/baselines/ is listed, once."""
+    """Every config in configs/ and configs/baselines/ (detection), and in
+    configs/mmpretrain/ and its baselines/ (ImageNet classification), is listed,
+    once, with its twin in the baselines/ folder beside it."""
     models = _metafile()['Models']
     collections = {c['Name'] for c in _metafile()['Collections']}
     listed = []
@@ -204,11 +206,12 @@ def test_metafile_lists_every_config_and_its_twin():
         assert config.is_file(), model['Config']
         assert twin.is_file(), model['Metadata']['Baseline Config']
         assert model['Name'] == config.stem
-        assert twin == CONFIG_DIR / 'baselines' / f'{config.stem[: -len("_gc")]}.py'
+        assert twin == config.parent / 'baselines' / f'{config.stem[: -len("_gc")]}.py'
         assert model['In Collection'] in collections
         listed += [config, twin]
     assert len(listed) == len(set(listed))
-    on_disk = set(CONFIG_DIR.glob('*.py')) | set((CONFIG_DIR / 'baselines').glob('*.py'))
+    folders = (CONFIG_DIR, CONFIG_DIR / 'mmpretrain')
+    on_disk = {p for d in folders for p in (*d.glob('*.py'), *(d / 'baselines').glob('*.py'))}
     assert set(listed) == on_disk
 
 
