@@ -25,6 +25,7 @@ from . import mim as _mim  # noqa: E402
 from .engine.hooks import GCDiagnosticsHook  # noqa: E402
 from .engine.optimizers import (  # noqa: E402
     SGDGC,
+    SGDW,
     SGDWGC,
     GCOptimWrapperConstructor,
     attach_gc_hooks,
@@ -35,12 +36,14 @@ from .ops import centralize, centralize_  # noqa: E402
 
 _mim.register_config_scope()
 
-#: The public names: the switch, the optimizers, GC for other optimizers, the
+#: The public names: the switch, the optimizers (and SGDW, SGDWGC's twin without
+#: GC), GC for other optimizers, the
 #: constructor, the diagnostics hook and the functional core.
 __all__ = [
     'GCDiagnosticsHook',
     'GCOptimWrapperConstructor',
     'SGDGC',
+    'SGDW',
     'SGDWGC',
     '__version__',
     'attach_gc_hooks',

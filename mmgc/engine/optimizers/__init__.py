@@ -7,6 +7,7 @@ from .gc_step_hooks import attach_gc_hooks
 from .gc_switch import enable_gc
 from .selection import GC_LAYER_KINDS, gc_target_of, parse_gc_layers
 from .sgd_gc import GC_GROUP_DEFAULTS, SGDGC, SGDWGC, sgd_gc
+from .sgdw import SGDW
 
 __all__ = [
     'GC_GROUP_DEFAULTS',
@@ -14,6 +15,7 @@ __all__ = [
     'GCCoverageError',
     'GCOptimWrapperConstructor',
     'SGDGC',
+    'SGDW',
     'SGDWGC',
     'attach_gc_hooks',
     'enable_gc',

@@ -26,6 +26,7 @@ import torch
 from torch.optim import Optimizer
 
 from ..._compat import step_pre_hooks
+from .sgdw import SGDW
 from .variants import GC_VARIANTS
 
 __all__ = [
@@ -71,6 +72,8 @@ def gc_variants_of(optimizer_cls: Any) -> tuple[str, ...]:
     Group variants come from :data:`~mmgc.engine.optimizers.variants.GC_VARIANTS`;
     ``'sgdw'`` (decoupled decay, the authors' SGDW_GC) is for an optimizer
     whose own step applies GC and has a ``decoupled_weight_decay`` option.
+    :class:`~mmgc.SGDW` takes none: its GC is :class:`~mmgc.SGDWGC` (what
+    ``enable_gc`` makes of it).
 
     Args:
         optimizer_cls: An optimizer class (anything else takes nothing).
@@ -78,8 +81,8 @@ def gc_variants_of(optimizer_cls: Any) -> tuple[str, ...]:
     Returns:
         tuple[str, ...]: A subset of ``('grad', 'update', 'sgdw')``, in that order.
     """
-    if not isinstance(optimizer_cls, type):
-        return ()
+    if not isinstance(optimizer_cls, type) or issubclass(optimizer_cls, SGDW):
+        return ()  # SGDW decays outside torch's step, where no hook sees it: SGDWGC is its GC
     if issubclass(optimizer_cls, GCInStep):
         params = inspect.signature(optimizer_cls).parameters
         return GC_VARIANTS + (('sgdw',) if 'decoupled_weight_decay' in params else ())

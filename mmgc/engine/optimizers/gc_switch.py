@@ -27,6 +27,7 @@ from ...errors import ConfigError
 from .constructor import DEFAULT_CONSTRUCTOR, check_gc_switch_variant
 from .selection import GC_LAYER_KINDS, parse_gc_layers
 from .sgd_gc import SGDGC
+from .sgdw import SGDW
 
 __all__ = ['enable_gc']
 
@@ -43,7 +44,8 @@ def _resolve(optimizer_type: Any) -> Any:
 
 def _gc_optimizer_type(optimizer_type: Any, variant: str) -> Any:
     """The optimizer type of the GC run: ``SGD`` becomes ``SGDGC`` (variants
-    'grad' / 'update') or ``SGDWGC`` ('sgdw'); other types are kept.
+    'grad' / 'update') or ``SGDWGC`` ('sgdw'), ``SGDW`` becomes ``SGDWGC``
+    (any variant); other types are kept.
 
     Raises:
         ValueError: For 'sgdw' on an optimizer that is not SGD.
@@ -56,9 +58,11 @@ def _gc_optimizer_type(optimizer_type: Any, variant: str) -> Any:
                 f"GC variant 'sgdw' (SGD with decoupled weight decay) needs an SGD config; "
                 f"the optimizer is {optimizer_type!r}: use variant 'grad' or 'update'"
             )
-        return 'SGDWGC' if cls is torch.optim.SGD or cls is SGDGC else optimizer_type
+        return 'SGDWGC' if cls in (torch.optim.SGD, SGDGC, SGDW) else optimizer_type
     if cls is torch.optim.SGD:
         return 'SGDGC'
+    if cls is SGDW:  # SGDWGC is SGDW with GC; SGD's two variants are one update
+        return 'SGDWGC'
     return optimizer_type
 
 
