@@ -37,6 +37,7 @@ __all__ = [
     'GCStepHooksMarker',
     'NO_DECAY',
     'NO_UPDATE_VARIANT',
+    'UPDATE_ONLY',
     'applies_gc',
     'gc_variants_of',
     'supports_gc',
@@ -58,6 +59,19 @@ NO_UPDATE_VARIANT: tuple[type[Optimizer], ...] = (torch.optim.ASGD,)
 _HOOKED = (*COUPLED_DECAY, *DECOUPLED_DECAY, *NO_DECAY)
 
 
+#: Optimizers of other codebases that take GC on the update only, named by module
+#: and class (never imported here): MMPretrain's LARS and LAMB scale each tensor's
+#: step by a trust ratio of its weight and gradient norms, which a centralized
+#: gradient would change as well, so their update is centralized after the step.
+UPDATE_ONLY: frozenset[str] = frozenset(
+    {'mmpretrain.engine.optimizers.lars.LARS', 'mmpretrain.engine.optimizers.lamb.Lamb'}
+)
+
+
+def _update_only(optimizer_cls: type) -> bool:
+    return any(f'{c.__module__}.{c.__qualname__}' in UPDATE_ONLY for c in optimizer_cls.__mro__)
+
+
 class GCInStep:
     """Marks an optimizer class whose own step applies GC (:class:`~mmgc.SGDGC`)."""
 
@@ -73,7 +87,8 @@ def gc_variants_of(optimizer_cls: Any) -> tuple[str, ...]:
     ``'sgdw'`` (decoupled decay, the authors' SGDW_GC) is for an optimizer
     whose own step applies GC and has a ``decoupled_weight_decay`` option.
     :class:`~mmgc.SGDW` takes none: its GC is :class:`~mmgc.SGDWGC` (what
-    ``enable_gc`` makes of it).
+    ``enable_gc`` makes of it). MMPretrain's LARS and Lamb take ``'update'``
+    only (:data:`UPDATE_ONLY`).
 
     Args:
         optimizer_cls: An optimizer class (anything else takes nothing).
@@ -86,6 +101,8 @@ def gc_variants_of(optimizer_cls: Any) -> tuple[str, ...]:
     if issubclass(optimizer_cls, GCInStep):
         params = inspect.signature(optimizer_cls).parameters
         return GC_VARIANTS + (('sgdw',) if 'decoupled_weight_decay' in params else ())
+    if _update_only(optimizer_cls):
+        return ('update',)
     if not issubclass(optimizer_cls, _HOOKED):
         return ()
     if issubclass(optimizer_cls, NO_UPDATE_VARIANT):

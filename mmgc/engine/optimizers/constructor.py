@@ -303,7 +303,8 @@ class GCOptimWrapperConstructor:
                 valid = _registry_names(registry, lambda c: self.variant in gc_variants_of(c))
                 raise ConfigError(
                     f'GC variant {self.variant!r} is not defined for optimizer type '
-                    f'{optimizer_type!r}; optimizer types that take it: {valid}'
+                    f'{optimizer_type!r}, which takes {list(gc_variants_of(optimizer_cls))} '
+                    f'(--gc-variant / gc.variant); optimizer types that take it: {valid}'
                     + (", e.g. 'SGDWGC'" if self.variant == 'sgdw' and 'SGDWGC' in valid else '')
                 )
         defaults = {

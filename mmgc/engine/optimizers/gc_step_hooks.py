@@ -155,10 +155,14 @@ def _check_groups(optimizer: Optimizer) -> None:
         takes = gc_variants_of(type(optimizer))
         if variant not in takes:
             valid = [v for v in GC_VARIANTS if v in takes]
+            why = (
+                'its averaged weights follow the uncentralized step'
+                if 'update' not in takes
+                else 'its trust ratio reads the raw gradient'
+            )
             raise ConfigError(
                 f'param group {index}: gc_variant={variant!r} is not defined for '
-                f'{type(optimizer).__name__} (its averaged weights follow the '
-                f'uncentralized step); use one of {valid}'
+                f'{type(optimizer).__name__} ({why}); use one of {valid}'
             )
 
 
@@ -367,7 +371,7 @@ def attach_gc_hooks(optimizer: Optimizer) -> tuple[RemovableHandle, RemovableHan
     if not supports_gc(type(optimizer)):
         raise ConfigError(
             f'cannot apply gradient centralization to {type(optimizer).__name__}; '
-            f'supported: SGDGC and torch.optim '
+            f"supported: SGDGC, MMPretrain's LARS and Lamb (variant update) and torch.optim "
             f'{sorted(c.__name__ for c in COUPLED_DECAY + DECOUPLED_DECAY + NO_DECAY)}'
         )
     _check_groups(optimizer)

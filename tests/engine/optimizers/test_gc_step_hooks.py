@@ -161,7 +161,7 @@ def test_hooks_are_not_for_sgdgc_and_refuse_unsupported():
     with pytest.raises(
         ValueError,
         match=r'cannot apply gradient centralization to LBFGS; '
-        r"supported: SGDGC and torch.optim \['ASGD'",
+        r"supported: SGDGC, MMPretrain's LARS and Lamb \(variant update\) and torch.optim \['ASGD'",
     ):
         attach_gc_hooks(torch.optim.LBFGS([p]))
     assert supports_gc(torch.optim.AdamW) and not supports_gc(torch.optim.SparseAdam)
