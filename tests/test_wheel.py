@@ -186,6 +186,10 @@ _USER_CONFIGS = {
     'my_demo_gc.py': 'mmgc::demo/mask_rcnn_r18_fpn_shapes_gc.py',
     'my_adamw_gc.py': 'mmgc::adamw/mask_rcnn_r50_fpn_adamw_gc.py',
 }
+#: Configs of the other codebases, through ``mmgc::`` (MMPretrain's where it is installed).
+_CODEBASE_CONFIGS = {'my_fcn.py': 'mmgc::mmseg/demo/fcn_r18_shapes.py'}
+if importlib.util.find_spec('mmpretrain') is not None:
+    _CODEBASE_CONFIGS['my_cifar_gc.py'] = 'mmgc::mmpretrain/resnet18_cifar100_gc.py'
 
 #: Run once with the virtualenv's Python (importing torch and MMDetection takes
 #: most of its time): argv = steps file, then the user's configs.
@@ -248,10 +252,11 @@ print(json.dumps(found, default=str))
 @pytest.fixture(scope='module')
 def probe(installed) -> SimpleNamespace:
     """What :data:`_PROBE` found in the virtualenv, and the SGDGC steps it saved."""
-    for name, base in _USER_CONFIGS.items():
+    configs = {**_USER_CONFIGS, **_CODEBASE_CONFIGS}
+    for name, base in configs.items():
         (installed.user / name).write_text(f"_base_ = '{base}'\n")
     steps = installed.user / 'steps.pt'
-    found = _last_json(_python(installed, _PROBE, steps, *_USER_CONFIGS))
+    found = _last_json(_python(installed, _PROBE, steps, *configs))
     return SimpleNamespace(**found, steps=torch.load(steps))
 
 
@@ -314,6 +319,24 @@ def test_user_config_in_another_folder_inherits_mmgc_configs(installed, probe):
     adamw = probe.configs['my_adamw_gc.py']
     assert adamw['optim_wrapper']['optimizer']['type'] == 'AdamW'
     assert adamw['gc'][0] is True and adamw['gc'][4] is True
+
+
+def test_user_configs_of_the_other_codebases_resolve_in_the_wheel(installed, probe):
+    """``mmgc::mmseg/...`` and ``mmgc::mmpretrain/...`` resolve in the installed
+    package, and their bases in MMSegmentation's and MMPretrain's own configs."""
+    shipped = installed.site / 'mmgc' / '.mim' / 'configs'
+    fcn = probe.configs['my_fcn.py']
+    assert str(shipped / 'mmseg') in fcn['text'] and 'mmseg/.mim/configs/_base_' in fcn['text']
+    assert fcn['model'] == 'EncoderDecoder' and fcn['depth'] == 18
+    if 'my_cifar_gc.py' not in _CODEBASE_CONFIGS:
+        return  # no MMPretrain on this stack (the newest: no torchvision loads beside it)
+    cifar = probe.configs['my_cifar_gc.py']
+    assert str(shipped / 'mmpretrain') in cifar['text']
+    assert 'mmpretrain/.mim/configs/resnet' in cifar['text']
+    assert cifar['model'] == 'ImageClassifier' and cifar['depth'] == 18
+    assert cifar['optimizer'] == 'mmgc.engine.optimizers.sgd_gc.SGDGC'
+    # conv layers only: the conv weight gets GC, the FC weight does not
+    assert cifar['gc'] == [True, False, False, False, False, False]
 
 
 # ------------------------------------------------------------ the entry points
