@@ -1,14 +1,17 @@
-r"""Switch GC on for every config of MMDetection's own zoo and check it, on the CPU.
+r"""Switch GC on for every config of an OpenMMLab codebase's own zoo and check it, on the CPU.
 
 Usage::
 
-    python tools/check_zoo.py [CONFIG ...] [--layers conv fc] [--variant grad|update|sgdw]
+    python tools/check_zoo.py [CONFIG ...] [--codebase mmdet|mmseg|mmpretrain]
+        [--layers conv fc] [--variant grad|update|sgdw]
         [--out work_dirs/check_zoo/zoo.jsonl] [--workers N] [--resume] [--spread]
 
-Without CONFIG, every ``.py`` under ``mmdet/.mim/configs`` (``_base_`` folders
-left out). For each config: load it, switch pretrained weights off
-(``init_cfg=None`` and ``pretrained=None`` everywhere in ``model``), build the
-model on the CPU, build its optimizer as the config says (the baseline) and
+Without CONFIG, every ``.py`` under the codebase's ``.mim/configs``
+(``mmdet/.mim/configs`` by default; ``_base_`` folders left out). For each
+config: load it, switch pretrained weights off (``init_cfg=None`` and
+``pretrained=None`` everywhere in ``model``), build the model on the CPU in
+the config's ``default_scope`` (its codebase), build its optimizer as the
+config says (the baseline) and
 after :func:`mmgc.engine.optimizers.gc_switch.enable_gc` (GC), and check
 (:func:`check_gc`):
 
@@ -30,7 +33,10 @@ wrapper's type and arguments are kept but not built) and the baseline with
 ``type='OptimWrapper'``. Configs whose ``model``, ``optim_wrapper`` and
 ``custom_imports`` equal an earlier one's (most differ only in data or
 schedule) share its result (``same_as``). Prints one line per config, then how
-many work and, grouped, why the others do not; writes one JSON line per config
+many work and, grouped, why the others do not build here or are refused
+(mmgc refusing GC in one sentence, such as the ``grad`` variant on MMPretrain's
+LARS and Lamb, whose trust ratios read the raw gradient: ``refused``, not a
+failure); writes one JSON line per config
 to ``--out`` (``--resume`` keeps those already there; ``--spread`` visits the
 folders round-robin, so that a run cut short has seen every kind).
 ``tests/tools/test_check_zoo.py`` runs the same check on a sample in CI.
@@ -43,6 +49,8 @@ import collections
 import concurrent.futures
 import contextlib
 import copy
+import importlib
+import importlib.util
 import inspect
 import json
 import logging
@@ -69,11 +77,25 @@ _AMP_ONLY_KEYS = ('loss_scale', 'dtype', 'use_fsdp')
 MAX_PARAMS = 300_000_000
 
 
-def zoo_dir() -> Path:
-    """MMDetection's config zoo (``mmdet/.mim/configs``)."""
-    import mmdet
+#: The codebases whose zoo the check walks, by ``default_scope``.
+CODEBASES = ('mmdet', 'mmseg', 'mmpretrain')
 
-    return Path(mmdet.__file__).parent / '.mim' / 'configs'
+
+def zoo_dir(codebase: str = 'mmdet') -> Path:
+    """The config zoo ``codebase`` ships (``<codebase>/.mim/configs``).
+
+    Raises:
+        MissingCodebaseError: If it is not installed, naming what to install.
+    """
+    from mmgc.runtime.codebases import CODEBASES as KNOWN
+    from mmgc.runtime.codebases import MissingCodebaseError
+
+    if codebase not in CODEBASES:
+        raise ValueError(f'codebase must be one of {CODEBASES}; got {codebase!r}')
+    if importlib.util.find_spec(codebase) is None:
+        known = KNOWN[codebase]
+        raise MissingCodebaseError(f'{known.name} is not installed: {known.install}.')
+    return Path(importlib.import_module(codebase).__file__).parent / '.mim' / 'configs'
 
 
 def zoo_configs(root: Path | None = None) -> list[Path]:
@@ -116,17 +138,17 @@ def load_config(path: str | Path, import_custom_modules: bool = True) -> Any:
 
 
 def build_model(cfg: Any) -> nn.Module:
-    """``cfg.model`` built on the CPU in MMDetection's scope (no weights loaded)."""
-    from mmdet.registry import MODELS
-    from mmdet.utils import register_all_modules
+    """``cfg.model`` built on the CPU in its ``default_scope``'s codebase
+    (MMDetection's without one; no weights loaded)."""
     from mmengine.registry import init_default_scope
     from mmengine.utils import import_modules_from_strings
 
-    register_all_modules(init_default_scope=False)
+    scope = cfg.get('default_scope') or 'mmdet'
+    importlib.import_module(f'{scope}.utils').register_all_modules(init_default_scope=False)
     if cfg.get('custom_imports'):
         import_modules_from_strings(**cfg.custom_imports)
-    init_default_scope(cfg.get('default_scope', 'mmdet'))
-    return MODELS.build(cfg.model)
+    init_default_scope(scope)
+    return importlib.import_module(f'{scope}.registry').MODELS.build(cfg.model)
 
 
 def expected_gc(model: nn.Module, layers: tuple[str, ...]) -> dict[int, int]:
@@ -220,10 +242,18 @@ def _unit_dims(tensor: torch.Tensor, dim: int) -> list[int]:
     return [d for d in range(tensor.ndim) if d != dim]
 
 
+#: Optimizers that keep a first moment (``exp_avg``), whose rows GC on the gradient centres.
+FIRST_MOMENT = ('Adam', 'AdamW', 'Adamax', 'NAdam', 'RAdam')
+#: Optimizers whose weight decay is a gradient term, ``g + wd w`` (unless a group says decoupled).
+COUPLED = ('SGD', 'Adam', 'Adamax', 'Adagrad', 'Adadelta', 'RMSprop', 'ASGD', 'NAdam', 'RAdam')
+
+
 def _step_invariant(
     optimizer: torch.optim.Optimizer, variant: str
 ) -> tuple[str, dict[int, torch.Tensor]]:
-    """What the step must keep for a GC tensor: ('sums', scale per tensor) or ('moment', {})."""
+    """What the step must keep for a GC tensor: ('sums', scale per tensor),
+    ('moment', {}) or ('replay', {}): an optimizer without a first moment
+    (RMSprop, ...), whose GC step must be its own step on ``P(g + wd w)``."""
     from mmgc.engine.optimizers.sgd_gc import SGDGC
 
     if variant == 'update':
@@ -235,7 +265,51 @@ def _step_invariant(
                 for p in group['params']:
                     scales[id(p)] = 1.0 - group['lr'] * group['weight_decay']
         return 'sums', scales
-    return 'moment', {}
+    return ('moment' if type(optimizer).__name__ in FIRST_MOMENT else 'replay'), {}
+
+
+def _replayed(
+    optimizer: torch.optim.Optimizer, expected: dict[int, int]
+) -> dict[int, torch.Tensor]:
+    """``id(weight) -> the weight after one step of a fresh, plain optimizer of
+    the same type and options`` on a copy, fed ``P(g + wd w)`` (decay then 0)
+    for a GC weight and ``g`` for any other (computed here, in float64)."""
+    copies: dict[int, torch.Tensor] = {}
+    groups = []
+    for group in optimizer.param_groups:
+        coupled = type(optimizer).__name__ in COUPLED and not group.get('decoupled_weight_decay')
+        for p in group['params']:
+            if p.ndim < 2 or p.numel() == 0:
+                continue
+            q = p.detach().clone()
+            if id(p) in expected:
+                d = p.grad.double() + (group['weight_decay'] * p.double() if coupled else 0)
+                unit = _unit_dims(p, expected[id(p)])
+                q.grad = (d - d.mean(unit, keepdim=True)).to(p.dtype)
+            else:
+                q.grad = p.grad.clone()
+            options = {k: v for k, v in group.items() if k != 'params'}
+            if id(p) in expected and coupled:
+                options['weight_decay'] = 0.0
+            groups.append(dict(options, params=[q]))
+            copies[id(p)] = q
+    if groups:
+        type(optimizer)(groups).step()
+    return copies
+
+
+def _check_replayed(
+    p: torch.Tensor, start: torch.Tensor, replayed: torch.Tensor, gc: bool, optimizer: Any
+) -> None:
+    """``p``'s step equals the replayed plain optimizer's (to float32 rounding)."""
+    step, want = (p.detach() - start).double(), (replayed - start).double()
+    worst = float((step - want).abs().max())
+    if worst > 1e-4 * float(want.abs().max()) + 1e-8:
+        what = 'P(g + wd w)' if gc else 'g (no GC)'
+        raise AssertionError(
+            f'a tensor of shape {tuple(p.shape)} steps {worst:.3g} away from '
+            f'{type(optimizer).__name__} on {what}'
+        )
 
 
 def check_step(optimizer: torch.optim.Optimizer, expected: dict[int, int], variant: str) -> int:
@@ -256,10 +330,16 @@ def check_step(optimizer: torch.optim.Optimizer, expected: dict[int, int], varia
     f64 = torch.float64
     before = {id(p): p.detach().sum(_unit_dims(p, dims[id(p)]), dtype=f64) for p in multi}
     absum = {id(p): p.detach().abs().sum(_unit_dims(p, dims[id(p)]), dtype=f64) for p in multi}
+    replayed = _replayed(optimizer, expected) if kind == 'replay' else {}
+    start = {k: p.detach().clone() for p in multi if (k := id(p)) in replayed}
     optimizer.step()
     checked = 0
     for p in multi:
         key, unit = id(p), _unit_dims(p, dims[id(p)])
+        if kind == 'replay':  # the step, against the plain optimizer's on P(g + wd w) / g
+            _check_replayed(p, start[key], replayed[key], key in expected, optimizer)
+            checked += key in expected
+            continue
         if kind == 'sums':
             value = p.detach().sum(unit, dtype=f64)
             target = before[key] * scales.get(key, 1.0)
@@ -385,7 +465,7 @@ def why_not(err: BaseException) -> str:
     if isinstance(err, KeyError) and 'registry' in text:
         match = re.search(r'(\S+) is not in the (\S+) registry', text)
         what = match.group(1).strip('\'"') if match else text[:60]
-        return f'module not registered by mmdet (a project or optional package): {what}'
+        return f'module not registered by its codebase (a project or optional package): {what}'
     if isinstance(err, MemoryError):
         return text
     if 'process group has not been initialized' in text:
@@ -405,6 +485,8 @@ def run_one(
     """Load, build and check one config; never raises (the outcome is in the dict)."""
     from mmengine.logging import MMLogger
 
+    from mmgc.errors import ConfigError
+
     torch.set_num_threads(1)
     logger = MMLogger.get_current_instance()
     level = logger.level
@@ -423,6 +505,8 @@ def run_one(
             return result
         try:
             result.update(check_gc(cfg, model, layers, variant), status='ok')
+        except ConfigError as err:  # mmgc refuses GC on this config, in one sentence
+            result.update(status='refused', reason=' '.join(str(err).split()))
         except Exception as err:  # GC on a config that builds: every failure counts
             result.update(status='fail', reason=f'{type(err).__name__}: {err}')
             result['traceback'] = traceback.format_exc(limit=4)
@@ -432,15 +516,26 @@ def run_one(
     return result
 
 
-class _InProcess(contextlib.nullcontext):
-    """``--workers 0``: run each check here, when its result is asked for."""
-
-    def submit(self, fn: Any, *args: Any) -> Any:
-        class _Later:
-            def result(self) -> Any:
-                return fn(*args)
-
-        return _Later()
+def _checked(paths: list[str], workers: int, per_pool: int, *args: Any) -> Any:
+    """:func:`run_one` (with ``args``) on each of ``paths``, results in order: in
+    this process for ``workers=0``, else in pools of ``workers`` processes, a
+    fresh pool for every ``workers * per_pool`` configs (what keeps a worker's
+    memory bounded; ``max_tasks_per_child`` hangs once a worker retires on
+    Python 3.11 to 3.13, cpython gh-115634)."""
+    if workers == 0:
+        yield from (run_one(path, *args) for path in paths)
+        return
+    size = workers * per_pool
+    for start in range(0, len(paths), size):
+        batch = paths[start : start + size]
+        with concurrent.futures.ProcessPoolExecutor(max_workers=workers) as pool:
+            futures = [pool.submit(run_one, path, *args) for path in batch]
+            for path, future in zip(batch, futures):
+                try:
+                    yield future.result()
+                except Exception as err:  # the worker died (memory, a crash in an op)
+                    died = f'worker died: {err!r}'
+                    yield dict(config=path, status='skip', reason=died, seconds=0.0)
 
 
 def build_key(path: str) -> str | None:
@@ -461,11 +556,13 @@ def _summary(results: list[dict], layers: tuple[str, ...], variant: str) -> int:
     counts = collections.Counter(r['status'] for r in results)
     print(
         f'\n{counts["ok"]} of {len(results)} configs work with GC ({"/".join(layers)}, '
-        f'{variant}); {counts["fail"]} fail the check; {counts["skip"]} do not build here'
+        f'{variant}); {counts["fail"]} fail the check; {counts["refused"]} are refused by '
+        f'mmgc; {counts["skip"]} do not build here'
     )
-    reasons = collections.Counter(r['reason'] for r in results if r['status'] == 'skip')
-    for reason, n in reasons.most_common():
-        print(f'{n:5}  {reason}')
+    for status in ('refused', 'skip'):
+        reasons = collections.Counter(r['reason'] for r in results if r['status'] == status)
+        for reason, n in reasons.most_common():
+            print(f'{n:5}  {status}: {reason}')
     for r in results:
         if r['status'] == 'fail':
             print(f'FAIL {r["config"]}: {r["reason"]}')
@@ -475,13 +572,24 @@ def _summary(results: list[dict], layers: tuple[str, ...], variant: str) -> int:
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
     parser.add_argument('configs', nargs='*', help='configs (default: the whole zoo)')
+    parser.add_argument(
+        '--codebase',
+        default='mmdet',
+        choices=CODEBASES,
+        help='whose zoo: the configs under <codebase>/.mim/configs (default mmdet)',
+    )
     parser.add_argument('--layers', nargs='+', default=['conv', 'fc'], choices=['conv', 'fc'])
     parser.add_argument('--variant', default='grad', choices=['grad', 'update', 'sgdw'])
     parser.add_argument('--out', default='work_dirs/check_zoo/zoo.jsonl')
     parser.add_argument(
         '--workers', type=int, default=1, help='worker processes (default 1; 0: in this one)'
     )
-    parser.add_argument('--tasks-per-process', type=int, default=25)
+    parser.add_argument(
+        '--tasks-per-process',
+        type=int,
+        default=25,
+        help='configs a worker checks before a fresh pool replaces it (default 25)',
+    )
     parser.add_argument(
         '--resume', action='store_true', help='keep the results already in --out, check the rest'
     )
@@ -526,8 +634,14 @@ def _progress_line(result: dict) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from mmgc.runtime.codebases import MissingCodebaseError
+
     args = _parser().parse_args(argv)
-    root = zoo_dir()
+    try:
+        root = zoo_dir(args.codebase)
+    except MissingCodebaseError as err:
+        print(f'check_zoo.py: {err}', file=sys.stderr)
+        return 2
     paths = [str(p) for p in (args.configs or zoo_configs(root))]
     if args.spread:
         paths = _spread(paths)
@@ -544,29 +658,21 @@ def main(argv: list[str] | None = None) -> int:
     results = [done[name_of(p)] for p in paths if name_of(p) in done]
     todo = [p for p in paths if name_of(p) not in done]
     same_as = _same_builds(todo)
-    pool: Any = (
-        concurrent.futures.ProcessPoolExecutor(
-            max_workers=args.workers, max_tasks_per_child=args.tasks_per_process
-        )
-        if args.workers > 0
-        else _InProcess()
+    checked = _checked(
+        [p for i, p in enumerate(todo) if i not in same_as],
+        args.workers,
+        args.tasks_per_process,
+        layers,
+        args.variant,
     )
-    with out.open('a' if args.resume else 'w') as sink, pool:
-        futures = {
-            i: pool.submit(run_one, p, layers, args.variant)
-            for i, p in enumerate(todo)
-            if i not in same_as
-        }
+    with out.open('a' if args.resume else 'w') as sink:
         outcome: dict[int, dict] = {}
         for i, path in enumerate(todo):
             if i in same_as:
                 result = dict(outcome[same_as[i]], seconds=0.0)
                 result['same_as'] = name_of(todo[same_as[i]])
             else:
-                try:
-                    result = futures[i].result()
-                except Exception as err:  # the worker died (memory, a crash in an op)
-                    result = dict(config=path, status='skip', reason=f'worker died: {err!r}')
+                result = next(checked)
                 outcome[i] = dict(result)
             result['config'] = name_of(path)
             results.append(result)

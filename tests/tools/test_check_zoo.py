@@ -35,7 +35,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from tests.conftest import load_tool
+from tests.conftest import codebase_installed, load_tool
 
 check_zoo = load_tool('check_zoo')
 
@@ -87,14 +87,32 @@ SAMPLE = [
 ]
 
 
+#: (codebase, config, layers, variant) of MMSegmentation's and MMPretrain's zoos (issue 29).
+OTHER_SAMPLE = [
+    ('mmseg', 'pspnet/pspnet_r18-d8_4xb2-80k_cityscapes-512x1024.py', CONV_FC, 'grad'),
+    ('mmseg', 'deeplabv3plus/deeplabv3plus_r18-d8_4xb2-80k_cityscapes-512x1024.py', CONV, 'grad'),
+    ('mmseg', 'segformer/segformer_mit-b0_8xb2-160k_ade20k-512x512.py', CONV_FC, 'grad'),  # AdamW
+    ('mmseg', 'segformer/segformer_mit-b0_8xb2-160k_ade20k-512x512.py', CONV_FC, 'update'),
+    ('mmseg', 'mask2former/mask2former_r50_8xb2-90k_cityscapes-512x1024.py', CONV_FC, 'grad'),
+    ('mmseg', 'fastscnn/fast_scnn_8xb4-160k_cityscapes-512x1024.py', CONV_FC, 'sgdw'),
+    ('mmpretrain', 'resnet/resnet18_8xb16_cifar10.py', CONV, 'grad'),  # SGD, the paper's kind
+    ('mmpretrain', 'vgg/vgg11bn_8xb32_in1k.py', CONV_FC, 'grad'),
+    ('mmpretrain', 'mobilenet_v3/mobilenet-v3-small_8xb128_in1k.py', CONV_FC, 'grad'),  # RMSprop
+    ('mmpretrain', 'simclr/simclr_resnet50_16xb256-coslr-200e_in1k.py', CONV_FC, 'update'),  # LARS
+    ('mmpretrain', 'resnet/resnet50_8xb256-rsb-a3-100e_in1k.py', CONV_FC, 'update'),  # Lamb
+    ('mmpretrain', 'swin_transformer/swin-tiny_16xb64_in1k.py', CONV_FC, 'grad'),  # AdamW
+    ('mmpretrain', 'mae/mae_vit-base-p16_8xb512-amp-coslr-300e_in1k.py', CONV_FC, 'update'),
+]
+
+
 @functools.cache
-def _loaded(config: str, import_custom_modules: bool = True):
-    return check_zoo.load_config(check_zoo.zoo_dir() / config, import_custom_modules)
+def _loaded(config: str, import_custom_modules: bool = True, codebase: str = 'mmdet'):
+    return check_zoo.load_config(check_zoo.zoo_dir(codebase) / config, import_custom_modules)
 
 
-def _load(config: str, import_custom_modules: bool = True):
+def _load(config: str, import_custom_modules: bool = True, codebase: str = 'mmdet'):
     """The zoo config, pretrained weights off (loaded once per session)."""
-    return copy.deepcopy(_loaded(config, import_custom_modules))
+    return copy.deepcopy(_loaded(config, import_custom_modules, codebase))
 
 
 def _id(case) -> str:
@@ -119,6 +137,94 @@ def test_gc_on_zoo_config(config, layers, variant):
     assert result['n_gc'] > 0 and result['n_checked'] == result['n_gc']
     assert result['constructor'] == cfg.optim_wrapper.get(
         'constructor', 'DefaultOptimWrapperConstructor'
+    )
+
+
+@pytest.mark.parametrize(
+    ('codebase', 'config', 'layers', 'variant'),
+    [pytest.param(*case, marks=codebase_installed(case[0])) for case in OTHER_SAMPLE],
+    ids=[f'{c[0]}-{_id(c[1:])}' for c in OTHER_SAMPLE],
+)
+def test_gc_on_other_codebases_zoo_config(codebase, config, layers, variant):
+    """The same check on MMSegmentation's and MMPretrain's own configs, each
+    built in its ``default_scope`` (MMSegmentation's Mask2Former head is
+    MMDetection's, through MMSegmentation's registry)."""
+    cfg = _load(config, codebase=codebase)
+    assert cfg.default_scope == codebase
+    torch.manual_seed(0)
+    result = check_zoo.check_gc(cfg, check_zoo.build_model(cfg), layers, variant)
+    assert result['n_gc'] > 0 and result['n_checked'] == result['n_gc']
+
+
+def _tiny_optimizer(kind: str, variant: str, with_gc: bool):
+    """A conv + FC net's optimizer of ``kind`` (its weights in a GC group), with
+    mmgc's GC or without; and the weights GC must get (``id -> dim``)."""
+    from torch import nn
+
+    from mmgc.engine.optimizers.gc_step_hooks import attach_gc_hooks
+    from mmgc.engine.optimizers.sgd_gc import SGDGC
+
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Conv2d(3, 4, 3), nn.Flatten(), nn.Linear(4, 2))
+    weights = [net[0].weight, net[2].weight]
+    gc = dict(gc=with_gc, gc_dim=0, gc_variant=variant)
+    groups = [dict(params=weights, **gc), dict(params=[net[0].bias, net[2].bias], gc=False)]
+    if kind == 'SGDGC':
+        optimizer = SGDGC(groups, lr=0.1, momentum=0.9, weight_decay=1e-2)
+    else:
+        options = dict(lr=1e-2, weight_decay=1e-2) | (
+            dict(momentum=0.9) if kind == 'RMSprop' else {}
+        )
+        optimizer = getattr(torch.optim, kind)(groups, **options)
+        if with_gc:
+            attach_gc_hooks(optimizer)
+    return optimizer, {id(w): 0 for w in weights}
+
+
+@pytest.mark.parametrize(
+    ('kind', 'variant', 'broken'),
+    [
+        ('SGDGC', 'grad', 'breaks the sums invariant'),
+        ('Adam', 'grad', 'breaks the moment invariant'),
+        ('Adam', 'update', 'breaks the sums invariant'),
+        ('RMSprop', 'grad', r'steps .* away from RMSprop on P\(g \+ wd w\)'),
+    ],
+)
+def test_the_step_check_fails_a_step_without_gc(kind, variant, broken):
+    """The oracle of each kind (weight sums, the first moment's rows, the plain
+    optimizer replayed on ``P(g + wd w)``) passes mmgc's step and fails the same
+    optimizer with GC off."""
+    optimizer, expected = _tiny_optimizer(kind, variant, with_gc=True)
+    assert check_zoo.check_step(optimizer, expected, variant) == 2
+    optimizer, expected = _tiny_optimizer(kind, variant, with_gc=False)
+    with pytest.raises(AssertionError, match=broken):
+        check_zoo.check_step(optimizer, expected, variant)
+
+
+@codebase_installed('mmpretrain')
+def test_lars_with_the_grad_variant_is_counted_as_refused(tmp_path, capsys):
+    """MMPretrain's LARS takes GC on the update only: with ``grad`` the check
+    counts the config as refused (mmgc's one sentence saying why), not failed."""
+    import json
+
+    out = tmp_path / 'zoo.jsonl'
+    config = check_zoo.zoo_dir('mmpretrain') / 'simclr/simclr_resnet50_16xb256-coslr-200e_in1k.py'
+    args = [str(config), '--codebase', 'mmpretrain', '--out', str(out), '--workers', '0']
+    assert check_zoo.main(args) == 0
+    (result,) = [json.loads(line) for line in out.read_text().splitlines()]
+    assert result['status'] == 'refused'
+    assert "(its trust ratio reads the raw gradient), which takes ['update']" in result['reason']
+    printed = capsys.readouterr().out
+    assert '0 of 1 configs work with GC (conv/fc, grad); 0 fail the check; 1 are refused' in printed
+
+
+def test_a_missing_codebase_ends_in_one_sentence(monkeypatch, capsys):
+    monkeypatch.setattr(check_zoo.importlib.util, 'find_spec', lambda name: None)
+    assert check_zoo.main(['--codebase', 'mmseg']) == 2
+    err = capsys.readouterr().err
+    assert err == (
+        "check_zoo.py: MMSegmentation is not installed: pip install 'mmsegmentation>=1.2.2,<1.3' "
+        'ftfy regex.\n'
     )
 
 
@@ -210,5 +316,27 @@ def test_check_zoo_script_on_three_configs(tmp_path, capsys):
     assert results[2]['reason'].startswith('not a training config')
     printed = capsys.readouterr().out
     assert (
-        '2 of 3 configs work with GC (conv/fc, grad); 0 fail the check; 1 do not build' in printed
+        '2 of 3 configs work with GC (conv/fc, grad); 0 fail the check; 0 are refused by mmgc; '
+        '1 do not build here' in printed
     )
+
+
+def test_check_zoo_script_replaces_its_pool(tools, tmp_path):
+    """``python tools/check_zoo.py ... --workers 1 --tasks-per-process 1``: each
+    config in a fresh pool, in order (a worker retiring under
+    ``max_tasks_per_child`` hangs the pool on Python 3.11 to 3.13)."""
+    import json
+    import sys
+
+    out = tmp_path / 'zoo.jsonl'
+    root = check_zoo.zoo_dir()
+    configs = [root / 'yolox/yolox_tiny_8xb8-300e_coco.py', root / '_base_/default_runtime.py']
+    configs.append(root / 'retinanet/retinanet_r18_fpn_1x_coco.py')
+    args = [sys.executable, 'tools/check_zoo.py', *configs, '--out', out, '--workers', '1']
+    tools.ok(tools.run([*args, '--tasks-per-process', '1'], timeout=240))
+    results = [json.loads(line) for line in out.read_text().splitlines()]
+    assert [(Path(r['config']).stem, r['status']) for r in results] == [
+        ('yolox_tiny_8xb8-300e_coco', 'ok'),
+        ('default_runtime', 'skip'),
+        ('retinanet_r18_fpn_1x_coco', 'ok'),
+    ]

@@ -11,13 +11,14 @@ would fail the run. The codebase is found from the config's ``default_scope``.""
 from __future__ import annotations
 
 import json
+import os
 import pickle
 import sys
 from pathlib import Path
 
 import pytest
 
-from tests.conftest import codebase_installed
+from tests.conftest import ExitProbe, codebase_installed
 
 pytestmark = pytest.mark.slow
 
@@ -31,6 +32,8 @@ REPORTS = {
     'mmpretrain': ('accuracy/top1', '### cls (top-1 and top-5 accuracy, top-1 error in %)'),
 }
 GC_LOG = 'GCOptimWrapperConstructor: gradient centralization on'
+#: Stand-ins for Slurm's srun (the tasks of one node) and scontrol.
+FAKE_SLURM = Path(__file__).parents[1] / 'data' / 'fake_slurm'
 
 
 def _options(root: str) -> list[str]:
@@ -116,3 +119,54 @@ def test_dist_train_runs_a_segmentation_config_on_two_processes(tools, shapes_se
     assert 'Distributed training: True' in log and GC_LOG in log
     assert 'CPUDistributedDataParallel' in log and (work / 'iter_2.pth').is_file()
     assert 'mIoU' in tools.output(proc)
+
+
+def _slurm_env(tools, probe: ExitProbe) -> dict[str, str]:
+    """tools/slurm_*.sh on two CPU tasks of one node, srun and scontrol stood in for."""
+    return dict(
+        probe.env(),
+        PATH=os.pathsep.join((str(FAKE_SLURM), tools.env()['PATH'])),
+        PYTHON=sys.executable,
+        GPUS='2',
+        GPUS_PER_NODE='0',
+        TASKS_PER_NODE='2',
+        MASTER_PORT=str(tools.free_port()),
+    )
+
+
+def test_dist_test_and_slurm_test_run_on_two_processes(flow, tools, request, tmp_path):
+    """tools/dist_test.sh (torchrun) and tools/slurm_test.sh (srun's two tasks)
+    test the GC run's checkpoint with gloo: the codebase's metric comes out,
+    and every rank ends its process group."""
+    scope, work, _ = flow
+    data = request.getfixturevalue('shapes_seg' if scope == 'mmseg' else 'shapes_cls')
+    config, checkpoint = CONFIGS[scope], work / 'seed0' / 'gc' / 'iter_2.pth'
+    options = ['--cfg-options', *_options(data['data_root'])]
+    dist, slurm = ExitProbe(tools, tmp_path / 'dist'), ExitProbe(tools, tmp_path / 'slurm')
+    env = dict(dist.env(), PYTHON=sys.executable, PORT=str(tools.free_port()))
+    args = ['bash', 'tools/dist_test.sh', config, checkpoint, '2', '--work-dir', tmp_path / 'd']
+    tools.ok(tools.run([*args, *options], env))
+    args = ['bash', 'tools/slurm_test.sh', 'cpu', 'test', config, checkpoint]
+    tools.ok(tools.run([*args, '--work-dir', tmp_path / 's', *options], _slurm_env(tools, slurm)))
+    for run, launcher in ((tmp_path / 'd', 'pytorch'), (tmp_path / 's', 'slurm')):
+        log = _log(run)
+        assert f'Distributed launcher: {launcher}' in log and 'GPU number: 2' in log
+        record = json.loads((run / 'test_metrics.json').read_text())
+        assert 0.0 <= record['metrics'][REPORTS[scope][0]] <= 100.0, record['metrics']
+    dist.assert_ended('test.py', ranks=2)
+    slurm.assert_ended('test.py', ranks=2)
+
+
+@pytest.mark.parametrize('scope', [pytest.param(s, marks=codebase_installed(s)) for s in CONFIGS])
+def test_slurm_train_runs_a_codebases_config_on_two_tasks(scope, tools, request, tmp_path):
+    """tools/slurm_train.sh with --gc, srun's two tasks on this machine (gloo):
+    the tiny config trains distributed with GC, and every rank ends its group."""
+    data = request.getfixturevalue('shapes_seg' if scope == 'mmseg' else 'shapes_cls')
+    probe, work = ExitProbe(tools, tmp_path / 'probe'), tmp_path / 'slurm'
+    args = ['bash', 'tools/slurm_train.sh', 'cpu', 'train', CONFIGS[scope], work, '--gc']
+    options = ['--cfg-options', *_options(data['data_root'])]
+    tools.ok(tools.run([*args, *options], _slurm_env(tools, probe)))
+    log = _log(work)
+    assert 'Distributed launcher: slurm' in log and 'GPU number: 2' in log and GC_LOG in log
+    assert (work / 'iter_2.pth').is_file()
+    probe.assert_ended('train.py', ranks=2)

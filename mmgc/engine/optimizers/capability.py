@@ -41,6 +41,7 @@ __all__ = [
     'applies_gc',
     'gc_variants_of',
     'supports_gc',
+    'why_not_variant',
 ]
 
 #: Per-parameter-group options that GC adds to an optimizer's (see :class:`~mmgc.SGDGC`).
@@ -108,6 +109,19 @@ def gc_variants_of(optimizer_cls: Any) -> tuple[str, ...]:
     if issubclass(optimizer_cls, NO_UPDATE_VARIANT):
         return tuple(v for v in GC_VARIANTS if v != 'update')
     return GC_VARIANTS
+
+
+def why_not_variant(optimizer_cls: Any, variant: str) -> str:
+    """Why ``optimizer_cls`` does not take GC ``variant`` (a phrase; ``''`` if it does)."""
+    if variant in gc_variants_of(optimizer_cls):
+        return ''
+    if not supports_gc(optimizer_cls):
+        return 'it cannot take gradient centralization'
+    if variant == 'sgdw':
+        return "'sgdw' is SGD with decoupled decay, SGDWGC"
+    if variant == 'grad' and _update_only(optimizer_cls):
+        return 'its trust ratio reads the raw gradient'
+    return 'its averaged weights follow the uncentralized step'
 
 
 def supports_gc(optimizer_cls: Any) -> bool:

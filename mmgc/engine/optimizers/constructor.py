@@ -44,7 +44,7 @@ from mmengine.registry import OPTIM_WRAPPER_CONSTRUCTORS, OPTIM_WRAPPERS, OPTIMI
 from torch import nn
 
 from ...errors import ConfigError, ConfigTypeError
-from .capability import gc_variants_of, supports_gc
+from .capability import gc_variants_of, supports_gc, why_not_variant
 from .coverage import gc_local_optimizer, install_gc_coverage_check, require_gc_coverage
 from .gc_step_hooks import attach_gc_hooks, uses_gc_hooks
 from .selection import GC_LAYER_KINDS, GCTarget, gc_targets, parse_gc_layers, select_gc_weights
@@ -303,7 +303,8 @@ class GCOptimWrapperConstructor:
                 valid = _registry_names(registry, lambda c: self.variant in gc_variants_of(c))
                 raise ConfigError(
                     f'GC variant {self.variant!r} is not defined for optimizer type '
-                    f'{optimizer_type!r}, which takes {list(gc_variants_of(optimizer_cls))} '
+                    f'{optimizer_type!r} ({why_not_variant(optimizer_cls, self.variant)}), '
+                    f'which takes {list(gc_variants_of(optimizer_cls))} '
                     f'(--gc-variant / gc.variant); optimizer types that take it: {valid}'
                     + (", e.g. 'SGDWGC'" if self.variant == 'sgdw' and 'SGDWGC' in valid else '')
                 )

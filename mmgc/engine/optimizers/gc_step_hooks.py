@@ -120,6 +120,7 @@ from .capability import (
     GCStepHooksMarker,
     gc_variants_of,
     supports_gc,
+    why_not_variant,
 )
 from .coverage import install_gc_coverage_check
 from .variants import GC_VARIANTS, check_gc_variant, gc_variant_of
@@ -155,14 +156,10 @@ def _check_groups(optimizer: Optimizer) -> None:
         takes = gc_variants_of(type(optimizer))
         if variant not in takes:
             valid = [v for v in GC_VARIANTS if v in takes]
-            why = (
-                'its averaged weights follow the uncentralized step'
-                if 'update' not in takes
-                else 'its trust ratio reads the raw gradient'
-            )
             raise ConfigError(
                 f'param group {index}: gc_variant={variant!r} is not defined for '
-                f'{type(optimizer).__name__} ({why}); use one of {valid}'
+                f'{type(optimizer).__name__} ({why_not_variant(type(optimizer), variant)}); '
+                f'use one of {valid}'
             )
 
 

@@ -539,7 +539,8 @@ def test_new_form_gc_layers_must_agree():
         (
             dict(type='AdamW', lr=1e-3),
             'sgdw',
-            r"GC variant 'sgdw' is not defined for optimizer type 'AdamW'",
+            r"GC variant 'sgdw' is not defined for optimizer type 'AdamW' \('sgdw' is SGD "
+            r'with decoupled decay, SGDWGC\)',
         ),
         (dict(type='SGD', lr=0.1), 'sgdw', r"GC variant 'sgdw' is not defined for .*'SGD'"),
     ],

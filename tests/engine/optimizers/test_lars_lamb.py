@@ -112,7 +112,10 @@ def test_the_grad_variant_is_refused_naming_update(name):
         constructor='GCOptimWrapperConstructor',
         gc=dict(layers=('conv', 'fc')),
     )
-    refused = rf"GC variant 'grad' is not defined for optimizer type '{name}', which takes"
+    refused = (
+        rf"GC variant 'grad' is not defined for optimizer type '{name}' \(its trust ratio "
+        r'reads the raw gradient\), which takes'
+    )
     with DefaultScope.overwrite_default_scope('mmpretrain'):  # as in an MMPretrain run
         with pytest.raises(ConfigError, match=refused + r" \['update'\]"):
             build_optim_wrapper(model, copy.deepcopy(cfg))
