@@ -312,6 +312,36 @@ def _check_replayed(
         )
 
 
+def _moment_rows(
+    optimizer: Any, p: torch.Tensor, unit: list[int], grad_abs: Any
+) -> tuple[Any, Any, Any]:
+    """The first moment's row means, their target (0) and tolerance: float32
+    rounding of the moment and of the gradient's row mean (``grad_abs``: the
+    raw gradient's mean magnitude per row), whose error stays in a centralized
+    row of small entries (a (512, 2) weight whose two gradients nearly agree)."""
+    moment = optimizer.state[p].get('exp_avg')
+    if moment is None:
+        raise AssertionError(f'{type(optimizer).__name__} keeps no first moment (exp_avg)')
+    value = moment.mean(unit, dtype=torch.float64)
+    tol = 1e-5 * moment.abs().mean(unit, dtype=torch.float64) + 1e-6 * grad_abs + 1e-12
+    return value, torch.zeros_like(value), tol
+
+
+def _decidable(p: torch.Tensor, start: torch.Tensor | None, unit: list[int], tol: Any) -> bool:
+    """Whether a weight without GC must break the sums invariant. A step that is
+    not centralized moves each unit's sum by a random amount of spread
+    ``sqrt(n) * rms(step)``, which falls inside the tolerance by chance when the
+    spread is near it: so the spread must clear the tolerance tenfold on each of
+    at least 4 units (a chance of about 0.08 per unit, 4e-5 for all four). A
+    tensor of fewer units (ViG's (1, 196, 196) relative positions, a (1, 150,
+    768) class embedding) is left out. The moment check: always."""
+    if start is None:
+        return True
+    step = (p.detach() - start).double()
+    spread = step.square().sum(unit).sqrt()  # sqrt(n) * rms over each unit
+    return spread.numel() >= 4 and bool((spread > 10 * tol).all())
+
+
 def check_step(optimizer: torch.optim.Optimizer, expected: dict[int, int], variant: str) -> int:
     """One step on seeded random gradients; check the invariant on every GC
     tensor and that non-selected weights (ndim > 1, lr > 0) break it.
@@ -331,7 +361,18 @@ def check_step(optimizer: torch.optim.Optimizer, expected: dict[int, int], varia
     before = {id(p): p.detach().sum(_unit_dims(p, dims[id(p)]), dtype=f64) for p in multi}
     absum = {id(p): p.detach().abs().sum(_unit_dims(p, dims[id(p)]), dtype=f64) for p in multi}
     replayed = _replayed(optimizer, expected) if kind == 'replay' else {}
-    start = {k: p.detach().clone() for p in multi if (k := id(p)) in replayed}
+    grad_abs = (
+        {  # the raw gradients' mean magnitude per row, for the moment's tolerance
+            id(p): p.grad.abs().mean(_unit_dims(p, dims[id(p)]), dtype=f64) for p in multi
+        }
+        if kind == 'moment'
+        else {}
+    )
+    start = {  # the steps the replay and the sums' control read
+        k: p.detach().clone()
+        for p in multi
+        if (k := id(p)) in replayed or (kind == 'sums' and k not in expected)
+    }
     optimizer.step()
     checked = 0
     for p in multi:
@@ -346,12 +387,7 @@ def check_step(optimizer: torch.optim.Optimizer, expected: dict[int, int], varia
             # float32 rounding: relative to the row's weights before and after
             tol = 1e-5 * (absum[key] + p.detach().abs().sum(unit, dtype=f64)) + 1e-6
         else:
-            moment = optimizer.state[p].get('exp_avg')
-            if moment is None:
-                raise AssertionError(f'{type(optimizer).__name__} keeps no first moment (exp_avg)')
-            value = moment.mean(unit, dtype=f64)
-            target = torch.zeros_like(value)
-            tol = 1e-5 * moment.abs().mean(unit, dtype=f64) + 1e-12
+            value, target, tol = _moment_rows(optimizer, p, unit, grad_abs[key])
         holds = bool(((value - target).abs() <= tol).all())
         if key in expected:
             if not holds:
@@ -361,7 +397,7 @@ def check_step(optimizer: torch.optim.Optimizer, expected: dict[int, int], varia
                     f'(off by {worst:.3g})'
                 )
             checked += 1
-        elif holds and lrs[key] > 0:
+        elif holds and lrs[key] > 0 and _decidable(p, start.get(key), unit, tol):
             raise AssertionError(
                 f'a weight without GC (shape {tuple(p.shape)}) keeps the {kind} invariant, '
                 'as if it were centralized'

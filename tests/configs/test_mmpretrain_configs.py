@@ -41,6 +41,7 @@ CIFAR = {
     'resnet18_cifar100': (1, 'R18', SGD_CIFAR, 'SGDGC'),
     'resnet101_cifar100': (1, 'R101', SGD_CIFAR, 'SGDGC'),
     'vgg11_cifar100': (1, 'V11', SGD_CIFAR, 'SGDGC'),
+    'densenet121_cifar100': (1, 'D121', SGD_CIFAR, 'SGDGC'),
     'resnet50_cifar100': (2, 'SGDM', SGD_CIFAR, 'SGDGC'),
     'resnet50_cifar100_adam': (2, 'Adam', dict(type='Adam', lr=1e-3, weight_decay=5e-4), None),
     'resnet50_cifar100_adagrad': (
@@ -150,6 +151,9 @@ def test_cifar_baseline_is_the_papers_setting(row):
     if row.startswith('vgg11'):
         assert backbone == dict(type='VGG', depth=11, norm_cfg=dict(type='BN'), num_classes=-1)
         assert head['in_channels'] == 512
+    elif row.startswith('densenet121'):  # MMPretrain's, with its ImageNet stem
+        assert backbone == dict(type='DenseNet', arch='121')
+        assert head['in_channels'] == 1024
     else:
         depth = int(row.split('_')[0][len('resnet') :])
         assert backbone == dict(base_model['backbone'], depth=depth)
