@@ -187,7 +187,10 @@ _USER_CONFIGS = {
     'my_adamw_gc.py': 'mmgc::adamw/mask_rcnn_r50_fpn_adamw_gc.py',
 }
 #: Configs of the other codebases, through ``mmgc::`` (MMPretrain's where it is installed).
-_CODEBASE_CONFIGS = {'my_fcn.py': 'mmgc::mmseg/demo/fcn_r18_shapes.py'}
+_CODEBASE_CONFIGS = {
+    'my_fcn.py': 'mmgc::mmseg/demo/fcn_r18_shapes.py',
+    'my_pspnet_gc.py': 'mmgc::mmseg/pspnet_r50-d8_4xb2-80k_cityscapes-512x1024_gc.py',
+}
 if importlib.util.find_spec('mmpretrain') is not None:
     _CODEBASE_CONFIGS['my_cifar_gc.py'] = 'mmgc::mmpretrain/resnet18_cifar100_gc.py'
 
@@ -328,6 +331,10 @@ def test_user_configs_of_the_other_codebases_resolve_in_the_wheel(installed, pro
     fcn = probe.configs['my_fcn.py']
     assert str(shipped / 'mmseg') in fcn['text'] and 'mmseg/.mim/configs/_base_' in fcn['text']
     assert fcn['model'] == 'EncoderDecoder' and fcn['depth'] == 18
+    pspnet = probe.configs['my_pspnet_gc.py']  # a segmentation row: its twin is MMSegmentation's
+    assert str(shipped / 'mmseg' / 'baselines') in pspnet['text']
+    assert 'mmseg/.mim/configs/pspnet' in pspnet['text']
+    assert pspnet['optim_wrapper']['optimizer']['type'] == 'SGDGC' and pspnet['depth'] == 50
     if 'my_cifar_gc.py' not in _CODEBASE_CONFIGS:
         return  # no MMPretrain on this stack (the newest: no torchvision loads beside it)
     cifar = probe.configs['my_cifar_gc.py']

@@ -195,7 +195,8 @@ def test_settings_file_reaches_every_config(tmp_path):
 # ------------------------------------------------------------------ metafile
 def test_metafile_lists_every_config_and_its_twin():
     """Every config in configs/ and configs/baselines/ (detection), and in
-    configs/mmpretrain/ and its baselines/ (ImageNet classification), is listed,
+    configs/mmpretrain/ and configs/mmseg/ and their baselines/ (classification,
+    segmentation), is listed,
     once, with its twin in the baselines/ folder beside it."""
     models = _metafile()['Models']
     collections = {c['Name'] for c in _metafile()['Collections']}
@@ -210,7 +211,7 @@ def test_metafile_lists_every_config_and_its_twin():
         assert model['In Collection'] in collections
         listed += [config, twin]
     assert len(listed) == len(set(listed))
-    folders = (CONFIG_DIR, CONFIG_DIR / 'mmpretrain')
+    folders = (CONFIG_DIR, CONFIG_DIR / 'mmpretrain', CONFIG_DIR / 'mmseg')
     on_disk = {p for d in folders for p in (*d.glob('*.py'), *(d / 'baselines').glob('*.py'))}
     assert set(listed) == on_disk
 

@@ -392,11 +392,11 @@ def paper_deltas(
             valid = ', '.join(sorted(m['Name'] for m in models)) or 'none'
             raise ConfigError(f'--model {name!r} is not in {metafile}; valid names: {valid}.')
         return {}
-    return {
+    return {  # a null value: no paper number (the segmentation rows)
         _paper_key(key): round(value - r['Paper Baseline'][key], 6)
         for r in model['Results']
         for key, value in r['Metrics'].items()
-        if _paper_key(key) is not None
+        if _paper_key(key) is not None and None not in (value, r['Paper Baseline'][key])
     }
 
 

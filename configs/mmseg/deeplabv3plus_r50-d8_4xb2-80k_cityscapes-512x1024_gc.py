@@ -1,0 +1,12 @@
+# DeepLabV3+ ResNet-50-D8 on Cityscapes with Gradient Centralization (no paper row: the GC
+# paper has no segmentation experiment). Differs from its baseline twin,
+# baselines/deeplabv3plus_r50-d8_4xb2-80k_cityscapes-512x1024.py (MMSegmentation's config), only in the optimizer: SGDGC,
+# with GC on every conv and FC weight (the paper's detection setting), and the
+# twin's hyperparameters.
+_base_ = './baselines/deeplabv3plus_r50-d8_4xb2-80k_cityscapes-512x1024.py'
+custom_imports = dict(imports=['mmgc'], allow_failed_imports=False)
+optim_wrapper = dict(
+    optimizer=dict(type='SGDGC'),
+    constructor='GCOptimWrapperConstructor',
+    gc=dict(layers=('conv', 'fc')),
+)
