@@ -53,9 +53,11 @@ def default_foreach(params: list[Tensor]) -> bool:
 
 
 #: torch's multi-tensor ops (``torch._foreach_*``), as ``torch.optim`` uses them.
+foreach_add: Callable[..., list[Tensor]] = torch._foreach_add
 foreach_add_: Callable[..., None] = torch._foreach_add_
 foreach_mul_: Callable[..., None] = torch._foreach_mul_
 foreach_mul: Callable[..., list[Tensor]] = torch._foreach_mul
+foreach_neg: Callable[..., list[Tensor]] = torch._foreach_neg
 foreach_neg_: Callable[..., None] = torch._foreach_neg_
 
 

@@ -289,7 +289,21 @@ def test_amp_wrapper_is_built_as_configured():
         (KeyError('DINOv2 is not in the mmdet::model registry. Please check'), 'DINOv2'),
         (NotImplementedError('to reduce GPU memory: pip install fairscale.'), "'fairscale'"),
         (AssertionError('only available on gpu'), 'needs CUDA'),
-        (MemoryError('too large to check on this CPU (400 M params)'), 'too large'),
+        (MemoryError('too large to check on this CPU (over 300 M params)'), 'too large'),
+        (
+            ImportError(
+                'RAMOpenset requires extra multi-modal dependencies, please install it by '
+                '`pip install "mmpretrain[multimodal]"` or `pip install -e ".[multimodal]"`.'
+            ),
+            "missing optional package 'mmpretrain[multimodal]'",
+        ),
+        (
+            AssertionError(
+                'To use VPD model, please install required packages via `pip install -r '
+                'requirements/optional.txt`.'
+            ),
+            "missing optional package '-r requirements/optional.txt'",
+        ),
     ],
 )
 def test_why_a_config_does_not_build(error, reason):

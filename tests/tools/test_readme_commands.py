@@ -42,7 +42,7 @@ import pytest
 import torch
 
 from mmgc.runtime.checkpoint import safe_torch_load
-from tests.conftest import ROOT, assert_same_checkpoint, run_in_session
+from tests.conftest import ROOT, assert_same_checkpoint, codebase_installed, run_in_session
 
 pytestmark = pytest.mark.slow
 
@@ -71,6 +71,18 @@ ZOO_SAMPLE = (
     Path(importlib.util.find_spec('mmdet').origin).parent
     / '.mim/configs/retinanet/retinanet_r18_fpn_1x_coco.py'
 )
+#: The other codebases' zoos: one config each (None where the codebase is absent).
+CODEBASE_ZOO_SAMPLES = {
+    scope: (
+        Path(spec.origin).parent / '.mim/configs' / config
+        if (spec := importlib.util.find_spec(scope))
+        else None
+    )
+    for scope, config in (
+        ('mmseg', 'pspnet/pspnet_r18-d8_4xb2-80k_cityscapes-512x1024.py'),
+        ('mmpretrain', 'simclr/simclr_resnet50_16xb256-coslr-200e_in1k.py'),  # LARS: refused
+    )
+}
 RECORDER = '#!/usr/bin/env bash\nprintf "%s\\n" "$0" "$@" > "$RECORD"\n'
 
 
@@ -183,6 +195,18 @@ COMMANDS: dict[str, tuple[Run, ...] | NotHere] = {
     ),
     'python tools/check_zoo.py --out work_dirs/check_zoo/zoo.jsonl': (
         Run('zoo', {'tools/check_zoo.py': f'tools/check_zoo.py {ZOO_SAMPLE}'}),
+    ),
+    'python tools/check_zoo.py --codebase mmseg --out work_dirs/check_zoo/mmseg.jsonl': (
+        Run(
+            'zoo-mmseg',
+            {'tools/check_zoo.py': f'tools/check_zoo.py {CODEBASE_ZOO_SAMPLES["mmseg"]}'},
+        ),
+    ),
+    'python tools/check_zoo.py --codebase mmpretrain --out work_dirs/check_zoo/mmpretrain.jsonl': (
+        Run(
+            'zoo-mmpretrain',
+            {'tools/check_zoo.py': f'tools/check_zoo.py {CODEBASE_ZOO_SAMPLES["mmpretrain"]}'},
+        ),
     ),
     # "Gradient diagnostics"
     'python tools/plot_gc_stats.py work_dirs/mask_rcnn_r50_fpn_gc work_dirs/mask_rcnn_r50_fpn '
@@ -598,6 +622,27 @@ def test_gc_switch_on_a_config_without_gc(tools, tmp_path):
     groups = ckpt['optimizer']['param_groups']
     assert any(g['gc'] for g in groups) and any(not g['gc'] for g in groups)
     assert "constructor='GCOptimWrapperConstructor'" in ckpt['meta']['cfg']
+
+
+@pytest.mark.parametrize(
+    ('scope', 'status'),
+    [
+        pytest.param('mmseg', 'ok', marks=codebase_installed('mmseg')),
+        pytest.param('mmpretrain', 'refused', marks=codebase_installed('mmpretrain')),
+    ],
+)
+def test_check_zoo_on_a_sample_of_each_codebases_zoo(tools, tmp_path, scope, status):
+    """The lines for MMSegmentation's and MMPretrain's zoos, on one config of
+    each (MMPretrain's: a SimCLR config, whose LARS takes GC on the update only,
+    so the default 'grad' is counted as refused)."""
+    ws = Workspace(tools, tmp_path)
+    ((proc,),) = ws.flow(f'zoo-{scope}').values()
+    (result,) = [json.loads(line) for line in (ws / f'work_dirs/check_zoo/{scope}.jsonl').open()]
+    assert result['config'] == str(
+        CODEBASE_ZOO_SAMPLES[scope].relative_to(CODEBASE_ZOO_SAMPLES[scope].parents[1])
+    )
+    assert result['status'] == status, result
+    assert f'{int(status == "ok")} of 1 configs work with GC' in proc.stdout
 
 
 def test_check_zoo_on_a_sample_of_the_zoo(tools, tmp_path):

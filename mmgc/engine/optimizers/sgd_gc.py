@@ -22,7 +22,14 @@ from torch import Tensor
 from torch.optim import Optimizer
 from torch.optim.sgd import sgd as torch_sgd
 
-from ..._compat import default_foreach, foreach_add_, foreach_mul, foreach_mul_
+from ..._compat import (
+    default_foreach,
+    foreach_add,
+    foreach_add_,
+    foreach_mul,
+    foreach_mul_,
+    foreach_neg,
+)
 from ...errors import ConfigError, ConfigTypeError
 from ...ops import gc_direction_means, gc_update_directions, reduce_dims
 from ...ops.cpu_kernel import SGDHyper, cpu_kernel_supports, fused_sgd_gc_cpu_, load_cpu_kernel
@@ -708,25 +715,29 @@ def _torch_step(
     :func:`sgd_gc`."""
     lr, momentum, dampening, weight_decay, nesterov, maximize, decoupled_weight_decay = hyper
     decay = 0.0 if decoupled_weight_decay else weight_decay
-    means = None
+    foreach = kernel.foreach
+    if foreach is None and not kernel.fused:  # torch's own choice, made here
+        foreach = default_foreach(params)
+    has_sparse_grad = any(g.is_sparse for g in grads)
+    means, owned = None, kernel.directions  # owned: grads are this step's own tensors
     if gc_dims is not None and kernel.directions:  # out-of-place directions
         grads = gc_update_directions(params, grads, gc_dims, weight_decay=decay, maximize=maximize)
         decay, maximize = 0.0, False
     elif gc_dims is not None:
+        if foreach and not has_sparse_grad and (maximize or _decayed(decay)) and _on_host(decay):
+            # r = ±g + λθ, made as torch's foreach SGD makes it (its own temporaries):
+            # then one reduction per weight, mean(r), and torch steps on r, undecayed
+            grads, decay, maximize, owned = _raw_directions(params, grads, decay, maximize)
         means = gc_direction_means(params, grads, gc_dims, weight_decay=decay, maximize=maximize)
     if decoupled_weight_decay:
         _decay_decoupled(params, lr, weight_decay)
-    foreach = kernel.foreach
-    if foreach is None and not kernel.fused:  # torch's own choice, made here
-        foreach = default_foreach(params)
     # torch's foreach Nesterov without decay or sign adds into the gradients:
-    # step without Nesterov, then add what Nesterov adds (see sgd_gc); sparse
-    # gradients (which foreach ops do not take) are copied instead
-    has_sparse_grad = any(g.is_sparse for g in grads)
-    decayed = isinstance(decay, Tensor) or decay != 0
-    in_place = foreach and momentum != 0 and nesterov and not (decayed or maximize)
-    late_nesterov = bool(in_place and not (kernel.directions or has_sparse_grad))
-    if in_place and has_sparse_grad and not kernel.directions:
+    # unless they are this step's own, step without Nesterov, then add what
+    # Nesterov adds (see sgd_gc); sparse gradients (which foreach ops do not
+    # take) are copied instead
+    in_place = foreach and momentum != 0 and nesterov and not (_decayed(decay) or maximize)
+    late_nesterov = bool(in_place and not (owned or has_sparse_grad))
+    if in_place and has_sparse_grad and not owned:
         grads = [g.clone() for g in grads]
     shifts = _Shifts.plan(buffers, momentum, dampening, nesterov) if means is not None else None
     if shifts is not None:
@@ -744,6 +755,32 @@ def _torch_step(
     if shifts is not None:
         _shift_each(buffers, means, shifts.after, sign=-1.0)
         _shift_each(params, means, shifts.weight, sign=1.0, lr=lr)
+
+
+def _decayed(weight_decay: float | Tensor) -> bool:
+    return isinstance(weight_decay, Tensor) or weight_decay != 0
+
+
+def _on_host(value: float | Tensor) -> bool:
+    """A number, or a tensor whose value is read without a device sync."""
+    return not isinstance(value, Tensor) or value.device.type == 'cpu'
+
+
+def _raw_directions(
+    params: list[Tensor], grads: list[Tensor], weight_decay: float | Tensor, maximize: bool
+) -> tuple[list[Tensor], float, bool, bool]:
+    r"""``(r, 0.0, False, True)``: the raw directions :math:`r = \pm g + \lambda\theta`
+    as new tensors, formed as torch's foreach SGD forms them (``_foreach_neg``,
+    then ``_foreach_add`` of the weights times :math:`\lambda`, a number or a
+    CPU tensor), and the decay, sign and ownership torch then steps with."""
+    alpha = float(weight_decay)  # a number, or a CPU tensor: read with no device sync
+    if maximize:
+        out = foreach_neg(grads)
+        if alpha != 0:
+            foreach_add_(out, params, alpha=alpha)
+    else:
+        out = foreach_add(grads, params, alpha=alpha)
+    return out, 0.0, False, True
 
 
 def _decay_decoupled(

@@ -813,6 +813,45 @@ def test_generic_path_peak_memory_is_torch_sgds(foreach, hyper):
     assert ours.peak <= theirs.peak + smallest / 8, (ours.peak, theirs.peak)
 
 
+class _OpCount(TorchDispatchMode):
+    """How many times each aten op is dispatched."""
+
+    def __init__(self):
+        super().__init__()
+        self.counts = {}
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        self.counts[str(func)] = self.counts.get(str(func), 0) + 1
+        return func(*args, **(kwargs or {}))
+
+
+@pytest.mark.parametrize(
+    ('foreach', 'hyper', 'reductions'),
+    [
+        (True, dict(weight_decay=1e-4), 1),  # mean(g + wd w) of torch's own decayed copy
+        (True, dict(weight_decay=1e-4, maximize=True, nesterov=True), 1),
+        (True, dict(weight_decay=0.0), 1),
+        (False, dict(weight_decay=1e-4), 2),  # the for-loop kernel: mean(g) and mean(w)
+    ],
+    ids=['foreach-l2', 'foreach-l2-maximize-nesterov', 'foreach-no-decay', 'for-loop-l2'],
+)
+def test_reductions_per_centralized_weight(foreach, hyper, reductions):
+    """On torch's foreach kernel the generic path forms r = +-g + wd w as that
+    kernel does (its own temporaries) and reduces it once per weight; the
+    gradients are left as they were."""
+    model = _conv_net()
+    weights = [p for p in model.parameters() if p.dim() > 1]
+    opt = SGDGC(model.parameters(), lr=0.1, momentum=0.9, foreach=foreach, **hyper)
+    for _ in range(3):
+        for p in model.parameters():
+            p.grad = torch.randn_like(p)
+        grads = [p.grad.clone() for p in model.parameters()]
+        with _OpCount() as count:
+            opt.step()
+        assert all(torch.equal(p.grad, g) for p, g in zip(model.parameters(), grads))
+    assert count.counts.get('aten.mean.dim', 0) == reductions * len(weights), count.counts
+
+
 @pytest.mark.parametrize('decoupled', [False, True], ids=['l2', 'decoupled'])
 @pytest.mark.parametrize('impl', ALL_IMPLS)
 def test_weight_sums(impl, decoupled):
