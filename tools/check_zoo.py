@@ -468,7 +468,7 @@ _INSTALL_HINTS = (
     r'(\S+) is not installed',
     r'mim install ([\w.-]+)',
     r'install (\w+) first',
-    r'pip install ([\w.-]+)',
+    r'pip install ((?:-\w\s+)?["\']?[\w.\[\]/-]+)',  # a package, an extra or -r FILE
 )
 
 
@@ -480,7 +480,8 @@ def _missing_package(err: BaseException, text: str) -> str | None:
         return f'missing optional package {str(err.name).split(".")[0]!r}'
     installed = next((m for m in (re.search(h, text) for h in _INSTALL_HINTS) if m), None)
     if installed:
-        return f'missing optional package {installed.group(1).strip(".,").lower()!r}'
+        what = installed.group(1).replace('"', '').replace("'", '').strip('.,')
+        return f'missing optional package {what.lower()!r}'
     custom = re.search(r"Failed to import custom modules from .*'imports': \[([^\]]*)\]", text)
     if custom:  # a config's own custom_imports
         first = custom.group(1).split(',')[0].strip(' \'"')
@@ -535,7 +536,10 @@ def run_one(
             model = build_model(cfg)
             size = sum(p.numel() for p in model.parameters())
             if size > MAX_PARAMS:
-                raise MemoryError(f'too large to check on this CPU ({size / 1e6:.0f} M params)')
+                result['params'] = size
+                raise MemoryError(
+                    f'too large to check on this CPU (over {MAX_PARAMS // 10**6} M params)'
+                )
         except Exception as err:  # a config that does not build here: say why
             result.update(status='skip', reason=why_not(err))
             return result
