@@ -26,17 +26,20 @@ EXPECTED = {
 
 @pytest.fixture
 def run_scope():
-    """``run_scope(name)``: a run's default scope, as the ``Runner`` makes it
-    (dropped after the test)."""
-    made = []
+    """``run_scope(name)``: a run's default scope, as the ``Runner`` makes it.
+    The test starts with no default scope (those an earlier test in this
+    process left, as ``init_default_scope`` does, are set aside) and they are
+    back after it."""
+    earlier = dict(DefaultScope._instance_dict)
+    DefaultScope._instance_dict.clear()
 
     def make(name: str) -> None:
-        made.append(f'test-registry-{name}-{time.time()}')
-        DefaultScope.get_instance(made[-1], scope_name=name)
+        time.sleep(1e-6)  # MMEngine's latest instance is the one made last
+        DefaultScope.get_instance(f'test-registry-{name}-{time.time()}', scope_name=name)
 
     yield make
-    for name in made:
-        DefaultScope._instance_dict.pop(name, None)
+    DefaultScope._instance_dict.clear()
+    DefaultScope._instance_dict.update(earlier)
 
 
 def _in_mmgc_scope(registry, key):
