@@ -19,8 +19,8 @@ Sections, each PASS, FAIL or SKIPPED with its reason and numbers:
 3. **step benchmark**: ``benchmarks/bench_step.py`` on the device (its
    Markdown table, ratios to torch's fused SGD).
 4. **end to end**: Mask R-CNN R50-FPN built from the repository's twin
-   configs (``configs/baselines/mask_rcnn_r50_fpn.py`` with SGD,
-   ``configs/mask_rcnn_r50_fpn_gc.py`` with SGDGC), ``init_cfg=None``,
+   configs (``configs/mmdet/baselines/mask_rcnn_r50_fpn.py`` with SGD,
+   ``configs/mmdet/mask_rcnn_r50_fpn_gc.py`` with SGDGC), ``init_cfg=None``,
    trained on random images with random boxes and masks made in memory; the
    two take turns, iterations timed after a warm-up with
    ``torch.cuda.synchronize()``; ms/iter of each and GC's overhead ratio.
@@ -436,8 +436,10 @@ def bench_section(device: str, out_dir: Path, env: dict[str, str], sizes: Sizes)
 # ---------------------------------------------------------------- 4. end to end
 
 E2E_CONFIGS = {
-    'SGD (configs/baselines/mask_rcnn_r50_fpn.py)': 'configs/baselines/mask_rcnn_r50_fpn.py',
-    'SGDGC (configs/mask_rcnn_r50_fpn_gc.py)': 'configs/mask_rcnn_r50_fpn_gc.py',
+    'SGD (configs/mmdet/baselines/mask_rcnn_r50_fpn.py)': (
+        'configs/mmdet/baselines/mask_rcnn_r50_fpn.py'
+    ),
+    'SGDGC (configs/mmdet/mask_rcnn_r50_fpn_gc.py)': 'configs/mmdet/mask_rcnn_r50_fpn_gc.py',
 }
 
 

@@ -1,11 +1,7 @@
-# Mask R-CNN R50-FPN 1x with Gradient Centralization (paper Table 6, row
-# "R50"). Differs from its baseline twin, baselines/mask_rcnn_r50_fpn.py,
-# only in the optimizer: SGDGC with GC on every conv and FC weight instead of
-# SGD, with the same lr, momentum and weight decay (inherited from the twin).
-_base_ = './baselines/mask_rcnn_r50_fpn.py'
-custom_imports = dict(imports=['mmgc'], allow_failed_imports=False)
-optim_wrapper = dict(
-    optimizer=dict(type='SGDGC'),
-    constructor='GCOptimWrapperConstructor',
-    gc=dict(layers=('conv', 'fc')),
-)
+# The paper's Mask R-CNN R50-FPN row with GC (Table 6), here so that
+# `python tools/train.py configs/mask_rcnn_r50_fpn_gc.py` runs as the project's
+# card shows it: this file only forwards to configs/mmdet/mask_rcnn_r50_fpn_gc.py
+# (same name, so the same work dir and metafile entry). The rows live in
+# configs/mmdet/ so that a config of yours can inherit each one as
+# 'mmgc::mmdet/<name>.py' (MMEngine 0.10 wants a folder after 'mmgc::').
+_base_ = './mmdet/mask_rcnn_r50_fpn_gc.py'

@@ -7,7 +7,7 @@ scope), what configs name: the optimizer ``SGDGC`` (alias ``SGD_GC``), the
 optim-wrapper constructor ``GCOptimWrapperConstructor`` and the hook
 ``GCDiagnosticsHook``; and it adds the scope ``mmgc`` to MMEngine's table of
 packages that ship configs, so that a config loaded afterwards can inherit
-``'mmgc::baselines/...'`` (:mod:`mmgc.mim`). It first checks that torch and
+``'mmgc::mmdet/baselines/...'`` (:mod:`mmgc.mim`). It first checks that torch and
 MMEngine are versions mmgc is tested with. Nothing else happens on import: the
 tools' runtime (:mod:`mmgc.runtime`) is imported by the tools that use it.
 """

@@ -10,13 +10,13 @@ symlinks to them instead), and :func:`register_config_scope`, called by
 ``import mmgc``, adds ``mmgc`` to that table. A user's config elsewhere can
 then say::
 
-    _base_ = 'mmgc::baselines/mask_rcnn_r50_fpn.py'
+    _base_ = 'mmgc::mmdet/baselines/mask_rcnn_r50_fpn.py'
 
 as long as ``mmgc`` is imported before the config is loaded (the mmgc tools
 do; ``custom_imports`` comes too late, it is read after the bases).
-MMEngine 0.10 takes a ``<scope>::`` path only with a folder in it; a config at
-the top of ``configs/`` is reached through one, e.g.
-``'mmgc::baselines/../mask_rcnn_r50_fpn_gc.py'``. The dicts of such a base
+MMEngine 0.10 takes a ``<scope>::`` path only with a folder in it, and every
+shipped config is in one (the paper's detection rows in ``configs/mmdet/``:
+``'mmgc::mmdet/mask_rcnn_r50_fpn_gc.py'``). The dicts of such a base
 get the registry scope ``mmgc``, which :mod:`mmgc.registry` resolves as
 the run's codebase's (MMDetection's, MMSegmentation's or MMPretrain's).
 """

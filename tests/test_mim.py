@@ -47,7 +47,7 @@ def _user_config(tmp_path: Path, text: str) -> Path:
 
 def test_user_config_inherits_mmgc_and_its_mmdet_bases(tmp_path):
     cfg = Config.fromfile(
-        _user_config(tmp_path, "_base_ = 'mmgc::baselines/../mask_rcnn_r50_fpn_gc.py'\n")
+        _user_config(tmp_path, "_base_ = 'mmgc::mmdet/mask_rcnn_r50_fpn_gc.py'\n")
     )
     expected = Config.fromfile(ROOT / 'configs' / 'mask_rcnn_r50_fpn_gc.py')
     assert cfg.optim_wrapper.to_dict() == expected.optim_wrapper.to_dict()
@@ -63,8 +63,10 @@ def test_a_top_level_config_needs_a_folder_in_mmengine_0_10(tmp_path):
 
 
 def test_a_missing_mmgc_config_is_named(tmp_path):
-    config = _user_config(tmp_path, "_base_ = 'mmgc::baselines/no_such_config.py'\n")
-    with pytest.raises(FileNotFoundError, match=r'\.mim/configs/baselines/no_such_config\.py'):
+    config = _user_config(tmp_path, "_base_ = 'mmgc::mmdet/baselines/no_such_config.py'\n")
+    with pytest.raises(
+        FileNotFoundError, match=r'\.mim/configs/mmdet/baselines/no_such_config\.py'
+    ):
         Config.fromfile(config)
 
 

@@ -165,7 +165,7 @@ def test_wheel_ships_kernel_source_configs_and_scripts(installed):
         for p in (installed.src / 'configs').rglob('*')
         if p.is_file() and p.suffix in ('.py', '.yml')
     }
-    assert len(configs) > 20 and 'mmgc/.mim/configs/mask_rcnn_r50_fpn_gc.py' in configs
+    assert len(configs) > 20 and 'mmgc/.mim/configs/mmdet/mask_rcnn_r50_fpn_gc.py' in configs
     assert configs == {n for n in names if n.startswith('mmgc/.mim/configs/')}
     assert not [n for n in names if n.startswith(('tests/', 'tools/', 'configs/', 'benchmarks/'))]
     assert not [n for n in names if '__pycache__' in n]
@@ -178,11 +178,11 @@ def test_wheel_ships_kernel_source_configs_and_scripts(installed):
 
 # ---------------- import, the CPU kernel and SGDGC, configs inherited as mmgc::
 
-#: A user's config -> the mmgc config it inherits. MMEngine 0.10 wants a folder
-#: after 'mmgc::', so a config at the top of configs/ is named through one.
+#: A user's config -> the mmgc config it inherits (every shipped config is in a
+#: folder: MMEngine 0.10 wants one after 'mmgc::').
 _USER_CONFIGS = {
-    'my_mask_rcnn_gc.py': 'mmgc::baselines/../mask_rcnn_r50_fpn_gc.py',
-    'my_mask_rcnn.py': 'mmgc::baselines/mask_rcnn_r50_fpn.py',
+    'my_mask_rcnn_gc.py': 'mmgc::mmdet/mask_rcnn_r50_fpn_gc.py',
+    'my_mask_rcnn.py': 'mmgc::mmdet/baselines/mask_rcnn_r50_fpn.py',
     'my_demo_gc.py': 'mmgc::demo/mask_rcnn_r18_fpn_shapes_gc.py',
     'my_adamw_gc.py': 'mmgc::adamw/mask_rcnn_r50_fpn_adamw_gc.py',
 }

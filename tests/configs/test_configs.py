@@ -1,6 +1,6 @@
 """Tests of the paper's detection configs: ``configs/*_gc.py``, their
-baseline twins in ``configs/baselines/``, the shared settings in
-``configs/_base_/settings.py`` and ``configs/metafile.yml``.
+baseline twins in ``configs/mmdet/baselines/``, the shared settings in
+``configs/mmdet/_base_/settings.py`` and ``configs/metafile.yml``.
 
 Every model is built from its real config and trained for one step on the
 CPU, through the optim wrapper the config describes. To stay fast, the
@@ -33,6 +33,9 @@ from torch import nn
 from tests.conftest import ROOT, detection_batch, without_scope
 
 CONFIG_DIR = ROOT / 'configs'
+ROW_DIR = CONFIG_DIR / 'mmdet'  # the paper's detection rows and configs/mmdet/baselines/
+#: Files at the top of configs/ that only forward to a row (same name): the card's command.
+FORWARDERS = ('mask_rcnn_r50_fpn_gc.py',)
 METAFILE = CONFIG_DIR / 'metafile.yml'
 MMDET_CONFIG_DIR = Path(mmdet.__file__).parent / '.mim' / 'configs'
 
@@ -50,8 +53,8 @@ ROWS = (
     'mask_rcnn_r101_fpn_gn',
     'mask_rcnn_r50_fpn_gn_ws',
 )
-GC_PATHS = {row: CONFIG_DIR / f'{row}_gc.py' for row in ROWS}
-BASELINE_PATHS = {row: CONFIG_DIR / 'baselines' / f'{row}.py' for row in ROWS}
+GC_PATHS = {row: ROW_DIR / f'{row}_gc.py' for row in ROWS}
+BASELINE_PATHS = {row: ROW_DIR / 'baselines' / f'{row}.py' for row in ROWS}
 ALL_PATHS = [p for row in ROWS for p in (GC_PATHS[row], BASELINE_PATHS[row])]
 
 #: What every GC config's optimizer block must be (MMDetection's SGD settings).
@@ -62,7 +65,7 @@ GC_OPTIM_WRAPPER = dict(
     gc=dict(layers=('conv', 'fc')),
 )
 GC_IMPORTS = dict(imports=['mmgc'], allow_failed_imports=False)
-#: Top-level keys that ``configs/_base_/settings.py`` adds to every config.
+#: Top-level keys that ``configs/mmdet/_base_/settings.py`` adds to every config.
 SETTINGS_KEYS = (
     'coco_data_root',
     'samples_per_gpu',
@@ -98,10 +101,26 @@ def _meta_models() -> dict[str, dict]:
 
 # --------------------------------------------------------------- the config set
 def test_every_paper_row_has_a_gc_config_and_a_baseline_twin():
-    gc_found = sorted(p.name for p in CONFIG_DIR.glob('*.py'))
+    gc_found = sorted(p.name for p in ROW_DIR.glob('*.py'))
     assert gc_found == sorted(p.name for p in GC_PATHS.values())
-    twins_found = sorted(p.name for p in (CONFIG_DIR / 'baselines').glob('*.py'))
+    twins_found = sorted(p.name for p in (ROW_DIR / 'baselines').glob('*.py'))
     assert twins_found == sorted(p.name for p in BASELINE_PATHS.values())
+
+
+@pytest.mark.parametrize('name', FORWARDERS)
+def test_a_top_level_config_only_forwards_to_its_row(name):
+    """configs/ holds no config but the forwarders (the card's command,
+    ``python tools/train.py configs/mask_rcnn_r50_fpn_gc.py``): each is one
+    ``_base_`` line to the row of the same name, and loads as that row."""
+    assert sorted(p.name for p in CONFIG_DIR.glob('*.py')) == sorted(FORWARDERS)
+    code = [
+        line
+        for line in (CONFIG_DIR / name).read_text().splitlines()
+        if line.strip() and not line.startswith('#')
+    ]
+    assert code == [f"_base_ = './mmdet/{name}'"]
+    forwarded, row = _as_dict(CONFIG_DIR / name), _as_dict(ROW_DIR / name)
+    assert forwarded == row
 
 
 @pytest.mark.parametrize('row', ROWS)
@@ -157,7 +176,7 @@ def test_mmdetection_keeps_frozen_bn_and_pretrained_backbones():
 def test_settings_file_reaches_every_config(tmp_path):
     """Data root, images per GPU, lr auto-scaling and backbone checkpoints."""
     configs = tmp_path / 'configs'
-    shutil.copytree(CONFIG_DIR, configs)
+    shutil.copytree(ROW_DIR, configs)
     settings = configs / '_base_' / 'settings.py'
     text = settings.read_text(encoding='utf-8')
     replacements = {
@@ -194,9 +213,8 @@ def test_settings_file_reaches_every_config(tmp_path):
 
 # ------------------------------------------------------------------ metafile
 def test_metafile_lists_every_config_and_its_twin():
-    """Every config in configs/ and configs/baselines/ (detection), and in
-    configs/mmpretrain/ and configs/mmseg/ and their baselines/ (classification,
-    segmentation), is listed,
+    """Every config in configs/mmdet/, configs/mmpretrain/ and configs/mmseg/
+    and their baselines/ (detection, classification, segmentation) is listed,
     once, with its twin in the baselines/ folder beside it."""
     models = _metafile()['Models']
     collections = {c['Name'] for c in _metafile()['Collections']}
@@ -211,7 +229,7 @@ def test_metafile_lists_every_config_and_its_twin():
         assert model['In Collection'] in collections
         listed += [config, twin]
     assert len(listed) == len(set(listed))
-    folders = (CONFIG_DIR, CONFIG_DIR / 'mmpretrain', CONFIG_DIR / 'mmseg')
+    folders = (ROW_DIR, CONFIG_DIR / 'mmpretrain', CONFIG_DIR / 'mmseg')
     on_disk = {p for d in folders for p in (*d.glob('*.py'), *(d / 'baselines').glob('*.py'))}
     assert set(listed) == on_disk
 

@@ -3,7 +3,7 @@
 MMEngine's CheckpointHook saves on rank 0 only; the distributed test needs
 each rank's weights to check that DDP kept them identical, and the image
 ids each rank saw to check that the ranks trained on different data.
-Imported by configs/mask_rcnn_tiny_gc_dist.py through ``custom_imports``
+Imported by configs/mmdet/mask_rcnn_tiny_gc_dist.py through ``custom_imports``
 (the test puts this folder on PYTHONPATH).
 """
 

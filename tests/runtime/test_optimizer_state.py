@@ -9,8 +9,8 @@ momentum buffer, and tensors without GC must then move exactly as the
 baseline moves them.
 
 At the end, a baseline checkpoint resumed into its GC twin, on the real
-configs: ``configs/baselines/mask_rcnn_r50_fpn.py`` (MMDetection's Mask R-CNN R50-FPN:
-stem and stage 1 frozen, BN in eval mode) and ``configs/mask_rcnn_r50_fpn_gc.py``
+configs: ``configs/mmdet/baselines/mask_rcnn_r50_fpn.py`` (MMDetection's Mask R-CNN R50-FPN:
+stem and stage 1 frozen, BN in eval mode) and ``configs/mmdet/mask_rcnn_r50_fpn_gc.py``
 are run with ``tools/train.py`` as subprocesses, as a user runs them, shrunk
 only in what cannot run on a CPU in seconds: no pretrained backbone
 (``init_cfg=None``), the first two 64x64 images of the shared shapes dataset
@@ -327,8 +327,8 @@ def test_the_gc_twin_holds_the_baselines_parameters_frozen_ones_with_gc(tools):
     from mmdet.utils import register_all_modules
 
     register_all_modules(init_default_scope=False)
-    gc_cfg = Config.fromfile(str(tools.root / 'configs/mask_rcnn_r50_fpn_gc.py'))
-    base_cfg = Config.fromfile(str(tools.root / 'configs/baselines/mask_rcnn_r50_fpn.py'))
+    gc_cfg = Config.fromfile(str(tools.root / 'configs/mmdet/mask_rcnn_r50_fpn_gc.py'))
+    base_cfg = Config.fromfile(str(tools.root / 'configs/mmdet/baselines/mask_rcnn_r50_fpn.py'))
     gc_cfg.model.backbone.init_cfg = None
     with DefaultScope.overwrite_default_scope('mmdet'):
         model = MODELS.build(gc_cfg.model)
@@ -358,7 +358,7 @@ def test_baseline_checkpoint_resumes_into_its_gc_twin(tools, shapes, tmp_path):
     root = shapes['data_root']
     base_dir, gc_dir = tmp_path / 'baseline', tmp_path / 'gc'
     base_config = _config(
-        tools, tmp_path, 'base', 'configs/baselines/mask_rcnn_r50_fpn.py', root, 1
+        tools, tmp_path, 'base', 'configs/mmdet/baselines/mask_rcnn_r50_fpn.py', root, 1
     )
     _train_tool(tools, base_config, base_dir)
     baseline = safe_torch_load(str(base_dir / 'epoch_1.pth'))
@@ -374,7 +374,7 @@ def test_baseline_checkpoint_resumes_into_its_gc_twin(tools, shapes, tmp_path):
     ]
     assert frozen and not any(names.index(n) in saved['state'] for n in frozen)
 
-    gc_config = _config(tools, tmp_path, 'gc', 'configs/mask_rcnn_r50_fpn_gc.py', root, 2)
+    gc_config = _config(tools, tmp_path, 'gc', 'configs/mmdet/mask_rcnn_r50_fpn_gc.py', root, 2)
     log = _train_tool(tools, gc_config, gc_dir, '--resume', base_dir / 'epoch_1.pth')
     assert 'resumed epoch: 1, iter: 1' in log
     assert 'Resuming SGDGC from the state of a plain optimizer' in log

@@ -54,7 +54,10 @@ SHORT_GC = f'{STANDINS}/short/mask_rcnn_r50_fpn_gc.py'
 SHORT_BASE = f'{STANDINS}/short/baselines/mask_rcnn_r50_fpn.py'
 #: The paper configs the README names, and their stand-ins (same file names,
 #: so the default work dirs are the README's).
-CONFIGS = {'configs/mask_rcnn_r50_fpn_gc.py': GC, 'configs/baselines/mask_rcnn_r50_fpn.py': BASE}
+CONFIGS = {
+    'configs/mmdet/mask_rcnn_r50_fpn_gc.py': GC,
+    'configs/mmdet/baselines/mask_rcnn_r50_fpn.py': BASE,
+}
 
 
 def _last(work_dir: str) -> dict:
@@ -125,27 +128,28 @@ COMMANDS: dict[str, tuple[Run, ...] | NotHere] = {
     'pip install -U openmim && mim install "mmengine==0.10.7" "mmcv==2.1.0"': NotHere(GPU_SETUP),
     'pip install "mmdet==3.3.0" && pip install -e .': NotHere(GPU_SETUP),
     # "Training a row"
-    'bash tools/dist_train.sh configs/mask_rcnn_r50_fpn_gc.py 8 --cfg-options randomness.seed=0': (
-        Run('row', GPUS),
-    ),
-    'bash tools/dist_train.sh configs/baselines/mask_rcnn_r50_fpn.py 8 --cfg-options '
+    'bash tools/dist_train.sh configs/mmdet/mask_rcnn_r50_fpn_gc.py 8 --cfg-options '
     'randomness.seed=0': (Run('row', GPUS),),
-    'python tools/test.py configs/mask_rcnn_r50_fpn_gc.py '
+    'bash tools/dist_train.sh configs/mmdet/baselines/mask_rcnn_r50_fpn.py 8 --cfg-options '
+    'randomness.seed=0': (Run('row', GPUS),),
+    'python tools/test.py configs/mmdet/mask_rcnn_r50_fpn_gc.py '
     'work_dirs/mask_rcnn_r50_fpn_gc/epoch_12.pth': (
         Run('row', _last('work_dirs/mask_rcnn_r50_fpn_gc')),
     ),
-    'python tools/test.py configs/baselines/mask_rcnn_r50_fpn.py '
+    'python tools/test.py configs/mmdet/baselines/mask_rcnn_r50_fpn.py '
     'work_dirs/mask_rcnn_r50_fpn/epoch_12.pth': (Run('row', _last('work_dirs/mask_rcnn_r50_fpn')),),
     'python tools/compare_ap.py work_dirs/mask_rcnn_r50_fpn_gc work_dirs/mask_rcnn_r50_fpn': (
         Run('row'),
     ),
     # "Settings you will likely change": the stand-in's backbone weights from a local file
-    'python tools/train.py configs/mask_rcnn_r50_fpn_gc.py --cfg-options '
+    'python tools/train.py configs/mmdet/mask_rcnn_r50_fpn_gc.py --cfg-options '
     'train_dataloader.batch_size=4 model.backbone.init_cfg.checkpoint=/models/resnet50.pth': (
         Run(
             'settings',
             {
-                'configs/mask_rcnn_r50_fpn_gc.py': f'{STANDINS}/pretrained/mask_rcnn_r50_fpn_gc.py',
+                'configs/mmdet/mask_rcnn_r50_fpn_gc.py': (
+                    f'{STANDINS}/pretrained/mask_rcnn_r50_fpn_gc.py'
+                ),
                 'model.backbone.init_cfg.checkpoint=/models/resnet50.pth': (
                     'model.backbone.init_cfg.checkpoint=models/resnet50.pth'
                 ),
@@ -153,7 +157,7 @@ COMMANDS: dict[str, tuple[Run, ...] | NotHere] = {
         ),
     ),
     # "Train, test, distribute, compare"
-    'python tools/train.py configs/mask_rcnn_r50_fpn_gc.py --auto-scale-lr --cfg-options '
+    'python tools/train.py configs/mmdet/mask_rcnn_r50_fpn_gc.py --auto-scale-lr --cfg-options '
     'randomness.seed=0': (Run('one-machine'),),
     'NNODES=2 NODE_RANK=0 MASTER_ADDR=10.0.0.1 PORT=29500 bash tools/dist_train.sh CONFIG 8': (
         Run('launch', {'CONFIG': GC}),
@@ -172,7 +176,7 @@ COMMANDS: dict[str, tuple[Run, ...] | NotHere] = {
             {'CONFIG': GC, 'CHECKPOINT': 'work_dirs/mask_rcnn_r50_fpn_gc/epoch_2.pth'},
         ),
     ),
-    'bash tools/train_pair.sh configs/mask_rcnn_r50_fpn_gc.py 8 --seeds 0 1 2': (
+    'bash tools/train_pair.sh configs/mmdet/mask_rcnn_r50_fpn_gc.py 8 --seeds 0 1 2': (
         Run('row', {'8 --seeds 0 1 2': '1 --seeds 0 1'}),
     ),
     'bash tools/train_pair.sh CONFIG 8 --seeds 0 1 2 --gc': (
@@ -406,7 +410,7 @@ def test_row_ends_in_a_comparison_with_the_papers_delta(row):
 
 
 def test_train_pair_reuses_the_row_and_trains_the_other_seed(row):
-    out = _out(row, 'train_pair.sh configs/mask_rcnn_r50_fpn_gc.py')
+    out = _out(row, 'train_pair.sh configs/mmdet/mask_rcnn_r50_fpn_gc.py')
     pairs = row / 'work_dirs/pairs/mask_rcnn_r50_fpn_gc'
     for side in ('gc', 'baseline'):
         done = f'work_dirs/pairs/mask_rcnn_r50_fpn_gc/seed0/{side}/test_metrics.json'

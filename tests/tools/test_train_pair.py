@@ -25,7 +25,7 @@ import pytest
 GC = 'tests/data/configs/mask_rcnn_tiny_gc_fault.py'
 BASE = 'tests/data/configs/mask_rcnn_tiny_fault.py'
 SCRIPT = 'tools/train_pair.sh'
-R50 = 'configs/mask_rcnn_r50_fpn_gc.py'
+R50 = 'configs/mmdet/mask_rcnn_r50_fpn_gc.py'
 CONFIGS = 'tests/data/configs'
 #: The baseline, one process, one seed: --gc's errors.
 ONE_SEED = (BASE, '1', '--seeds', '0')
@@ -45,7 +45,10 @@ def test_dry_run_on_torchrun_finds_the_twin_and_plans_every_step(tools, tmp_path
     )
     lines = proc.stdout.splitlines()
     commands = [line for line in lines if not line.startswith('[train_pair.sh]')]
-    gc, base = 'configs/mask_rcnn_r50_fpn_gc.py', 'configs/baselines/mask_rcnn_r50_fpn.py'
+    gc, base = (
+        'configs/mmdet/mask_rcnn_r50_fpn_gc.py',
+        'configs/mmdet/baselines/mask_rcnn_r50_fpn.py',
+    )
     expected = []
     for seed in (0, 1):
         for side, config in (('gc', gc), ('baseline', base)):
@@ -76,18 +79,18 @@ def test_dry_run_single_process_and_slurm(tools, tmp_path):
     ) in one
     assert f'{tools.root}/tools/test.py {tiny_gc} {tmp_path}/seed3/gc/\\<last_checkpoint\\> ' in one
     assert f'--work-dir {tmp_path}/seed3/gc --cfg-options a=1 b=2' in one
-    args = ['configs/faster_rcnn_r50_fpn_gc.py', '16', '--seeds', '2', '--slurm', 'gpu']
+    args = ['configs/mmdet/faster_rcnn_r50_fpn_gc.py', '16', '--seeds', '2', '--slurm', 'gpu']
     slurm = tools.ok(
         _pair(tools, *args, '--job-name', 'r50', '--work-dir', tmp_path, '--dry-run')
     ).stdout
     assert (
         f'env GPUS=16 bash {tools.root}/tools/slurm_train.sh gpu r50_s2_baseline '
-        f'configs/baselines/faster_rcnn_r50_fpn.py {tmp_path}/seed2/baseline '
+        f'configs/mmdet/baselines/faster_rcnn_r50_fpn.py {tmp_path}/seed2/baseline '
         '--cfg-options randomness.seed=2'
     ) in slurm
     assert (
         f'env GPUS=16 bash {tools.root}/tools/slurm_test.sh gpu r50_s2_gc_test '
-        f'configs/faster_rcnn_r50_fpn_gc.py {tmp_path}/seed2/gc/\\<last_checkpoint\\> '
+        f'configs/mmdet/faster_rcnn_r50_fpn_gc.py {tmp_path}/seed2/gc/\\<last_checkpoint\\> '
         f'--work-dir {tmp_path}/seed2/gc'
     ) in slurm
 
@@ -106,8 +109,13 @@ def test_dry_run_skips_done_runs_and_resumes_stopped_ones(tools, tmp_path):
     assert f'seed 0 gc: done ({done}/test_metrics.json), skipped' in out
     assert f'--work-dir {done}' not in out
     assert 'seed 0 baseline: trained already' in out
-    assert f'tools/train.py configs/baselines/mask_rcnn_r50_fpn.py --work-dir {trained}' not in out
-    assert f'tools/test.py configs/baselines/mask_rcnn_r50_fpn.py {trained}/epoch_12.pth' in out
+    assert (
+        f'tools/train.py configs/mmdet/baselines/mask_rcnn_r50_fpn.py --work-dir {trained}'
+        not in out
+    )
+    assert (
+        f'tools/test.py configs/mmdet/baselines/mask_rcnn_r50_fpn.py {trained}/epoch_12.pth' in out
+    )
     assert 'seed 1 gc: continuing from its last checkpoint' in out
     assert f'--work-dir {stopped} --resume --cfg-options randomness.seed=1' in out
     assert f'{stopped}/epoch_5.pth' in out
@@ -149,7 +157,7 @@ def test_argument_errors(tools, args, match):
 def test_dry_run_with_gc_pairs_a_config_with_itself(tools, tmp_path):
     """--gc: CONFIG (any config, no twin file) with tools/train.py --gc is the
     GC side, CONFIG itself the baseline; both are tested with CONFIG."""
-    base = 'configs/baselines/mask_rcnn_r50_fpn.py'
+    base = 'configs/mmdet/baselines/mask_rcnn_r50_fpn.py'
     gc = ['--gc', '--gc-layers', 'conv', '--gc-variant', 'update']
     out = tools.ok(
         _pair(tools, base, '1', '--seeds', '4', *gc, '--work-dir', tmp_path, '--dry-run')

@@ -4,7 +4,7 @@
 # those of ../../baselines/mask_rcnn_r50_fpn.py (MMDetection's config);
 # the optimizer follows MMDetection's AdamW recipes for Mask R-CNN
 # (lr 1e-4, betas (0.9, 0.999), weight decay 0.05, no decay on norm layers).
-_base_ = '../../baselines/mask_rcnn_r50_fpn.py'
+_base_ = '../../mmdet/baselines/mask_rcnn_r50_fpn.py'
 optim_wrapper = dict(
     _delete_=True,
     type='OptimWrapper',

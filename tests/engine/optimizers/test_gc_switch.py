@@ -166,7 +166,7 @@ def test_switching_twice_replaces_layers_and_variant():
 
 
 def test_old_form_config_moves_to_the_new_form():
-    cfg = Config.fromfile(ROOT / 'configs/mask_rcnn_r50_fpn_gc.py')
+    cfg = Config.fromfile(ROOT / 'configs/mmdet/mask_rcnn_r50_fpn_gc.py')
     enable_gc(cfg, layers='conv')
     ow = cfg.optim_wrapper
     assert ow.optimizer.type == 'SGDGC'

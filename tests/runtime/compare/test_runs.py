@@ -36,8 +36,9 @@ def _with(cfg: Config, **options) -> Config:
 @pytest.mark.parametrize(
     'gc_name, base_name',
     [
-        ('mask_rcnn_r50_fpn_gc.py', 'baselines/mask_rcnn_r50_fpn.py'),
-        ('faster_rcnn_x101_32x4d_fpn_gc.py', 'baselines/faster_rcnn_x101_32x4d_fpn.py'),
+        ('mmdet/mask_rcnn_r50_fpn_gc.py', 'mmdet/baselines/mask_rcnn_r50_fpn.py'),
+        ('mask_rcnn_r50_fpn_gc.py', 'mmdet/baselines/mask_rcnn_r50_fpn.py'),  # the forwarder
+        ('mmdet/faster_rcnn_x101_32x4d_fpn_gc.py', 'mmdet/baselines/faster_rcnn_x101_32x4d_fpn.py'),
         ('demo/mask_rcnn_r18_fpn_shapes_gc.py', 'demo/baselines/mask_rcnn_r18_fpn_shapes.py'),
     ],
 )
@@ -195,7 +196,7 @@ def test_unknown_seeds_pair_only_one_run_per_side(runs):
 
 
 def test_paper_deltas_from_the_real_metafile(metafile):
-    deltas = paper_deltas(metafile, 'configs/mask_rcnn_r50_fpn_gc.py')
+    deltas = paper_deltas(metafile, 'configs/mmdet/mask_rcnn_r50_fpn_gc.py')
     index = yaml.safe_load(open(metafile, encoding='utf-8'))
     entry = next(m for m in index['Models'] if m['Name'] == 'mask_rcnn_r50_fpn_gc')
     expected = {}

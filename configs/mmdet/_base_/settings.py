@@ -5,7 +5,7 @@
 # one is built from MMDetection's parts: see its header).
 #
 # For one run only, override the applied values instead, e.g.
-#   python tools/train.py configs/mask_rcnn_r50_fpn_gc.py --cfg-options \
+#   python tools/train.py configs/mmdet/mask_rcnn_r50_fpn_gc.py --cfg-options \
 #       train_dataloader.batch_size=4 \
 #       model.backbone.init_cfg.checkpoint=/models/resnet50.pth
 # (changing the variables below on the command line has no effect: they are
