@@ -121,7 +121,9 @@ def why_not_variant(optimizer_cls: Any, variant: str) -> str:
         return "'sgdw' is SGD with decoupled decay, SGDWGC"
     if variant == 'grad' and _update_only(optimizer_cls):
         return 'its trust ratio reads the raw gradient'
-    return 'its averaged weights follow the uncentralized step'
+    if variant == 'update' and issubclass(optimizer_cls, NO_UPDATE_VARIANT):
+        return 'its averaged weights follow the uncentralized step'
+    return f'mmgc has no {variant!r} rule for it'
 
 
 def supports_gc(optimizer_cls: Any) -> bool:

@@ -16,7 +16,7 @@ from torch import nn
 from torch.testing import assert_close
 
 from mmgc import SGDGC
-from mmgc.engine.optimizers.capability import gc_variants_of, supports_gc
+from mmgc.engine.optimizers.capability import gc_variants_of, supports_gc, why_not_variant
 from mmgc.engine.optimizers.gc_step_hooks import attach_gc_hooks, uses_gc_hooks
 from tests.conftest import fused_cases, needs_scaler, step_with_reference
 from tests.reference import (
@@ -583,3 +583,18 @@ def test_half_precision_gradient_is_formed_in_float32(dtype, foreach):
         assert_close(seen[-1], expected, rtol=eps, atol=eps * scale)
         assert torch.equal(weight.grad, grad)
     assert unit_mean_ratio(opt.state[weight]['momentum_buffer'], 0) < 1e-2
+
+
+@pytest.mark.parametrize(
+    ('optimizer_cls', 'variant', 'why'),
+    [
+        (torch.optim.AdamW, 'update', ''),
+        (torch.optim.ASGD, 'update', 'its averaged weights follow the uncentralized step'),
+        (torch.optim.AdamW, 'sgdw', "'sgdw' is SGD with decoupled decay, SGDWGC"),
+        (torch.optim.LBFGS, 'grad', 'it cannot take gradient centralization'),
+    ],
+)
+def test_why_an_optimizer_does_not_take_a_variant(optimizer_cls, variant, why):
+    """The one answer the constructor's and the hooks' refusals give (LARS and
+    Lamb's, 'its trust ratio reads the raw gradient', in test_lars_lamb.py)."""
+    assert why_not_variant(optimizer_cls, variant) == why
