@@ -1,28 +1,30 @@
-"""The README is a test: every command of its ```bash / ```shell blocks runs
-here, as written and in the order written, with only sizes swapped for CPU
-stand-ins.
+"""The README and the docs are tests: every command of their ```bash /
+```shell blocks runs here, as written and in the order written, with only sizes
+swapped for CPU stand-ins.
 
-:data:`COMMANDS` maps each command's text (continuation lines joined,
-comments dropped) to what runs here: one or more :class:`Run` (the same text
-with the words of ``swap`` replaced: a paper config by its stand-in under
-``tests/data/configs/readme/``, which inherits the real config and shrinks it
-to ResNet-18 on the ``shapes`` data; 8 GPUs by 2 gloo processes; a 12-epoch
-checkpoint by the stand-in's last; a placeholder such as ``CONFIG`` by a
-stand-in), or a :class:`NotHere` saying why it cannot run on this machine.
-A README command without an entry, or an entry without its command, fails
-:func:`test_every_readme_command_has_a_stand_in`: a README command cannot
-change without its test.
+:data:`PAGES` are the pages, in the order their commands run (a flow's
+commands may span pages: "Training a row" in docs/detection.md, then
+train_pair.sh in docs/tools.md). :data:`COMMANDS` maps each command's text
+(continuation lines joined, comments dropped) to what runs here: one or more
+:class:`Run` (the same text with the words of ``swap`` replaced: a paper
+config by its stand-in under ``tests/data/configs/readme/``, which inherits the
+real config and shrinks it to ResNet-18 on the ``shapes`` data; 8 GPUs by 2
+gloo processes; a 12-epoch checkpoint by the stand-in's last; a placeholder
+such as ``CONFIG`` by a stand-in), a :class:`RunBy` naming the test file that
+runs it as written (with every word of the command in that file), or a
+:class:`NotHere` saying why it cannot run on this machine. A command without
+an entry, or an entry without its command, fails
+:func:`test_every_command_of_the_docs_has_a_stand_in`: a documented command
+cannot change without its test.
 
 The commands run in a workspace per flow (a temporary folder whose
 ``tools``, ``configs`` and ``tests`` are the repository's), with the
 virtualenv's ``bin`` first on ``PATH`` (what ``source .venv/bin/activate``
 does), so ``python`` and the default ``./work_dirs/<config name>`` are the
-README's. The quick-reference block ("Train, test, distribute, compare")
-lists alternatives: a command there runs in the flow of what it needs
-(``--resume`` after a stopped run, ``test.py`` after a training, the plot
-after two diagnostics runs), and a command whose text appears twice runs once.
-Multi-node and Slurm lines cannot run on one machine without Slurm: their
-launch is checked with a recording ``python`` / ``srun`` instead.
+docs'. A command whose text appears twice runs once. Multi-node and Slurm
+lines cannot run on one machine without Slurm: their launch is checked with a
+recording ``python`` / ``srun`` instead, and train_pair.sh's plans with its
+``--dry-run``.
 """
 
 from __future__ import annotations
@@ -91,16 +93,26 @@ RECORDER = '#!/usr/bin/env bash\nprintf "%s\\n" "$0" "$@" > "$RECORD"\n'
 
 @dataclass(frozen=True)
 class Run:
-    """The README's command, run in ``flow`` with the words (or phrases) of
-    ``swap`` replaced; every swapped word must be in the command."""
+    """The command, run in ``flow`` with the words (or phrases) of ``swap``
+    replaced; every swapped word must be in the command. ``status``: the exit
+    status it must end with."""
 
     flow: str
     swap: dict = field(default_factory=dict)
+    status: int = 0
+
+
+@dataclass(frozen=True)
+class RunBy:
+    """A command that ``test_file`` runs as written (at tiny sizes): every word
+    of the command is in that file."""
+
+    test_file: str
 
 
 @dataclass(frozen=True)
 class NotHere:
-    """A README command that cannot run on this machine, and why."""
+    """A command that cannot run on this machine, and why."""
 
     reason: str
 
@@ -114,20 +126,28 @@ BENCH = (
     'a timing benchmark of full-size models (R50 / X101 optimizer steps, minutes on this CPU); '
     'the suite asserts no timing'
 )
+NO_GPU = 'needs a CUDA GPU; this machine has none (the --device cpu line runs the same code)'
+#: A data root of train_pair.sh's one-GPU line; its plan runs here.
+PLAN = '--dry-run'
+#: The tiny FCN of the MMSegmentation line (tests/data/configs/mmseg).
+SEG = 'tests/data/configs/mmseg/fcn_tiny.py'
 
-#: Every command of the README, by its text, and what runs here.
-COMMANDS: dict[str, tuple[Run, ...] | NotHere] = {
-    # "Set up on a fresh machine"
+#: Every command of the README and the docs, by its text, and what runs here.
+COMMANDS: dict[str, tuple[Run, ...] | RunBy | NotHere] = {
+    # README: set-up, the card's command, --gc
     'bash tools/run_demo.sh': NotHere(
-        'set-up: installs the stack, then runs the 12-minute demo; tests/runtime/test_demo.py '
-        'runs the demo at tiny sizes'
+        'set-up: installs the stack, then runs the 7- to 12-minute demo; '
+        'tests/runtime/test_demo.py runs the demo at tiny sizes'
     ),
     'bash tools/run_tests.sh': NotHere('set-up: installs both stacks and runs this suite'),
+    'python tools/train.py configs/mask_rcnn_r50_fpn_gc.py': (Run('card', status=2),),
+    'python tools/train.py CONFIG --gc': (Run('gc-switch', {'CONFIG': SHORT_BASE}),),
+    # docs/install.md
     'pip install torch==2.1.2 torchvision==0.16.2 --index-url '
     'https://download.pytorch.org/whl/cu121': NotHere(GPU_SETUP),
     'pip install -U openmim && mim install "mmengine==0.10.7" "mmcv==2.1.0"': NotHere(GPU_SETUP),
     'pip install "mmdet==3.3.0" && pip install -e .': NotHere(GPU_SETUP),
-    # "Training a row"
+    # docs/detection.md: "Training a row", "Settings you will likely change"
     'bash tools/dist_train.sh configs/mmdet/mask_rcnn_r50_fpn_gc.py 8 --cfg-options '
     'randomness.seed=0': (Run('row', GPUS),),
     'bash tools/dist_train.sh configs/mmdet/baselines/mask_rcnn_r50_fpn.py 8 --cfg-options '
@@ -141,7 +161,6 @@ COMMANDS: dict[str, tuple[Run, ...] | NotHere] = {
     'python tools/compare_ap.py work_dirs/mask_rcnn_r50_fpn_gc work_dirs/mask_rcnn_r50_fpn': (
         Run('row'),
     ),
-    # "Settings you will likely change": the stand-in's backbone weights from a local file
     'python tools/train.py configs/mmdet/mask_rcnn_r50_fpn_gc.py --cfg-options '
     'train_dataloader.batch_size=4 model.backbone.init_cfg.checkpoint=/models/resnet50.pth': (
         Run(
@@ -156,7 +175,7 @@ COMMANDS: dict[str, tuple[Run, ...] | NotHere] = {
             },
         ),
     ),
-    # "Train, test, distribute, compare"
+    # docs/tools.md: "At a glance"
     'python tools/train.py configs/mmdet/mask_rcnn_r50_fpn_gc.py --auto-scale-lr --cfg-options '
     'randomness.seed=0': (Run('one-machine'),),
     'NNODES=2 NODE_RANK=0 MASTER_ADDR=10.0.0.1 PORT=29500 bash tools/dist_train.sh CONFIG 8': (
@@ -193,10 +212,42 @@ COMMANDS: dict[str, tuple[Run, ...] | NotHere] = {
             },
         ),
     ),
-    # "GC on your own detector"
-    'python tools/train.py CONFIG --gc --gc-layers conv fc --gc-variant grad': (
-        Run('gc-switch', {'CONFIG': SHORT_BASE}),
+    # docs/tools.md: Train, Test, Distributed, pairs over seeds
+    'python tools/train.py CONFIG --work-dir work_dirs/gc_r50 --cfg-options '
+    'train_dataloader.batch_size=4 --auto-scale-lr': (Run('one-machine', {'CONFIG': SHORT_GC}),),
+    'python tools/test.py CONFIG CHECKPOINT --work-dir work_dirs/gc_r50 --out preds.pkl '
+    '--show-dir vis': (
+        Run('one-machine', {'CONFIG': SHORT_GC, 'CHECKPOINT': 'work_dirs/gc_r50/epoch_1.pth'}),
     ),
+    'bash tools/dist_test.sh CONFIG CHECKPOINT 8 --work-dir work_dirs/gc_dist': (
+        Run(
+            'row',
+            {'CONFIG': GC, 'CHECKPOINT': 'work_dirs/mask_rcnn_r50_fpn_gc/epoch_2.pth', '8': '2'},
+        ),
+    ),
+    'NNODES=2 NODE_RANK=1 MASTER_ADDR=10.0.0.1 PORT=29500 bash tools/dist_train.sh CONFIG 8': (
+        Run('launch', {'CONFIG': GC}),
+    ),
+    'GPUS=8 bash tools/slurm_test.sh PARTITION JOB CONFIG CHECKPOINT': (
+        Run('launch', {'CONFIG': GC}),
+    ),
+    'bash tools/train_pair.sh configs/mmdet/mask_rcnn_r50_fpn_gc.py 1 --seeds 0 1 --work-dir '
+    'work_dirs/r50 --cfg-options train_dataloader.dataset.data_root=/data/coco/ -- '
+    '--auto-scale-lr': (Run('plans', {'--work-dir': f'{PLAN} --work-dir'}),),
+    'GPUS_PER_NODE=8 bash tools/train_pair.sh configs/mmdet/mask_rcnn_r50_fpn_gc.py 16 --seeds 0 '
+    '1 2 --slurm PARTITION --job-name r50': (Run('plans', {'r50': f'r50 {PLAN}'}),),
+    # docs/configs.md: "Gradient diagnostics"
+    'python tools/plot_gc_stats.py work_dirs/mask_rcnn_r50_fpn_gc work_dirs/mask_rcnn_r50_fpn '
+    '--out fig4.png': (Run('diagnostics'),),
+    # docs/codebases.md
+    'bash tools/train_pair.sh configs/mmseg/demo/fcn_r18_shapes.py 1 --seeds 0 --gc --work-dir '
+    'work_dirs/seg': (Run('seg', {'configs/mmseg/demo/fcn_r18_shapes.py': SEG}),),
+    'bash tools/train_pair.sh configs/mmpretrain/resnet18_cifar100_gc.py 1 --seeds 0 1 2': (
+        Run('plans', {'2': f'2 {PLAN}'}),
+    ),
+    'bash tools/train_pair.sh configs/mmseg/pspnet_r50-d8_4xb2-80k_cityscapes-512x1024_gc.py 4 '
+    '--seeds 0 1 2': (Run('plans', {'2': f'2 {PLAN}'}),),
+    # docs/zoo.md
     'python tools/check_zoo.py --out work_dirs/check_zoo/zoo.jsonl': (
         Run('zoo', {'tools/check_zoo.py': f'tools/check_zoo.py {ZOO_SAMPLE}'}),
     ),
@@ -212,13 +263,16 @@ COMMANDS: dict[str, tuple[Run, ...] | NotHere] = {
             {'tools/check_zoo.py': f'tools/check_zoo.py {CODEBASE_ZOO_SAMPLES["mmpretrain"]}'},
         ),
     ),
-    # "Gradient diagnostics"
-    'python tools/plot_gc_stats.py work_dirs/mask_rcnn_r50_fpn_gc work_dirs/mask_rcnn_r50_fpn '
-    '--out fig4.png': (Run('diagnostics'),),
-    # "Performance"
-    '.venv/bin/python benchmarks/bench_step.py [--models mask_rcnn_r50 mask_rcnn_x101_64x4d] '
-    '[--threads N]': NotHere(BENCH),
-    '.venv/bin/python benchmarks/bench_e2e.py': NotHere(BENCH),
+    # docs/performance.md
+    'python benchmarks/bench_step.py': NotHere(BENCH),
+    'python benchmarks/bench_step.py --models mask_rcnn_r50 --iters 50 --threads 1': NotHere(BENCH),
+    'python benchmarks/bench_step.py --device cuda': NotHere(NO_GPU),
+    'python benchmarks/bench_e2e.py --iters 20': NotHere(BENCH),
+    # docs/gpu-check.md
+    'bash tools/check_gpu.sh': NotHere(NO_GPU),
+    'bash tools/check_gpu.sh --device cpu': RunBy('tests/tools/test_check_gpu.py'),
+    'bash tools/check_gpu.sh --sections tests e2e': NotHere(NO_GPU),
+    'bash tools/check_gpu.sh --out-dir work_dirs/check_gpu/h200 --e2e-iters 50': NotHere(NO_GPU),
 }
 
 
@@ -248,37 +302,62 @@ def _swapped(command: str, swap: dict) -> str:
     """``command`` with the whole words or phrases of ``swap`` and :data:`CONFIGS` replaced."""
     for old, new in swap.items():
         pattern = rf'(?<!\S){re.escape(old)}(?!\S)'
-        assert re.search(pattern, command), f'{old!r} is not in the README command {command!r}'
+        assert re.search(pattern, command), f'{old!r} is not in the command {command!r}'
         command = re.sub(pattern, new, command)
     for old, new in CONFIGS.items():
         command = re.sub(rf'(?<!\S){re.escape(old)}(?!\S)', new, command)
     return command
 
 
-def _steps(flow: str) -> list[tuple[str, str]]:
-    """``(README command, what runs here)`` of ``flow``, in the README's order."""
-    commands = dict.fromkeys(readme_commands(README.read_text(encoding='utf-8')))
+#: The README and every page of docs/, in the order their commands run.
+PAGES = [
+    'README.md',
+    *(
+        f'docs/{name}.md'
+        for name in (
+            'index', 'install', 'detection', 'tools', 'configs', 'codebases', 'zoo', 'demo',
+            'performance', 'numerics', 'faults', 'gpu-check', 'development',
+        )
+    ),
+]  # fmt: skip
+
+
+def doc_commands() -> list[str]:
+    """Every command of :data:`PAGES`, in order, each once."""
+    return list(
+        dict.fromkeys(c for page in PAGES for c in readme_commands((ROOT / page).read_text()))
+    )
+
+
+def _steps(flow: str) -> list[tuple[str, Run, str]]:
+    """``(documented command, its Run, what runs here)`` of ``flow``, in the docs' order."""
     return [
-        (command, _swapped(command, run.swap))
-        for command in commands
+        (command, run, _swapped(command, run.swap))
+        for command in doc_commands()
         if isinstance(COMMANDS.get(command), tuple)
         for run in COMMANDS[command]
         if run.flow == flow
     ]
 
 
-README = ROOT / 'README.md'
+def test_every_page_of_the_docs_is_read():
+    pages = {'README.md', *(str(p.relative_to(ROOT)) for p in (ROOT / 'docs').glob('*.md'))}
+    assert sorted(pages) == sorted(PAGES)
 
 
-def test_every_readme_command_has_a_stand_in():
-    commands = readme_commands(README.read_text(encoding='utf-8'))
+def test_every_command_of_the_docs_has_a_stand_in():
+    commands = doc_commands()
     missing = [c for c in commands if c not in COMMANDS]
     stale = [c for c in COMMANDS if c not in commands]
-    assert not missing, f'README commands without an entry in COMMANDS: {missing}'
-    assert not stale, f'COMMANDS entries that are not (any more) in the README: {stale}'
+    assert not missing, f'documented commands without an entry in COMMANDS: {missing}'
+    assert not stale, f'COMMANDS entries that are not (any more) in the docs: {stale}'
     for command, entry in COMMANDS.items():
         if isinstance(entry, NotHere):
             assert entry.reason.strip(), command
+        elif isinstance(entry, RunBy):
+            text = (ROOT / entry.test_file).read_text()
+            absent = [w for w in command.split() if w not in ('bash', 'python') and w not in text]
+            assert not absent, f'{entry.test_file} does not run {command!r}: no {absent}'
         else:
             for run in entry:
                 _swapped(command, run.swap)  # every swapped word is in the command
@@ -319,12 +398,19 @@ class Workspace:
         full.update(env)
         return run_in_session(['bash', '-c', command], full, self.tools.timeout, cwd=self.path)
 
-    def flow(self, name: str, part=slice(None)) -> dict[str, list[subprocess.CompletedProcess]]:
-        """Run ``name``'s steps (``part`` of them) in the README's order, each
-        asserted to succeed."""
+    def flow(
+        self, name: str, part=slice(None), **env: str
+    ) -> dict[str, list[subprocess.CompletedProcess]]:
+        """Run ``name``'s steps (``part`` of them) in the docs' order, each
+        asserted to end with its status."""
         out: dict[str, list] = {}
-        for command, here in _steps(name)[part]:
-            out.setdefault(command, []).append(self.tools.ok(self.run(here)))
+        for command, run, here in _steps(name)[part]:
+            proc = self.run(here, **env)
+            if run.status == 0:
+                self.tools.ok(proc)
+            else:
+                assert proc.returncode == run.status, self.tools.output(proc)
+            out.setdefault(command, []).append(proc)
         return out
 
     def __truediv__(self, other: str) -> Path:
@@ -357,7 +443,7 @@ def row(tools, tmp_path_factory) -> Workspace:
     reference's train_pair.sh (its seed 0 is the row's runs, moved into its
     layout: trained with the same command and seed) and compare_ap.py."""
     ws = Workspace(tools, tmp_path_factory.mktemp('row'))
-    first = next(i for i, (c, _) in enumerate(_steps('row')) if 'train_pair.sh' in c)
+    first = next(i for i, (c, _, _) in enumerate(_steps('row')) if 'train_pair.sh' in c)
     before = ws.flow('row', slice(first))
     pairs = ws / 'work_dirs/pairs/mask_rcnn_r50_fpn_gc'
     for side, name in zip(('gc', 'baseline'), NAMES):
@@ -452,7 +538,7 @@ def test_train_pair_with_gc_compares_a_config_with_itself(row):
     the baseline the config itself (the row's baseline run: same command, seed)."""
     pairs = row / 'work_dirs/pairs/mask_rcnn_r50_fpn'
     shutil.copytree(row / 'work_dirs/mask_rcnn_r50_fpn', pairs / 'seed0' / 'baseline')
-    ((command, here),) = _steps('gc-pair')
+    ((_, _, here),) = _steps('gc-pair')
     out = row.tools.output(row.tools.ok(row.run(here)))
     assert 'seed 0 baseline: done' in out and 'seed 0 gc: training' in out
     assert '1 pair of runs (seeds 0), paired by seed:' in out
@@ -460,6 +546,16 @@ def test_train_pair_with_gc_compares_a_config_with_itself(row):
     assert "constructor='GCOptimWrapperConstructor'" in record['train_config_text']
     ckpt = safe_torch_load(str(pairs / 'seed0' / 'gc' / 'epoch_2.pth'))
     assert any(g.get('gc') for g in ckpt['optimizer']['param_groups'])
+
+
+def test_dist_test_tests_the_row_on_two_processes(row):
+    record = _record(row / 'work_dirs/gc_dist')
+    assert record['checkpoint'] == 'work_dirs/mask_rcnn_r50_fpn_gc/epoch_2.pth'
+    assert "launcher = 'pytorch'" in record['config_text']
+    # the same checkpoint as tools/test.py's in one process: the same APs
+    one = _record(row / 'work_dirs/mask_rcnn_r50_fpn_gc')['metrics']
+    for key in COCO_KEYS:
+        assert record['metrics'][key] == pytest.approx(one[key], abs=1e-3)
 
 
 # ------------------------------------------------------- one machine, resume
@@ -475,7 +571,7 @@ def one_machine(tools, tmp_path_factory) -> Workspace:
 
 
 def test_one_machine_scales_the_lr_to_its_batch(one_machine):
-    out = _out(one_machine, '--auto-scale-lr')
+    out = _out(one_machine, '--auto-scale-lr --cfg-options randomness.seed=0')
     # 1 process x 2 images of MMDetection's 16: 0.02 x 2 / 16
     assert 'LR is set based on batch size of 16 and the current batch size is 2. ' in out
     assert 'Scaling the original LR by 0.125.' in out
@@ -525,6 +621,53 @@ def test_resume_continues_a_stopped_run_bit_for_bit(tools, one_machine, tmp_path
         safe_torch_load(str(one_machine / 'work_dirs/mask_rcnn_r50_fpn_gc/epoch_2.pth')),
         safe_torch_load(str(work_dir / 'epoch_2.pth')),
     )
+
+
+def test_tools_train_and_test_lines_with_their_options(one_machine):
+    """docs/tools.md's Train and Test lines: a work dir, a batch size with the
+    lr scaled to it, the raw predictions and the drawn images."""
+    out = _out(one_machine, '--work-dir work_dirs/gc_r50 --cfg-options')
+    assert 'Scaling the original LR by 0.25.' in out  # 1 x 4 images of 16
+    ckpt = safe_torch_load(str(one_machine / 'work_dirs/gc_r50/epoch_1.pth'))
+    assert ckpt['meta']['iter'] == 2  # 8 images, 4 per batch
+    assert _record(one_machine / 'work_dirs/gc_r50')['checkpoint'] == (
+        'work_dirs/gc_r50/epoch_1.pth'
+    )
+    from mmengine.fileio import load
+
+    predictions = load(str(one_machine / 'preds.pkl'))
+    assert len(predictions) == 4  # the stand-in's val images
+    assert {'pred_instances', 'img_id'} <= set(predictions[0])
+    assert len(list((one_machine / 'work_dirs/gc_r50').glob('*/vis/*'))) == len(predictions)
+
+
+def test_the_cards_command_as_written_names_the_missing_coco(tools, tmp_path):
+    """``python tools/train.py configs/mask_rcnn_r50_fpn_gc.py`` as written, in a
+    clone without COCO: one line naming the data root, exit 2, before any model
+    is built."""
+    ws = Workspace(tools, tmp_path)
+    ((proc,),) = ws.flow('card').values()
+    last = proc.stderr.strip().splitlines()[-1]
+    assert last.startswith("MissingDataError: The data root 'data/coco/' "), last
+    assert not list(ws.path.glob('work_dirs/*/*.pth'))
+
+
+@codebase_installed('mmseg')
+def test_segmentation_pair_with_gc(tools, shapes_seg, tmp_path):
+    """docs/codebases.md's pair on the built-in segmentation data, on the tiny
+    FCN that inherits its config (the data root given as train_pair.sh's
+    --cfg-options)."""
+    ws = Workspace(tools, tmp_path)
+    root = shapes_seg['data_root']
+    options = ' '.join(f'{s}_dataloader.dataset.data_root={root}' for s in ('train', 'val', 'test'))
+    ((_, _, here),) = _steps('seg')
+    proc = tools.ok(ws.run(f'{here} --cfg-options {options}'))
+    out = tools.output(proc)
+    assert '1 pair of runs (seeds 0), paired by seed:' in out
+    assert '### sem_seg (mIoU, mAcc, aAcc in %)' in out
+    gc = _record(ws / 'work_dirs/seg/seed0/gc')
+    assert "constructor='GCOptimWrapperConstructor'" in gc['train_config_text']
+    assert 'mIoU' in gc['metrics']
 
 
 # --------------------------------------------------------------- diagnostics
@@ -587,31 +730,59 @@ def test_multi_node_and_slurm_lines_launch_as_written(tools, tmp_path):
     record = ws / 'record.txt'
     path = os.pathsep.join((str(ws / 'bin'), ws.env['PATH']))
     calls = []
-    for _, here in _steps('launch'):
+    for _, _, here in _steps('launch'):
         tools.ok(ws.run(here, RECORD=str(record), PATH=path, PYTHON=str(ws / 'bin' / 'python')))
         calls.append(record.read_text().splitlines())
-    torchrun, srun = calls
-    assert torchrun[:3] == [str(ws / 'bin' / 'python'), '-m', 'torch.distributed.run']
-    assert torchrun[3:8] == [
-        '--nnodes=2',
-        '--node_rank=0',
-        '--master_addr=10.0.0.1',
-        '--nproc_per_node=8',
-        '--master_port=29500',
-    ]
-    assert torchrun[8:] == [str(ws / 'tools' / 'train.py'), GC, '--launcher', 'pytorch']
-    assert srun[0].endswith('/bin/srun')
-    assert srun[1:4] == ['-p', 'PARTITION', '--job-name=JOB']
-    assert '--ntasks=16' in srun and '--gres=gpu:8' in srun and '--ntasks-per-node=8' in srun
-    start = srun.index(str(ws / 'bin' / 'python'))
-    assert srun[start:] == [
-        str(ws / 'bin' / 'python'),
-        '-u',
-        str(ws / 'tools' / 'train.py'),
-        GC,
-        '--work-dir=WORK_DIR',
-        '--launcher=slurm',
-    ]
+    python = str(ws / 'bin' / 'python')
+    node0, srun_train, node1, srun_test = calls
+    for rank, torchrun in enumerate((node0, node1)):
+        assert torchrun[:3] == [python, '-m', 'torch.distributed.run']
+        assert torchrun[3:8] == [
+            '--nnodes=2',
+            f'--node_rank={rank}',
+            '--master_addr=10.0.0.1',
+            '--nproc_per_node=8',
+            '--master_port=29500',
+        ]
+        assert torchrun[8:] == [str(ws / 'tools' / 'train.py'), GC, '--launcher', 'pytorch']
+    for srun, tasks in ((srun_train, 16), (srun_test, 8)):
+        assert srun[0].endswith('/bin/srun')
+        assert srun[1:4] == ['-p', 'PARTITION', '--job-name=JOB']
+        assert f'--ntasks={tasks}' in srun and '--gres=gpu:8' in srun
+        assert '--ntasks-per-node=8' in srun
+    start = srun_train.index(python)
+    assert srun_train[start:] == [
+        python, '-u', str(ws / 'tools' / 'train.py'), GC, '--work-dir=WORK_DIR', '--launcher=slurm'
+    ]  # fmt: skip
+    start = srun_test.index(python)
+    assert srun_test[start:] == [
+        python, '-u', str(ws / 'tools' / 'test.py'), GC, 'CHECKPOINT', '--launcher=slurm'
+    ]  # fmt: skip
+
+
+def test_train_pair_plans_on_one_gpu_with_options_and_on_slurm(tools, tmp_path):
+    """train_pair.sh's other lines, as written, with --dry-run: the plan of
+    every run (the configs are the real ones: their twins are found; no
+    training starts)."""
+    ws = Workspace(tools, tmp_path)
+    procs = ws.flow('plans')
+    one_gpu = _plain(procs, 'mask_rcnn_r50_fpn_gc.py 1 --seeds 0 1')
+    for seed, side in ((0, 'gc'), (1, 'baseline')):
+        assert f'work_dirs/r50/seed{seed}/{side}' in one_gpu
+    assert 'train_dataloader.dataset.data_root=/data/coco/' in one_gpu
+    assert '--auto-scale-lr' in one_gpu and 'tools/train.py' in one_gpu
+    slurm = _plain(procs, '--slurm PARTITION')
+    assert 'tools/slurm_train.sh PARTITION' in slurm and 'tools/slurm_test.sh PARTITION' in slurm
+    cls = _plain(procs, 'configs/mmpretrain/resnet18_cifar100_gc.py')
+    assert 'configs/mmpretrain/baselines/resnet18_cifar100.py' in cls
+    seg = _plain(procs, 'configs/mmseg/pspnet')
+    assert 'tools/dist_train.sh' in seg and 'configs/mmseg/baselines/pspnet_r50-d8' in seg
+
+
+def _plain(procs: dict, fragment: str) -> str:
+    """The output of the one command of ``procs`` that contains ``fragment``."""
+    (command,) = [c for c in procs if fragment in c]
+    return ''.join(p.stdout + p.stderr for p in procs[command])
 
 
 # ------------------------------------------------------ GC on your own detector

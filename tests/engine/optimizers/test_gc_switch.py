@@ -176,27 +176,40 @@ def test_old_form_config_moves_to_the_new_form():
     assert 'gc_layers' not in (ow.get('paramwise_cfg') or {})
 
 
-def test_two_line_config_form(tmp_path):
-    """The two lines of the README in a user's own config, on MMDetection's."""
+def _readme_two_lines() -> str:
+    """The README's "GC on your own config" block, as written."""
+    text = (ROOT / 'README.md').read_text()
+    start = text.index('```python\n', text.index('## GC on your own config')) + len('```python\n')
+    return text[start : text.index('```\n', start)]
+
+
+def test_the_readmes_two_line_form(tmp_path):
+    """The README's two lines in a user's own file, on MMDetection's RTMDet
+    config: its AdamW (and its paramwise_cfg) stays, with GC through the hooks
+    on every conv and FC weight; one step leaves the first moment's rows of
+    each GC weight with zero mean (``grad``: AdamW's moment of P(g))."""
+    text = _readme_two_lines()
+    assert text.count('\n') == 3 and 'gc=dict(' in text  # _base_ and the two lines
     path = tmp_path / 'my_gc.py'
-    path.write_text(
-        "_base_ = 'mmdet::retinanet/retinanet_r18_fpn_1x_coco.py'\n"
-        "custom_imports = dict(imports=['mmgc'], allow_failed_imports=False)\n"
-        "optim_wrapper = dict(constructor='GCOptimWrapperConstructor', gc=dict("
-        "constructor='DefaultOptimWrapperConstructor', layers=('conv', 'fc'), variant='grad'))\n"
-    )
+    path.write_text(text)
     cfg = Config.fromfile(str(path))
     torch.manual_seed(0)
     model = Net()
     optimizer = build_optim_wrapper(model, cfg.optim_wrapper).optimizer
-    assert type(optimizer) is torch.optim.SGD  # the base's SGD, with GC through the hooks
-    assert _gc_by_name(model, optimizer)['conv.weight'] == (True, 0, 'grad')
-    assert _gc_by_name(model, optimizer)['fc.weight'] == (True, 0, 'grad')
-    before = model.conv.weight.detach().sum((1, 2, 3))
+    assert type(optimizer) is torch.optim.AdamW  # RTMDet's own optimizer
+    flags = _gc_by_name(model, optimizer)
+    assert flags['conv.weight'] == flags['fc.weight'] == (True, 0, 'grad')
+    assert flags['conv.bias'][0] is False
     for p in model.parameters():
         p.grad = torch.randn_like(p)
     optimizer.step()
-    torch.testing.assert_close(model.conv.weight.sum((1, 2, 3)), before, rtol=0, atol=1e-6)
+    for name in ('conv', 'fc'):
+        weight = getattr(model, name).weight
+        moment = optimizer.state[weight]['exp_avg']
+        rows = moment.flatten(1).mean(1)
+        torch.testing.assert_close(rows, torch.zeros_like(rows), rtol=0, atol=1e-7)
+    bias_moment = optimizer.state[model.conv.bias]['exp_avg']
+    assert bias_moment.abs().sum() > 0
 
 
 SGD_NOT = dict(optim_wrapper=dict(optimizer=dict(type='AdamW', lr=1e-3)))

@@ -1,5 +1,5 @@
 """SGDGC and the GC constructor on a real MMDetection Mask R-CNN (ResNet-18),
-built from the README's config snippet (which inherits MMDetection's), with
+built from the docs/configs.md's config snippet (which inherits MMDetection's), with
 the tests' tiny sizes."""
 
 import math
@@ -18,9 +18,11 @@ mmdet = pytest.importorskip('mmdet')
 
 
 def _readme_config() -> str:
-    """The README's "Use it in a config" block, as written."""
-    text = (ROOT / 'README.md').read_text()
-    start = text.index('```python\n', text.index('## Use it in a config')) + len('```python\n')
+    """docs/configs.md's first config block (the paper's form), as written."""
+    text = (ROOT / 'docs' / 'configs.md').read_text()
+    start = text.index('```python\n', text.index('## SGDGC and the constructor')) + len(
+        '```python\n'
+    )
     return text[start : text.index('```\n', start)]
 
 
