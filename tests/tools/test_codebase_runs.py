@@ -45,7 +45,10 @@ def _options(root: str) -> list[str]:
 )
 def flow(request, tools, tmp_path_factory):
     """Per codebase: train_pair.sh's GC run (--gc) and baseline run of its tiny
-    config, each tested, and their comparison; then mmgc-test --out on the GC run."""
+    config, each tested, and their comparison; then mmgc-test --out on the GC run.
+    For MMSegmentation this is docs/codebases.md's line, ``bash tools/train_pair.sh
+    configs/mmseg/demo/fcn_r18_shapes.py 1 --seeds 0 --gc --work-dir work_dirs/seg``,
+    on the tiny FCN that inherits that config, in a temporary work dir."""
     scope = request.param
     data = request.getfixturevalue('shapes_seg' if scope == 'mmseg' else 'shapes_cls')
     work, config = tmp_path_factory.mktemp(scope), CONFIGS[scope]

@@ -129,8 +129,6 @@ BENCH = (
 NO_GPU = 'needs a CUDA GPU; this machine has none (the --device cpu line runs the same code)'
 #: A data root of train_pair.sh's one-GPU line; its plan runs here.
 PLAN = '--dry-run'
-#: The tiny FCN of the MMSegmentation line (tests/data/configs/mmseg).
-SEG = 'tests/data/configs/mmseg/fcn_tiny.py'
 
 #: Every command of the README and the docs, by its text, and what runs here.
 COMMANDS: dict[str, tuple[Run, ...] | RunBy | NotHere] = {
@@ -241,7 +239,7 @@ COMMANDS: dict[str, tuple[Run, ...] | RunBy | NotHere] = {
     '--out fig4.png': (Run('diagnostics'),),
     # docs/codebases.md
     'bash tools/train_pair.sh configs/mmseg/demo/fcn_r18_shapes.py 1 --seeds 0 --gc --work-dir '
-    'work_dirs/seg': (Run('seg', {'configs/mmseg/demo/fcn_r18_shapes.py': SEG}),),
+    'work_dirs/seg': RunBy('tests/tools/test_codebase_runs.py'),
     'bash tools/train_pair.sh configs/mmpretrain/resnet18_cifar100_gc.py 1 --seeds 0 1 2': (
         Run('plans', {'2': f'2 {PLAN}'}),
     ),
@@ -650,24 +648,6 @@ def test_the_cards_command_as_written_names_the_missing_coco(tools, tmp_path):
     last = proc.stderr.strip().splitlines()[-1]
     assert last.startswith("MissingDataError: The data root 'data/coco/' "), last
     assert not list(ws.path.glob('work_dirs/*/*.pth'))
-
-
-@codebase_installed('mmseg')
-def test_segmentation_pair_with_gc(tools, shapes_seg, tmp_path):
-    """docs/codebases.md's pair on the built-in segmentation data, on the tiny
-    FCN that inherits its config (the data root given as train_pair.sh's
-    --cfg-options)."""
-    ws = Workspace(tools, tmp_path)
-    root = shapes_seg['data_root']
-    options = ' '.join(f'{s}_dataloader.dataset.data_root={root}' for s in ('train', 'val', 'test'))
-    ((_, _, here),) = _steps('seg')
-    proc = tools.ok(ws.run(f'{here} --cfg-options {options}'))
-    out = tools.output(proc)
-    assert '1 pair of runs (seeds 0), paired by seed:' in out
-    assert '### sem_seg (mIoU, mAcc, aAcc in %)' in out
-    gc = _record(ws / 'work_dirs/seg/seed0/gc')
-    assert "constructor='GCOptimWrapperConstructor'" in gc['train_config_text']
-    assert 'mIoU' in gc['metrics']
 
 
 # --------------------------------------------------------------- diagnostics
